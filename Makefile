@@ -1,0 +1,39 @@
+# ttm-experiments. A fresh clone needs only `make train` and `make test`: both set up .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup train test test-slow sweep inspect ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies
+
+train: $(STAMP)  ## one full run on the default config (ARGS='unfreeze.last_n=4 optim.lr=3e-4' to override)
+	$(BIN)/ttm-train $(ARGS)
+
+test: $(STAMP)  ## the fast test suite (a few minutes on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## the slow tests only
+	$(BIN)/python -m pytest -q -m slow
+
+sweep: $(STAMP)  ## the default grid: unfreeze.last_n x optim.lr
+	$(BIN)/ttm-train -m unfreeze.last_n=0,1,2,4 optim.lr=1e-4,1e-3 $(ARGS)
+
+inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
+	$(BIN)/ttm-inspect $(ARGS)
+
+ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
+	mkdir -p runs
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove everything runs wrote (keeps .venv)
+	find runs -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,55 @@
+"""What every command shares: the config path, schema registration, and clean user errors.
+
+Only the CLI modules (`train`, `inspect`) see a DictConfig; they turn it into typed specs at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from ttm_experiments.config.schema import register_schema
+from ttm_experiments.errors import UserError
+
+# conf/ sits beside the package (editable install, as `make setup` does it)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_NAME = "train"
+T = TypeVar("T")
+
+log = logging.getLogger("ttm_experiments")
+
+register_schema()
+# the model hub cannot be reached from CI or many clusters: never try to download anything
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def user_errors_exit(fn: Callable[..., T]) -> Callable[..., T]:
+    """Print a UserError as one clear message (no traceback wall) and exit with status 2.
+
+    In a multirun the error is re-raised instead, so the launcher or the Optuna sweeper records the
+    job as failed and the sweep goes on.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            if _in_multirun():
+                raise
+            print(f"\nerror: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -1,0 +1,195 @@
+"""The typed schema every composed config is validated against.
+
+Hydra merges the YAML files of `conf/` into these dataclasses (registered as `train_schema` in the
+ConfigStore), so an unknown key or a value of the wrong type fails at compose time with the key's name.
+Only the CLI layer sees these objects as a DictConfig; `to_spec` turns them into plain dataclasses once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+class BackboneKind(str, Enum):
+    ttm = "ttm"
+    patchtst = "patchtst"
+
+
+class UnfreezeStrategy(str, Enum):
+    pattern = "pattern"
+    depth = "depth"
+
+
+class OnEmpty(str, Enum):
+    error = "error"
+    warn = "warn"
+
+
+class OnNested(str, Enum):
+    error = "error"
+    outer = "outer"
+    inner = "inner"
+
+
+class StageKind(str, Enum):
+    supervised = "supervised"
+
+
+class TrainScope(str, Enum):
+    """Which backbone parameters a stage trains (the head always trains)."""
+
+    head = "head"
+    partial = "partial"
+    full = "full"
+
+
+class LossKind(str, Enum):
+    weighted_ce = "weighted_ce"
+    ce = "ce"
+    focal = "focal"
+
+
+class CollapseAction(str, Enum):
+    warn = "warn"
+
+
+@dataclass
+class BackboneConf:
+    name: str = MISSING
+    kind: BackboneKind = BackboneKind.ttm
+    context_length: int = 1024
+    patch_length: int = 64
+    patch_stride: int = 64
+    d_model: int = 192
+    num_layers: int = 2
+    adaptive_patching_levels: int = 3
+    expansion_factor: int = 2
+    dropout: float = 0.2
+    # PatchTST only
+    num_attention_heads: int = 4
+    ffn_dim: int = 256
+    # regex (re.fullmatch on module names, relative to the backbone) that makes one block per match
+    block_pattern: str = MISSING
+    pretrained_path: Optional[str] = None
+    # classification head
+    head_hidden: int = 64
+    head_dropout: float = 0.2
+    scale_features: bool = True
+
+
+@dataclass
+class UnfreezeConf:
+    strategy: UnfreezeStrategy = UnfreezeStrategy.pattern
+    last_n: int = 2
+    pattern: Optional[str] = None
+    keywords: List[str] = field(default_factory=lambda: ["layer", "block"])
+    max_dots: int = 1
+    on_empty: OnEmpty = OnEmpty.error
+    on_nested: OnNested = OnNested.error
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    root: Optional[str] = None
+    fold: int = 0
+    n_folds: int = 5
+    # window length and rate follow from the backbone: window_length = context_length samples over duration_s
+    window_length: int = "${backbone.context_length}"  # type: ignore[assignment]
+    duration_s: float = 10.0
+    channels: int = 1
+    # synthetic generator
+    n_subjects: int = 60
+    windows_per_subject: int = 40
+    good_fraction: float = 0.21
+    label_noise: float = 0.03
+    nonfinite: str = "error"  # error | drop: what to do with windows holding NaN/Inf or a constant signal
+
+
+@dataclass
+class StageConf:
+    name: str = MISSING
+    kind: StageKind = StageKind.supervised
+    train: TrainScope = TrainScope.head
+    epochs: int = 1
+    # learning rates are optim.lr times these factors
+    head_lr_scale: float = 1.0
+    backbone_lr_scale: float = 0.1
+
+
+@dataclass
+class ScheduleConf:
+    name: str = MISSING
+    stages: List[StageConf] = field(default_factory=list)
+
+
+@dataclass
+class OptimConf:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    # optional layer-wise learning-rate decay over the unfrozen blocks (1.0 = off)
+    layer_decay: float = 1.0
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    loss: LossKind = LossKind.weighted_ce
+    focal_gamma: float = 2.0
+    balanced_sampler: bool = False
+
+
+@dataclass
+class TrainerConf:
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: bool = False  # bf16 autocast on CUDA
+    num_threads: int = 0  # 0 = torch default
+    progress: bool = True
+    collapse_threshold: float = 0.05  # a class whose val accuracy falls below this is "collapsed"
+    collapse_action: CollapseAction = CollapseAction.warn
+    # stop (and fail) after this many train batches per epoch; 0 = no limit (for smoke tests)
+    max_batches: int = 0
+
+
+@dataclass
+class TrackingConf:
+    uri: str = "sqlite:///${paths.runs_dir}/mlflow.db"
+    log_system_metrics: bool = False
+    sweep_tag: Optional[str] = None
+
+
+@dataclass
+class PathsConf:
+    runs_dir: str = "runs"
+    cache_dir: str = "${paths.runs_dir}/cache"
+
+
+@dataclass
+class InspectConf:
+    format: str = "text"  # text | json
+
+
+@dataclass
+class TrainConfig:
+    backbone: BackboneConf = field(default_factory=BackboneConf)
+    unfreeze: UnfreezeConf = field(default_factory=UnfreezeConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    optim: OptimConf = field(default_factory=OptimConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+    inspect: InspectConf = field(default_factory=InspectConf)
+    seed: int = 0
+    experiment_name: str = "ttm-ppg-quality"
+    run_name: Optional[str] = None
+
+
+def register_schema() -> None:
+    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,174 @@
+"""DictConfig -> typed, validated specs. The only place below the CLI that knows the config layout.
+
+Hydra's struct mode and the schema reject unknown keys and wrong types at compose time; this module adds
+the checks a type cannot express (a positive learning rate, a regex that compiles, a window length that
+matches the backbone) and says which key to change.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ttm_experiments.config.schema import TrainConfig
+from ttm_experiments.data.prepare import DatasetSpec
+from ttm_experiments.errors import ConfigError
+from ttm_experiments.models.backbones import BackboneSpec
+from ttm_experiments.training.loop import LoopSettings, StagePlan
+from ttm_experiments.unfreeze import BlockRule
+
+
+def to_config(cfg: DictConfig) -> TrainConfig:
+    """Resolve interpolations and return the typed config object; validate what types cannot."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"the composed config is a {type(config).__name__}, not TrainConfig: is train_schema first in the defaults?")
+    validate(config)
+    return config
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{name}={value} must be a finite number {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(c: TrainConfig) -> None:
+    _positive("optim.lr", c.optim.lr)
+    _positive("optim.weight_decay", c.optim.weight_decay, allow_zero=True)
+    _positive("optim.batch_size", c.optim.batch_size)
+    _positive("optim.eval_batch_size", c.optim.eval_batch_size)
+    _positive("optim.layer_decay", c.optim.layer_decay)
+    if not 0 <= c.optim.warmup_frac < 1:
+        raise ConfigError(f"optim.warmup_frac={c.optim.warmup_frac} must be in [0, 1)")
+    if c.unfreeze.last_n < 0:
+        raise ConfigError(f"unfreeze.last_n={c.unfreeze.last_n} must be >= 0 (0 = head only)")
+    if c.unfreeze.strategy.value == "pattern":
+        if not c.unfreeze.pattern:
+            raise ConfigError("unfreeze.pattern is empty: give a regex, e.g. unfreeze.pattern='encoder\\.layers\\.\\d+'")
+        try:
+            re.compile(c.unfreeze.pattern)
+        except re.error as err:
+            raise ConfigError(f"unfreeze.pattern={c.unfreeze.pattern!r} is not a valid regex: {err}") from None
+    if not c.schedule.stages:
+        raise ConfigError(f"schedule={c.schedule.name} has no stages")
+    names = [s.name for s in c.schedule.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"schedule stage names must be unique, got {names}")
+    for i, stage in enumerate(c.schedule.stages):
+        if stage.epochs < 1:
+            raise ConfigError(f"schedule.stages[{i}] ({stage.name}).epochs={stage.epochs} must be >= 1")
+        _positive(f"schedule.stages[{i}].head_lr_scale", stage.head_lr_scale)
+        backbone_needed = stage.train.value != "head"
+        _positive(f"schedule.stages[{i}].backbone_lr_scale", stage.backbone_lr_scale, allow_zero=not backbone_needed)
+    if c.dataset.window_length != c.backbone.context_length:
+        raise ConfigError(
+            f"dataset.window_length={c.dataset.window_length} differs from backbone.context_length="
+            f"{c.backbone.context_length}; windows are never padded or cropped. Leave dataset.window_length "
+            "unset (it follows the backbone) or choose a backbone with that context length."
+        )
+    _positive("dataset.duration_s", c.dataset.duration_s)
+    if c.dataset.nonfinite not in ("error", "drop"):
+        raise ConfigError(f"dataset.nonfinite={c.dataset.nonfinite!r} must be 'error' or 'drop'")
+    if c.inspect.format not in ("text", "json"):
+        raise ConfigError(f"inspect.format={c.inspect.format!r} must be 'text' or 'json'")
+    if not 0 <= c.trainer.collapse_threshold < 1:
+        raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
+
+
+def backbone_spec(c: TrainConfig) -> BackboneSpec:
+    b = c.backbone
+    return BackboneSpec(
+        kind=b.kind.value,
+        context_length=b.context_length,
+        patch_length=b.patch_length,
+        patch_stride=b.patch_stride,
+        d_model=b.d_model,
+        num_layers=b.num_layers,
+        num_channels=c.dataset.channels,
+        adaptive_patching_levels=b.adaptive_patching_levels if b.kind.value == "ttm" else 0,
+        expansion_factor=b.expansion_factor,
+        num_attention_heads=b.num_attention_heads,
+        ffn_dim=b.ffn_dim,
+        dropout=b.dropout,
+    )
+
+
+def block_rule(c: TrainConfig) -> BlockRule:
+    u = c.unfreeze
+    return BlockRule(
+        strategy=u.strategy.value,
+        pattern=u.pattern,
+        keywords=tuple(u.keywords),
+        max_dots=u.max_dots,
+        on_nested=u.on_nested.value,
+    )
+
+
+def stage_plans(c: TrainConfig) -> list[StagePlan]:
+    return [
+        StagePlan(
+            name=s.name,
+            scope=s.train.value,
+            epochs=s.epochs,
+            head_lr=c.optim.lr * s.head_lr_scale,
+            backbone_lr=c.optim.lr * s.backbone_lr_scale,
+            last_n=c.unfreeze.last_n,
+        )
+        for s in c.schedule.stages
+    ]
+
+
+def dataset_spec(c: TrainConfig) -> DatasetSpec:
+    d = c.dataset
+    return DatasetSpec(
+        name=d.name,
+        root=d.root,
+        window_length=d.window_length,
+        duration_s=d.duration_s,
+        channels=d.channels,
+        fold=d.fold,
+        n_folds=d.n_folds,
+        seed=c.seed,
+        nonfinite=d.nonfinite,
+        n_subjects=d.n_subjects,
+        windows_per_subject=d.windows_per_subject,
+        good_fraction=d.good_fraction,
+        label_noise=d.label_noise,
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def loop_settings(c: TrainConfig) -> LoopSettings:
+    o, t = c.optim, c.trainer
+    return LoopSettings(
+        batch_size=o.batch_size,
+        eval_batch_size=o.eval_batch_size,
+        weight_decay=o.weight_decay,
+        warmup_frac=o.warmup_frac,
+        grad_clip=o.grad_clip,
+        loss=o.loss.value,
+        focal_gamma=o.focal_gamma,
+        balanced_sampler=o.balanced_sampler,
+        layer_decay=o.layer_decay,
+        device=pick_device(t.device),
+        amp=t.amp,
+        progress=t.progress,
+        collapse_threshold=t.collapse_threshold,
+        max_batches=t.max_batches,
+        seed=c.seed,
+    )

@@ -1,0 +1,148 @@
+"""From a dataset spec to checked, subject-wise train/val/test splits.
+
+Every check runs before the model is built: a window length that differs from the backbone's context,
+NaN or constant windows, a fold out of range, a split without a class. Nothing is padded, cropped or
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    window_length: int
+    duration_s: float
+    channels: int
+    fold: int
+    n_folds: int
+    seed: int
+    nonfinite: Literal["error", "drop"]
+    root: str | None = None
+    n_subjects: int = 60
+    windows_per_subject: int = 40
+    good_fraction: float = 0.21
+    label_noise: float = 0.03
+
+
+def _load_synthetic(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
+    from ttm_experiments.data.synthetic import SyntheticSpec, generate_cached
+
+    synthetic = SyntheticSpec(
+        n_subjects=spec.n_subjects,
+        windows_per_subject=spec.windows_per_subject,
+        window_length=spec.window_length,
+        duration_s=spec.duration_s,
+        channels=spec.channels,
+        good_fraction=spec.good_fraction,
+        label_noise=spec.label_noise,
+        seed=spec.seed,
+    )
+    return generate_cached(synthetic, cache_dir / "synthetic")
+
+
+LOADERS: dict[str, Callable[[DatasetSpec, Path], WindowSet]] = {"synthetic": _load_synthetic}
+
+
+def load_windows(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
+    if spec.name not in LOADERS:
+        raise DataError(f"dataset={spec.name!r} has no loader; available: {sorted(LOADERS)}")
+    return LOADERS[spec.name](spec, cache_dir)
+
+
+def check_windows(windows: WindowSet, context_length: int, num_channels: int,
+                  nonfinite: Literal["error", "drop"]) -> WindowSet:
+    """Refuse windows that do not fit the model; drop or refuse NaN/Inf and constant windows."""
+    if windows.window_length != context_length:
+        raise DataError(
+            f"the data's windows have {windows.window_length} samples, the backbone's context length is "
+            f"{context_length}. Windows are never padded or cropped: resample the data to {context_length} "
+            "samples (dataset.window_length follows backbone.context_length) or pick a backbone that fits."
+        )
+    if windows.num_channels != num_channels:
+        raise DataError(f"the data has {windows.num_channels} channels, the model expects {num_channels}")
+    finite = np.isfinite(windows.signals).all(axis=(1, 2))
+    constant = np.zeros(len(windows), dtype=bool)
+    constant[finite] = (windows.signals[finite].std(axis=2) < 1e-8).any(axis=1)
+    bad = ~finite | constant
+    if bad.any():
+        detail = f"{int((~finite).sum())} window(s) with NaN/Inf and {int(constant.sum())} constant window(s)"
+        if nonfinite == "error":
+            raise DataError(
+                f"{detail} of {len(windows)}. They carry no signal and break the scaler. "
+                "Fix: clean the data, or dataset.nonfinite=drop to drop them (the count is logged)."
+            )
+        log.warning("dropping %s of %d (dataset.nonfinite=drop)", detail, len(windows))
+        windows = windows.subset(np.flatnonzero(~bad))
+    return windows
+
+
+def subject_folds(labels: np.ndarray, subjects: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Indices of each fold: stratified by label, grouped by subject, fixed by seed."""
+    n_subjects = len(np.unique(subjects))
+    if n_subjects < n_folds:
+        raise DataError(
+            f"{n_subjects} subjects cannot fill {n_folds} subject-wise folds. Fix: dataset.n_folds<={n_subjects} "
+            "or more subjects."
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups=subjects)]
+
+
+@dataclass
+class Splits:
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+
+    def items(self):
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+
+def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -> Splits:
+    """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two."""
+    if not 0 <= fold < n_folds:
+        raise DataError(f"dataset.fold={fold} is out of range: choose 0..{n_folds - 1} (dataset.n_folds={n_folds})")
+    if n_folds < 3:
+        raise DataError(f"dataset.n_folds={n_folds}: train, val and test need at least 3 folds")
+    folds = subject_folds(windows.labels, windows.subjects, n_folds, seed)
+    test_idx, val_idx = folds[fold], folds[(fold + 1) % n_folds]
+    train_idx = np.sort(np.concatenate([f for i, f in enumerate(folds) if i not in (fold, (fold + 1) % n_folds)]))
+    splits = Splits(windows.subset(train_idx), windows.subset(val_idx), windows.subset(test_idx))
+    for name, part in splits.items():
+        counts = part.class_counts()
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing:
+            raise DataError(
+                f"the {name} split of fold {fold} has no window of class(es) {missing} ({counts}); AUROC and "
+                "model selection would be undefined. Fix: more subjects, fewer folds, or another seed."
+            )
+    return splits
+
+
+def describe_splits(splits: Splits) -> dict[str, dict]:
+    """Class balance and subject count of each split (logged at the start of a run)."""
+    out = {}
+    for name, part in splits.items():
+        counts = part.class_counts()
+        total = max(len(part), 1)
+        out[name] = {
+            "windows": len(part),
+            "subjects": int(len(np.unique(part.subjects))),
+            **{f"n_{c}": n for c, n in counts.items()},
+            **{f"frac_{c}": round(n / total, 4) for c, n in counts.items()},
+        }
+    return out

@@ -1,0 +1,72 @@
+"""`ttm-inspect`: the backbone's blocks and what the unfreeze strategy selects, without training.
+
+    ttm-inspect backbone=ttm_1024 unfreeze.last_n=2
+    ttm-inspect unfreeze=depth                       # the predecessor's rule: a clear error
+    ttm-inspect inspect.format=json
+
+It reads the same block list that training unfreezes (`unfreeze.find_blocks`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
+from ttm_experiments.config import spec as specs
+from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.unfreeze import apply_stage, count_params, find_blocks
+
+NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
+
+
+def inspect_model(cfg: DictConfig) -> dict:
+    """Blocks, selection and parameter counts for `unfreeze.last_n` (the partial stage)."""
+    config = specs.to_config(cfg)
+    model = build_classifier(specs.backbone_spec(config), NUM_CLASSES, config.backbone.head_hidden,
+                             config.backbone.head_dropout, config.backbone.scale_features)
+    rule = specs.block_rule(config)
+    root = model.backbone.model
+    blocks = find_blocks(root, rule)
+    report, selected = apply_stage(model, root, model.head, rule, "partial", config.unfreeze.last_n,
+                                   config.unfreeze.on_empty.value, "partial")
+    return {
+        "backbone": config.backbone.name,
+        "rule": rule.describe(),
+        "last_n": config.unfreeze.last_n,
+        "total_params": count_params(model),
+        "backbone_params": count_params(model.backbone),
+        "head_params": count_params(model.head),
+        "blocks": [{"name": b.name, "params": b.params} for b in blocks],
+        "selected": [b.name for b in selected],
+        "trainable_params": report.trainable_params,
+        "report": report.format(),
+    }
+
+
+def format_text(info: dict) -> str:
+    lines = [f"backbone {info['backbone']}: {info['total_params']:,} parameters "
+             f"(backbone {info['backbone_params']:,}, head {info['head_params']:,})",
+             f"blocks by {info['rule']}, input -> output:"]
+    for i, b in enumerate(info["blocks"]):
+        mark = "*" if b["name"] in info["selected"] else " "
+        lines.append(f" {mark} {i:2d}  {b['name']:60s} {b['params']:>10,}")
+    lines.append(f"(* = unfrozen with unfreeze.last_n={info['last_n']})")
+    lines.append(info["report"])
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+@user_errors_exit
+def main(cfg: DictConfig) -> None:
+    info = inspect_model(cfg)
+    if cfg.inspect.format == "json":
+        print(json.dumps({k: v for k, v in info.items() if k != "report"}, indent=2))
+    else:
+        print(format_text(info))
+
+
+if __name__ == "__main__":
+    main()

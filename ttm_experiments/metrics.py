@@ -1,0 +1,82 @@
+"""Classification metrics with per-class accuracy, and no silent fallbacks.
+
+AUROC is one-vs-rest macro for more than two classes. When it is undefined (a split holds one class) it
+is left out with a warning, never written as 0.0.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+log = logging.getLogger(__name__)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Recall of each class (NaN for a class absent from y_true)."""
+    out = np.full(num_classes, np.nan)
+    for k in range(num_classes):
+        mask = y_true == k
+        if mask.any():
+            out[k] = float((y_pred[mask] == k).mean())
+    return out
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+    """acc, balanced_acc, auroc, auprc, f1 and acc/<class> for labels [N] and probabilities [N, K].
+
+    For two classes, auprc and f1 are those of the positive class (index 1, "good"); for more, macro.
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    k = len(class_names)
+    if probs.shape != (len(y_true), k):
+        raise ValueError(f"probabilities have shape {probs.shape}, expected ({len(y_true)}, {k})")
+    y_pred = probs.argmax(axis=1)
+    out: dict[str, float] = {"acc": float((y_pred == y_true).mean())}
+    present = np.unique(y_true)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about absent classes; handled explicitly below
+        out["balanced_acc"] = float(balanced_accuracy_score(y_true, y_pred))
+        if k == 2:
+            out["f1"] = float(f1_score(y_true, y_pred, pos_label=1, zero_division=0))
+        else:
+            out["f1"] = float(f1_score(y_true, y_pred, labels=list(range(k)), average="macro", zero_division=0))
+    if len(present) == k:
+        if k == 2:
+            out["auroc"] = float(roc_auc_score(y_true, probs[:, 1]))
+            out["auprc"] = float(average_precision_score(y_true, probs[:, 1]))
+        else:
+            out["auroc"] = float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+            onehot = np.eye(k)[y_true]
+            out["auprc"] = float(average_precision_score(onehot, probs, average="macro"))
+    else:
+        missing = [class_names[i] for i in range(k) if i not in present]
+        log.warning("AUROC/AUPRC undefined: no sample of class(es) %s in this split; not logged", missing)
+    for name, acc in zip(class_names, per_class_accuracy(y_true, y_pred, k)):
+        if not np.isnan(acc):
+            out[f"acc/{name}"] = float(acc)
+    return out
+
+
+def collapsed_classes(metrics: dict[str, float], class_names: tuple[str, ...], threshold: float) -> list[str]:
+    """Classes whose accuracy fell below `threshold`: the model (almost) never predicts them."""
+    return [c for c in class_names if metrics.get(f"acc/{c}", 1.0) < threshold]
+
+
+def confusion(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> np.ndarray:
+    return confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(num_classes)))

@@ -1,0 +1,154 @@
+"""Checkpoints that carry their architecture, and strict loading of backbone weights.
+
+Never `strict=False`: a checkpoint from another architecture is an error that shows both architectures,
+and missing or unexpected weights are listed. Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ttm_experiments.errors import CheckpointError
+from ttm_experiments.models.backbones import Backbone, Classifier
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ttm-experiments/1"
+# Hugging Face config keys -> our architecture keys
+_HF_KEYS = {
+    "context_length": "context_length",
+    "patch_length": "patch_length",
+    "patch_stride": "patch_stride",
+    "d_model": "d_model",
+    "num_layers": "num_layers",
+    "num_hidden_layers": "num_layers",
+    "adaptive_patching_levels": "adaptive_patching_levels",
+    "expansion_factor": "expansion_factor",
+    "num_attention_heads": "num_attention_heads",
+    "ffn_dim": "ffn_dim",
+}
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_classifier(path: Path, model: Classifier, stage: str, class_names: tuple[str, ...]) -> None:
+    """A checkpoint of the whole classifier with its architecture and the stage that wrote it."""
+    atomic_save(
+        {
+            "format": FORMAT,
+            "architecture": model.backbone.spec.architecture(),
+            "stage": stage,
+            "class_names": list(class_names),
+            "backbone": model.backbone.model.state_dict(),
+            "head": model.head.state_dict(),
+        },
+        path,
+    )
+
+
+def _compare(kind: str, expected: dict, found: dict, source: str) -> None:
+    """Raise when `found` disagrees with `expected` on any key both define (channels may differ for TTM)."""
+    skip = {"num_channels"} if kind == "ttm" else set()
+    diffs = {k: (expected[k], found[k]) for k in expected if k in found and k not in skip and expected[k] != found[k]}
+    if diffs:
+        rows = "\n".join(f"  {k}: model {a!r}  checkpoint {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointError(
+            f"{source} holds another architecture than the configured backbone:\n{rows}\n"
+            f"model:      {json.dumps(expected, sort_keys=True)}\ncheckpoint: {json.dumps(found, sort_keys=True)}\n"
+            "Fix: choose the backbone config the checkpoint was trained with, or another checkpoint."
+        )
+
+
+def _load_strict(backbone: Backbone, state: dict, source: str) -> None:
+    result = backbone.model.load_state_dict(state, strict=False)  # strictness is enforced just below
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not fit the backbone: missing {result.missing_keys[:8]} "
+            f"({len(result.missing_keys)} in all), unexpected {result.unexpected_keys[:8]} "
+            f"({len(result.unexpected_keys)} in all)"
+        )
+
+
+def _read_hf_directory(path: Path) -> tuple[dict, dict]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"backbone.pretrained_path={path} is a directory without config.json")
+    config = json.loads(config_file.read_text())
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    elif (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"backbone.pretrained_path={path} has no model.safetensors or pytorch_model.bin")
+    return config, state
+
+
+def _backbone_keys(state: dict, backbone: Backbone) -> dict:
+    """The encoder's weights: a forecasting checkpoint prefixes them with `backbone.` and adds a decoder
+    and head, which a classifier does not use (their count is logged, not hidden)."""
+    if set(state) & set(backbone.model.state_dict()):
+        return state  # saved from the encoder itself; the strict check follows
+    stripped = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if stripped:
+        log.info("using %d encoder tensors of the checkpoint; %d decoder/head tensors are not part of the "
+                 "classifier", len(stripped), len(state) - len(stripped))
+    return stripped or state
+
+
+def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
+    """Load weights into `backbone` strictly. Returns the initialisation kind: `ssl` or `pretrained`.
+
+    Accepts a checkpoint file written by this suite, or a Hugging Face model directory (config.json +
+    model.safetensors), such as a local copy of the public TTM weights.
+    """
+    path = Path(pretrained_path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"backbone.pretrained_path={pretrained_path} does not exist. Fix: give a checkpoint file written by "
+            "ttm-train (runs/.../best.pt) or a local model directory, or backbone.pretrained_path=null."
+        )
+    expected = backbone.spec.architecture()
+    if path.is_dir():
+        config, state = _read_hf_directory(path)
+        found = {ours: config[theirs] for theirs, ours in _HF_KEYS.items() if theirs in config}
+        _compare(backbone.spec.kind, expected, found, f"backbone.pretrained_path={path}")
+        _load_strict(backbone, _backbone_keys(state, backbone), f"backbone.pretrained_path={path}")
+        log.info("loaded pretrained backbone weights from %s", path)
+        return "pretrained"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"backbone.pretrained_path={path} cannot be read as a checkpoint: {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"backbone.pretrained_path={path} is not a ttm-experiments checkpoint (no format {FORMAT!r} marker)"
+        )
+    _compare(backbone.spec.kind, expected, ckpt["architecture"], f"backbone.pretrained_path={path}")
+    if ckpt["architecture"].get("kind") != backbone.spec.kind:
+        raise CheckpointError(
+            f"backbone.pretrained_path={path} is a {ckpt['architecture'].get('kind')} checkpoint; "
+            f"the configured backbone is {backbone.spec.kind}"
+        )
+    _load_strict(backbone, ckpt["backbone"], f"backbone.pretrained_path={path}")
+    log.info("loaded backbone weights from %s (written by stage %r)", path, ckpt.get("stage"))
+    return "ssl"

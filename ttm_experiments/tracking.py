@@ -1,0 +1,182 @@
+"""Experiment tracking through one small interface; MLflow behind it, imported lazily.
+
+`MlflowTracker` uses `MlflowClient` with explicit run ids (no global active-run stack), so a parent run
+and its nested stage runs stay correct in sweeps and in several processes. The store is checked before
+any long work starts: an unreachable server fails fast, with the URI and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from ttm_experiments.errors import TrackingError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Tracker(Protocol):
+    def start_run(self, run_name: str | None, tags: dict[str, str]) -> str: ...
+    def start_stage(self, name: str, tags: dict[str, str]) -> str: ...
+    def end_stage(self, status: str = "FINISHED") -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, str], stage: bool = False) -> None: ...
+    def log_dict(self, obj: Any, artifact_file: str, stage: bool = False) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_artifact(self, path: Path) -> None: ...
+    def end_run(self, status: str = "FINISHED") -> None: ...
+
+
+def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:
+    """SQLite stores shared by several processes answer 'database is locked' under load: wait and retry."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # mlflow wraps sqlite errors in its own exception types
+            if "locked" not in str(err).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+    raise AssertionError("unreachable")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database (runs/mlartifacts), not in the working dir."""
+    db = sqlite_path(uri)
+    return (db.parent.resolve() / "mlartifacts").as_uri() if db is not None else None
+
+
+class MlflowTracker:
+    """Parent run per `ttm-train` call, one nested run per stage; metrics go to both."""
+
+    def __init__(self, uri: str, experiment_name: str):
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.client, self.experiment_id = self._connect()
+        self.run_id: str | None = None
+        self.stage_run_id: str | None = None
+
+    def _connect(self):
+        db = sqlite_path(self.uri)
+        if db is not None:
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise TrackingError(f"tracking.uri={self.uri}: cannot create {db.parent}: {err}") from None
+            if db.parent.exists() and not os.access(db.parent, os.W_OK):
+                raise TrackingError(f"tracking.uri={self.uri}: {db.parent} is not writable. Fix: paths.runs_dir=<a writable dir>")
+        elif self.uri.startswith(("http://", "https://")):
+            # fail in seconds, not after MLflow's default minutes of retries
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=self.uri)
+            experiment = _retry_locked(lambda: client.get_experiment_by_name(self.experiment_name))
+            if experiment is None:
+                try:
+                    experiment_id = _retry_locked(
+                        lambda: client.create_experiment(self.experiment_name, artifact_location=artifact_root(self.uri))
+                    )
+                except Exception:  # another process created it first
+                    experiment = client.get_experiment_by_name(self.experiment_name)
+                    if experiment is None:
+                        raise
+                    experiment_id = experiment.experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+        except TrackingError:
+            raise
+        except Exception as err:
+            first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise TrackingError(
+                f"tracking.uri={self.uri} cannot be reached or opened: {first_line}. Fix: start the tracking "
+                "server, correct tracking.uri, or use the local store (tracking.uri=sqlite:///runs/mlflow.db). "
+                "Nothing was trained."
+            ) from None
+        return client, experiment_id
+
+    def start_run(self, run_name: str | None, tags: dict[str, str]) -> str:
+        run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def start_stage(self, name: str, tags: dict[str, str]) -> str:
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: self.run_id, "stage": name}
+        run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        self.stage_run_id = run.info.run_id
+        return self.stage_run_id
+
+    def end_stage(self, status: str = "FINISHED") -> None:
+        if self.stage_run_id is not None:
+            stage_id = self.stage_run_id
+            _retry_locked(lambda: self.client.set_terminated(stage_id, status=status))
+            self.stage_run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for run_id in filter(None, (self.run_id, self.stage_run_id)):
+            _retry_locked(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            chunk = items[i : i + 100]
+            _retry_locked(lambda: self.client.log_batch(self.run_id, params=chunk))
+
+    def set_tags(self, tags: dict[str, str], stage: bool = False) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self.stage_run_id if stage else self.run_id
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry_locked(lambda: self.client.log_batch(run_id, tags=batch))
+
+    def log_dict(self, obj: Any, artifact_file: str, stage: bool = False) -> None:
+        run_id = self.stage_run_id if stage else self.run_id
+        _retry_locked(lambda: self.client.log_dict(run_id, obj, artifact_file))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        _retry_locked(lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+
+    def log_artifact(self, path: Path) -> None:
+        _retry_locked(lambda: self.client.log_artifact(self.run_id, str(path)))
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        self.end_stage(status)
+        if self.run_id is not None:
+            run_id = self.run_id
+            _retry_locked(lambda: self.client.set_terminated(run_id, status=status))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON strings (MLflow params are flat strings)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value, default=str)
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,294 @@
+"""The supervised training loop: stages, epochs, metrics, best checkpoint, collapse guard.
+
+Data sits in memory as tensors and is batched by indexing (no per-sample collate); metrics are computed
+once per epoch from collected logits, and tracking is called once per epoch, never per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.metrics import classification_metrics, collapsed_classes, softmax
+from ttm_experiments.models.backbones import Classifier
+from ttm_experiments.tracking import Tracker
+from ttm_experiments.unfreeze import Block, BlockRule, UnfreezeReport, apply_stage, find_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    scope: Literal["head", "partial", "full"]
+    epochs: int
+    head_lr: float
+    backbone_lr: float
+    last_n: int
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    batch_size: int
+    eval_batch_size: int
+    weight_decay: float
+    warmup_frac: float
+    grad_clip: float
+    loss: Literal["weighted_ce", "ce", "focal"]
+    focal_gamma: float
+    balanced_sampler: bool
+    layer_decay: float
+    device: torch.device
+    amp: bool
+    progress: bool
+    collapse_threshold: float
+    max_batches: int
+    seed: int
+
+
+@dataclass
+class EpochRecord:
+    stage: str
+    epoch: int  # counted across stages, from 1
+    train: dict[str, float]
+    val: dict[str, float]
+    collapsed: list[str]
+
+
+@dataclass
+class LoopResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    reports: list[UnfreezeReport] = field(default_factory=list)
+    best_epoch: int = 0
+    best_stage: str = ""
+    best_val_auroc: float = -math.inf
+    collapse_epochs: list[int] = field(default_factory=list)
+
+
+class FocalLoss(nn.Module):
+    def __init__(self, weight: torch.Tensor | None, gamma: float):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=1)
+        logp_t = logp.gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
+        if self.weight is not None:
+            loss = loss * self.weight[target]
+        return loss.mean()
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 over the samples (training split only)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_loss(settings: LoopSettings, train_labels: np.ndarray, num_classes: int) -> nn.Module:
+    weight = class_weights(train_labels, num_classes) if settings.loss != "ce" else None
+    if settings.loss == "focal":
+        return FocalLoss(weight, settings.focal_gamma)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def param_groups(model: Classifier, stage: StagePlan, selected: list[Block], all_blocks: list[Block],
+                 layer_decay: float) -> list[dict]:
+    """Head at the head rate; backbone blocks at the backbone rate, decayed per block from the output end."""
+    groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": stage.head_lr, "name": "head"}]
+    seen = {id(p) for p in groups[0]["params"]}
+    blocks = all_blocks if stage.scope == "full" else selected
+    for depth, block in enumerate(reversed(blocks)):
+        params = [p for p in block.module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": stage.backbone_lr * layer_decay**depth, "name": block.name})
+    rest = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in seen]
+    if rest:  # patch embedding and other modules outside the blocks (full stage only)
+        groups.append({"params": rest, "lr": stage.backbone_lr * layer_decay ** len(blocks), "name": "backbone.other"})
+    return groups
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Runs the stages of a schedule on one model and keeps the best checkpoint by `val/auroc`."""
+
+    def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, settings: LoopSettings,
+                 rule: BlockRule, on_empty: Literal["error", "warn"], tracker: Tracker):
+        self.model = model.to(settings.device)
+        self.settings = settings
+        self.rule = rule
+        self.on_empty = on_empty
+        self.tracker = tracker
+        self.class_names = train.class_names
+        self.x_train, self.y_train = self.tensors(train)
+        self.x_val, self.y_val = self.tensors(val)
+        self.loss_fn = build_loss(settings, train.labels, len(self.class_names)).to(settings.device)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def tensors(self, ws: WindowSet) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(ws.signals).to(self.settings.device), torch.from_numpy(ws.labels).to(self.settings.device)
+
+    def _autocast(self):
+        enabled = self.settings.amp and self.settings.device.type == "cuda"
+        return torch.autocast(device_type=self.settings.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def steps_per_epoch(self) -> int:
+        n, size = len(self.y_train), self.settings.batch_size
+        count = math.ceil(n / size)
+        if count > 1 and n % size == 1:  # BatchNorm cannot train on a last batch of one: drop it
+            count -= 1
+        return min(count, self.settings.max_batches) if self.settings.max_batches else count
+
+    def _batches(self) -> list[torch.Tensor]:
+        n = len(self.y_train)
+        if self.settings.balanced_sampler:
+            weights = class_weights(self.y_train.cpu().numpy(), len(self.class_names))[self.y_train.cpu()]
+            order = torch.multinomial(weights, n, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator)
+        batches = list(order.split(self.settings.batch_size))[: self.steps_per_epoch()]
+        return [b.to(self.settings.device) for b in batches]
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        """Logits for `x`, in evaluation mode, batched."""
+        self.model.eval()
+        out = []
+        with self._autocast():
+            for chunk in x.split(self.settings.eval_batch_size):
+                out.append(self.model(chunk).float().cpu())
+        return torch.cat(out).numpy()
+
+    def _loss_value(self, logits: np.ndarray, labels: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(self.loss_fn(torch.from_numpy(logits).to(self.settings.device), labels))
+
+    def train_epoch(self, optimizer, scheduler, desc: str) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        logits_all, labels_all, losses = [], [], []
+        batches = self._batches()
+        for index in tqdm(batches, desc=desc, leave=False, disable=not self.settings.progress):
+            x, y = self.x_train[index], self.y_train[index]
+            with self._autocast():
+                logits = self.model(x)
+                loss = self.loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], self.settings.grad_clip
+                )
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+            logits_all.append(logits.detach().float())
+            labels_all.append(y)
+        # one device sync per epoch, not per step
+        loss_mean = float(torch.stack(losses).mean())
+        if not math.isfinite(loss_mean):
+            raise FloatingPointError(
+                f"{desc}: the training loss is {loss_mean}. Lower optim.lr, or turn off trainer.amp."
+            )
+        logits_np = torch.cat(logits_all).cpu().numpy()
+        labels_np = torch.cat(labels_all).cpu().numpy()
+        metrics = classification_metrics(labels_np, softmax(logits_np), self.class_names)
+        return {"loss": loss_mean, **metrics}
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
+        logits = self.predict(x)
+        metrics = classification_metrics(y.cpu().numpy(), softmax(logits), self.class_names)
+        return {"loss": self._loss_value(logits, y), **metrics}, logits
+
+    def run(self, stages: list[StagePlan]) -> LoopResult:
+        result = LoopResult()
+        all_blocks = find_blocks(self.model.backbone.model, self.rule) if any(
+            s.scope != "head" for s in stages) else []
+        epoch = 0
+        for stage in stages:
+            report, selected = apply_stage(
+                self.model, self.model.backbone.model, self.model.head, self.rule, stage.scope, stage.last_n,
+                self.on_empty, stage.name,
+            )
+            result.reports.append(report)
+            log.info("\n%s", report.format())
+            self.tracker.start_stage(stage.name, {"scope": stage.scope, "unfreeze.empty": str(report.empty).lower()})
+            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
+            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
+            groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
+            optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
+            steps = stage.epochs * self.steps_per_epoch()
+            scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
+            stage_collapsed = False
+            for stage_epoch in range(1, stage.epochs + 1):
+                epoch += 1
+                desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
+                train_metrics = self.train_epoch(optimizer, scheduler, desc)
+                val_metrics, _ = self.evaluate(self.x_val, self.y_val)
+                collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
+                record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
+                result.history.append(record)
+                self._log_epoch(record, desc)
+                if collapsed:
+                    stage_collapsed = True
+                    result.collapse_epochs.append(epoch)
+                    self._warn_collapse(record)
+                if val_metrics["auroc"] > result.best_val_auroc:
+                    result.best_val_auroc = val_metrics["auroc"]
+                    result.best_epoch, result.best_stage = epoch, stage.name
+                    self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
+            self.tracker.end_stage()
+        return result
+
+    def _log_epoch(self, record: EpochRecord, desc: str) -> None:
+        metrics = {f"train/{k}": v for k, v in record.train.items()}
+        metrics.update({f"val/{k}": v for k, v in record.val.items()})
+        metrics["val/collapsed"] = float(bool(record.collapsed))
+        self.tracker.log_metrics(metrics, step=record.epoch)
+        per_class = "  ".join(f"{c} {record.val.get(f'acc/{c}', float('nan')):.2f}" for c in self.class_names)
+        log.info(
+            "%s  train loss %.4f auroc %.3f | val loss %.4f auroc %.3f bal_acc %.3f | val acc: %s",
+            desc, record.train["loss"], record.train.get("auroc", float("nan")), record.val["loss"],
+            record.val.get("auroc", float("nan")), record.val["balanced_acc"], per_class,
+        )
+
+    def _warn_collapse(self, record: EpochRecord) -> None:
+        rates = ", ".join(f"{c} {record.val.get(f'acc/{c}', 0.0):.3f}" for c in record.collapsed)
+        log.warning(
+            "MODE COLLAPSE at epoch %d (stage %s): validation accuracy of %s is below %.2f; the model has "
+            "(almost) stopped predicting that class. Check the learning rate, the class weights "
+            "(optim.loss) and what this stage unfreezes.",
+            record.epoch, record.stage, rates, self.settings.collapse_threshold,
+        )
+        self.tracker.set_tags({"mode_collapse": "true"}, stage=True)
+        self.tracker.set_tags({"mode_collapse": "true"})
+
+    def restore_best(self) -> None:
+        if self.best_state is None:
+            raise RuntimeError("no epoch was evaluated, so there is no best checkpoint")
+        self.model.load_state_dict(self.best_state)

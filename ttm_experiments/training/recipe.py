@@ -1,0 +1,230 @@
+"""One supervised run: setup (check everything), train (the schedule), finish (test, record, summarise).
+
+Everything that can be wrong with the input is checked in `setup`, before the first epoch: the tracking
+store, the data, the checkpoint, and every stage's unfreeze selection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttm_experiments.config import spec as specs
+from ttm_experiments.config.schema import TrainConfig
+from ttm_experiments.data.prepare import Splits, check_windows, describe_splits, load_windows, split_subject_wise
+from ttm_experiments.metrics import collapsed_classes, confusion, softmax
+from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
+from ttm_experiments.tracking import MlflowTracker, flatten
+from ttm_experiments.training.loop import LoopResult, Trainer
+from ttm_experiments.unfreeze import plan_stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """Where the run writes and how it belongs to a sweep (filled by the CLI from Hydra)."""
+
+    output_dir: Path
+    config_yaml: str
+    sweep_id: str | None = None
+    job_num: int | None = None
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass
+class RunOutcome:
+    objective: float
+    test: dict[str, float]
+    run_id: str
+    best_epoch: int
+    best_stage: str
+
+
+class TrainRecipe:
+    def __init__(self, config: TrainConfig, info: RunInfo):
+        self.config = config
+        self.info = info
+
+    # -- setup: fail before any long work --------------------------------------------------------
+    def setup(self) -> None:
+        c = self.config
+        self.t0 = time.perf_counter()
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed)
+        if c.trainer.num_threads:
+            torch.set_num_threads(c.trainer.num_threads)
+        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+        self.splits = self._data()
+        self.rule = specs.block_rule(c)
+        self.stages = specs.stage_plans(c)
+        self.model = build_classifier(
+            specs.backbone_spec(c), len(self.splits.train.class_names), c.backbone.head_hidden,
+            c.backbone.head_dropout, c.backbone.scale_features,
+        )
+        self.init_kind = "random"
+        if c.backbone.pretrained_path:
+            self.init_kind = load_backbone_weights(self.model.backbone, c.backbone.pretrained_path)
+        # every stage's selection, before training: an empty or out-of-range selection stops here
+        self.empty_stages = [
+            s.name for s in self.stages
+            if plan_stage(self.model.backbone.model, self.rule, s.scope, s.last_n, c.unfreeze.on_empty.value, s.name)[1]
+        ]
+
+    def _data(self) -> Splits:
+        c = self.config
+        ds = specs.dataset_spec(c)
+        windows = load_windows(ds, Path(c.paths.cache_dir))
+        windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, ds.nonfinite)
+        splits = split_subject_wise(windows, ds.n_folds, ds.fold, ds.seed)
+        for name, row in describe_splits(splits).items():
+            log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))
+        return splits
+
+    def _tags(self) -> dict[str, str]:
+        c = self.config
+        tags = {
+            "backbone": c.backbone.name,
+            "dataset": c.dataset.name,
+            "schedule": c.schedule.name,
+            "unfreeze.strategy": c.unfreeze.strategy.value,
+            "unfreeze.last_n": str(c.unfreeze.last_n),
+            "unfreeze.empty": str(bool(self.empty_stages)).lower(),
+            "init": self.init_kind,
+            "mode_collapse": "false",
+            "output_dir": str(self.info.output_dir),
+        }
+        if self.info.sweep_id:
+            tags["sweep"] = self.info.sweep_id
+            tags["sweep.job"] = str(self.info.job_num)
+        if self.info.overrides:
+            tags["overrides"] = " ".join(self.info.overrides)
+        return tags
+
+    # -- train --------------------------------------------------------------------------------------
+    def train(self) -> LoopResult:
+        c = self.config
+        self.tracker.start_run(c.run_name, self._tags())
+        params = flatten(asdict_config(c))
+        self.tracker.log_params(params)
+        self.tracker.log_dict(describe_splits(self.splits), "data/splits.json")
+        self.tracker.log_text(self.info.config_yaml, "config/config.yaml")
+        if self.empty_stages:
+            log.warning("stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged "
+                        "unfreeze.empty=true", self.empty_stages)
+        self.trainer = Trainer(self.model, self.splits.train, self.splits.val, specs.loop_settings(c), self.rule,
+                               c.unfreeze.on_empty.value, self.tracker)
+        return self.trainer.run(self.stages)
+
+    # -- finish: test the best checkpoint, record, summarise -----------------------------------------
+    def finish(self, result: LoopResult) -> RunOutcome:
+        c = self.config
+        self.trainer.restore_best()
+        ckpt = self.info.output_dir / "best.pt"
+        save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names)
+        test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
+        probs = softmax(logits)
+        names = self.splits.test.class_names
+        test_collapsed = collapsed_classes(test, names, c.trainer.collapse_threshold)
+        last_epoch = result.history[-1].epoch
+        self.tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=last_epoch)
+        self.tracker.log_metrics({"best/epoch": result.best_epoch, "best/val_auroc": result.best_val_auroc},
+                                 step=last_epoch)
+        cm = confusion(self.splits.test.labels, probs, len(names))
+        self.tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
+                              "test/confusion_matrix.json")
+        self.tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
+        self.tracker.log_artifact(ckpt)
+        collapse = bool(result.collapse_epochs) or bool(test_collapsed)
+        self.tracker.set_tags({
+            "mode_collapse": str(collapse).lower(),
+            "mode_collapse.val_epochs": ",".join(map(str, result.collapse_epochs)) or "none",
+            "mode_collapse.test_classes": ",".join(test_collapsed) or "none",
+            "best.stage": result.best_stage,
+        })
+        if test_collapsed:
+            log.warning("MODE COLLAPSE on the test set: accuracy of %s below %.2f", test_collapsed,
+                        c.trainer.collapse_threshold)
+        summary = summary_table(result, test, names)
+        print(summary, flush=True)
+        self.tracker.log_text(summary, "summary.txt")
+        (self.info.output_dir / "summary.txt").write_text(summary + "\n")
+        self.tracker.end_run("FINISHED")
+        log.info("run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id,
+                 time.perf_counter() - self.t0, ckpt)
+        return RunOutcome(result.best_val_auroc, test, self.tracker.run_id, result.best_epoch, result.best_stage)
+
+    def run(self) -> RunOutcome:
+        self.setup()
+        try:
+            result = self.train()
+            return self.finish(result)
+        except BaseException as err:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            if self.tracker.run_id is not None:
+                try:
+                    self.tracker.set_tags({"failure": f"{type(err).__name__}: {err}"[:4000]})
+                    self.tracker.end_run(status)
+                except Exception:  # the original error matters more than a tracking hiccup
+                    log.exception("could not mark the MLflow run %s", status)
+            raise
+
+
+def asdict_config(c: TrainConfig) -> dict:
+    """The typed config as plain data (enums as their values), for MLflow params."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return getattr(value, "value", value)
+
+    return plain(asdict(c))
+
+
+def confusion_figure(cm: np.ndarray, names: tuple[str, ...]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(names), 3 + 0.4 * len(names)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, ...]) -> str:
+    """Per stage: the last epoch's and the stage's best validation numbers; then the test row."""
+    cols = ["auroc", "balanced_acc"] + [f"acc/{c}" for c in names]
+    header = f"{'':24s}" + "".join(f"{c:>14s}" for c in cols)
+    lines = ["", "SUMMARY (validation per stage, test on the best checkpoint)", header]
+    for report in result.reports:
+        epochs = [r for r in result.history if r.stage == report.stage]
+        best = max(epochs, key=lambda r: r.val.get("auroc", -1))
+        label = f"val {report.stage} (ep {best.epoch})"
+        lines.append(f"{label:24s}" + "".join(f"{best.val.get(c, float('nan')):14.3f}" for c in cols))
+    lines.append(f"{'test (best: ' + result.best_stage + ' ep ' + str(result.best_epoch) + ')':24s}"
+                 + "".join(f"{test.get(c, float('nan')):14.3f}" for c in cols))
+    trainable = ", ".join(f"{r.stage} {r.trainable_params:,}" for r in result.reports)
+    lines.append(f"trainable parameters per stage: {trainable}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))

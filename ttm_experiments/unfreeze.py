@@ -1,0 +1,243 @@
+"""Blocks of a backbone, and which of them a training stage unfreezes.
+
+One function, `find_blocks`, turns any `nn.Module` into an ordered, non-overlapping list of blocks
+(input to output). Unfreezing, layer-wise learning-rate decay and `ttm-inspect` all read that one list,
+so what `ttm-inspect` shows is exactly what training unfreezes.
+
+The predecessor's rule ("name contains layer/block and has at most one dot") matched nothing on TTM and
+training went on with a frozen encoder. Here a stage that asks for blocks and gets none is an error
+(`on_empty=error`) raised before any training, naming the candidate modules and the override that fixes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from torch import nn
+
+from ttm_experiments.errors import UnfreezeError
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["head", "partial", "full"]
+
+
+@dataclass(frozen=True)
+class BlockRule:
+    """How blocks are found: a regex (`pattern`) or the predecessor's depth rule (`depth`)."""
+
+    strategy: Literal["pattern", "depth"]
+    pattern: str | None = None
+    keywords: tuple[str, ...] = ("layer", "block")
+    max_dots: int = 1
+    on_nested: Literal["error", "outer", "inner"] = "error"
+
+    def describe(self) -> str:
+        if self.strategy == "pattern":
+            return f"pattern '{self.pattern}'"
+        return f"depth rule (keywords {list(self.keywords)}, max_dots {self.max_dots})"
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+
+    @property
+    def params(self) -> int:
+        return count_params(self.module)
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _matches(rule: BlockRule, name: str) -> bool:
+    if rule.strategy == "pattern":
+        if rule.pattern is None:
+            raise UnfreezeError("unfreeze.strategy=pattern needs unfreeze.pattern (a regex); it is null")
+        return re.fullmatch(rule.pattern, name) is not None
+    return any(k in name for k in rule.keywords) and name.count(".") <= rule.max_dots
+
+
+def compile_rule(rule: BlockRule) -> None:
+    """Fail early, with the key's name, when the rule's regex does not compile."""
+    if rule.strategy == "pattern" and rule.pattern is not None:
+        try:
+            re.compile(rule.pattern)
+        except re.error as err:
+            raise UnfreezeError(f"unfreeze.pattern={rule.pattern!r} is not a valid regex: {err}") from None
+
+
+def find_blocks(root: nn.Module, rule: BlockRule) -> list[Block]:
+    """The blocks of `root`, ordered input to output, with nested matches resolved by `rule.on_nested`.
+
+    Names are relative to `root`. Order is module registration order, which is the order in which
+    TTM and PatchTST run their blocks (a test checks this with forward hooks).
+    """
+    compile_rule(rule)
+    matched = [Block(name, mod) for name, mod in root.named_modules() if name and _matches(rule, name)]
+    nested = [
+        (outer.name, inner.name)
+        for outer in matched
+        for inner in matched
+        if inner.name.startswith(outer.name + ".")
+    ]
+    if not nested:
+        return matched
+    if rule.on_nested == "error":
+        outer, inner = nested[0]
+        raise UnfreezeError(
+            f"unfreeze {rule.describe()} selects both {outer!r} and its child {inner!r} "
+            f"({len(nested)} nested pair(s)), so 'last n blocks' is ill-defined. Fix: make the pattern match "
+            "one level only, or set unfreeze.on_nested=outer (keep parents) or unfreeze.on_nested=inner "
+            "(keep children)."
+        )
+    inner_names = {i for _, i in nested}
+    outer_names = {o for o, _ in nested}
+    drop = inner_names if rule.on_nested == "outer" else outer_names
+    return [b for b in matched if b.name not in drop]
+
+
+def candidate_modules(root: nn.Module, limit: int = 12) -> list[str]:
+    """Module names that look like repeated blocks (items of a ModuleList): what a rule should match."""
+    names = [n for n, _ in root.named_modules() if n and n.rsplit(".", 1)[-1].isdigit()]
+    return names[:limit]
+
+
+def select_last(blocks: Sequence[Block], last_n: int) -> list[Block]:
+    """The last `last_n` blocks (output end); 0 means none."""
+    if last_n < 0 or last_n > len(blocks):
+        raise UnfreezeError(
+            f"unfreeze.last_n={last_n} is out of range: the backbone has {len(blocks)} blocks "
+            f"({', '.join(b.name for b in blocks) or 'none'}). Use 0..{len(blocks)} "
+            "(0 = head only), or schedule=full to train everything."
+        )
+    return list(blocks[len(blocks) - last_n :]) if last_n else []
+
+
+@dataclass
+class UnfreezeReport:
+    """What one stage trains: printed, and logged to the stage's run."""
+
+    stage: str
+    scope: Scope
+    rule: str
+    blocks_found: list[str]
+    blocks_unfrozen: list[str]
+    total_params: int
+    trainable_params: int
+    empty: bool = False  # the stage asked for blocks and got none (only possible with on_empty=warn)
+
+    @property
+    def frozen_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def trainable_pct(self) -> float:
+        return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+    def format(self) -> str:
+        title = {"head": "HEAD ONLY", "full": "WHOLE MODEL"}.get(
+            self.scope, f"LAST {len(self.blocks_unfrozen)} BLOCKS"
+        )
+        lines = [f"[{self.stage}] UNFREEZING {title}"]
+        lines.append(f"Found {len(self.blocks_found)} blocks ({self.rule}): {', '.join(self.blocks_found)}")
+        lines += [f"  Unfrozen: {name}" for name in self.blocks_unfrozen]
+        if self.empty:
+            lines.append("  WARNING: no backbone block was unfrozen (on_empty=warn): the encoder stays frozen")
+        lines.append(
+            f"Parameter summary: Total {self.total_params:,}  Trainable {self.trainable_params:,}  "
+            f"Frozen {self.frozen_params:,}  Trainable {self.trainable_pct:.1f} %"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "scope": self.scope,
+            "rule": self.rule,
+            "blocks_found": self.blocks_found,
+            "blocks_unfrozen": self.blocks_unfrozen,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "frozen_params": self.frozen_params,
+            "trainable_pct": round(self.trainable_pct, 3),
+            "empty": self.empty,
+        }
+
+
+def plan_stage(
+    backbone_root: nn.Module,
+    rule: BlockRule,
+    scope: Scope,
+    last_n: int,
+    on_empty: Literal["error", "warn"],
+    stage: str,
+) -> tuple[list[Block], bool]:
+    """The blocks a stage unfreezes, and whether it asked for blocks and got none.
+
+    Raises before any training when a `partial` stage would unfreeze nothing (on_empty=error).
+    """
+    if scope != "partial":
+        return [], False
+    blocks = find_blocks(backbone_root, rule)
+    if last_n == 0:
+        return [], False
+    if not blocks:
+        message = (
+            f"stage {stage!r} asks for the last {last_n} blocks, but unfreeze {rule.describe()} matches no "
+            f"module of the backbone ({type(backbone_root).__name__}), so the encoder would stay frozen. "
+            f"Candidate modules: {', '.join(candidate_modules(backbone_root))}. Fix: unfreeze=pattern "
+            "(the backbone's block pattern), or unfreeze.pattern='<regex over those names>'; "
+            "unfreeze.on_empty=warn trains the head only on purpose."
+        )
+        if on_empty == "error":
+            raise UnfreezeError(message)
+        log.warning(message)
+        return [], True
+    return select_last(blocks, last_n), False
+
+
+def apply_stage(
+    model: nn.Module,
+    backbone_root: nn.Module,
+    head: nn.Module,
+    rule: BlockRule,
+    scope: Scope,
+    last_n: int,
+    on_empty: Literal["error", "warn"],
+    stage: str,
+) -> tuple[UnfreezeReport, list[Block]]:
+    """Set `requires_grad` on `model` for one stage: the head always, plus the selected backbone part."""
+    selected, empty = plan_stage(backbone_root, rule, scope, last_n, on_empty, stage)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    if scope == "full":
+        for p in backbone_root.parameters():
+            p.requires_grad_(True)
+    for block in selected:
+        for p in block.module.parameters():
+            p.requires_grad_(True)
+    try:
+        found = [b.name for b in find_blocks(backbone_root, rule)]
+    except UnfreezeError:
+        if scope == "partial":
+            raise
+        found = []  # a head or full stage does not depend on the rule
+    report = UnfreezeReport(
+        stage=stage,
+        scope=scope,
+        rule=rule.describe(),
+        blocks_found=found,
+        blocks_unfrozen=found if scope == "full" else [b.name for b in selected],
+        total_params=count_params(model),
+        trainable_params=count_params(model, trainable_only=True),
+        empty=empty,
+    )
+    return report, selected
