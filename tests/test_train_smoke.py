@@ -85,3 +85,52 @@ def test_everything_lands_below_runs_dir(smoke_run):
     assert (runs / "mlflow.db").is_file()
     assert (runs / "mlartifacts").is_dir()
     assert list(runs.glob("outputs/**/best.pt"))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["backbone=patchtst", "backbone.context_length=128", "backbone.patch_length=16", "backbone.patch_stride=16",
+     "backbone.d_model=16", "backbone.ffn_dim=32", "unfreeze.last_n=1"],
+    ["dataset.channels=3", "optim.loss=focal", "optim.balanced_sampler=true", "optim.layer_decay=0.7"],
+    ["schedule=head_only", "schedule.stages.0.epochs=1"],
+], ids=["patchtst", "3ch-focal-balanced-decay", "head_only"])
+def test_other_backbones_losses_and_schedules_run(smoke, runs_dir, overrides):
+    objective = train(smoke(*overrides, "experiment_name=variants"))
+    assert 0.0 <= objective <= 1.0
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    runs_found = client.search_runs([client.get_experiment_by_name("variants").experiment_id])
+    parent = _parent(runs_found)
+    assert "test/acc/good" in parent.data.metrics
+
+
+def test_predecessor_rule_with_warn_trains_head_only_and_tags_the_run(smoke, runs_dir):
+    train(smoke("experiment=predecessor_rule"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    runs_found = client.search_runs([client.get_experiment_by_name("ttm-predecessor-rule").experiment_id])
+    parent = _parent(runs_found)
+    assert parent.data.tags["unfreeze.empty"] == "true"
+    assert parent.data.tags["unfreeze.strategy"] == "depth"
+    partial = [r for r in runs_found if r.data.tags.get("stage") == "partial"][0]
+    assert partial.data.tags["unfreeze.empty"] == "true"
+    report = json.loads(Path(client.download_artifacts(parent.info.run_id, "unfreeze/partial.json")).read_text())
+    assert report["blocks_unfrozen"] == [] and report["empty"] is True
+
+
+def test_multirun_grid_puts_every_job_in_one_experiment_with_a_sweep_tag(runs_dir):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "unfreeze.last_n=0,1",
+           f"paths.runs_dir={runs_dir}", "experiment_name=grid"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    runs_found = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
+    parents = [r for r in runs_found if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.params["unfreeze.last_n"] for r in parents) == ["0", "1"]
+    assert len({r.data.tags["sweep"] for r in parents}) == 1
+    assert sorted(r.data.tags["sweep.job"] for r in parents) == ["0", "1"]
+    assert len(runs_found) == 8 and all(r.info.status == "FINISHED" for r in runs_found)

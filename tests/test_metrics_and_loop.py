@@ -1,0 +1,91 @@
+"""Metrics (per class, multi-class AUROC, no 0.0 fallback) and the loop's parameter groups and losses."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ttm_experiments.metrics import classification_metrics, collapsed_classes
+from ttm_experiments.models.backbones import BackboneSpec, build_classifier
+from ttm_experiments.training.loop import FocalLoss, StagePlan, class_weights, param_groups
+from ttm_experiments.unfreeze import BlockRule, apply_stage, find_blocks
+
+TINY = BackboneSpec("ttm", 128, 16, 16, 16, 2, 1, adaptive_patching_levels=2)
+LAYERS = BlockRule("pattern", r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+")
+
+
+def test_binary_metrics_and_per_class_accuracy():
+    y = np.array([0, 0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.7, 0.3]])
+    m = classification_metrics(y, probs, ("poor", "good"))
+    assert m["acc/poor"] == pytest.approx(2 / 3) and m["acc/good"] == pytest.approx(1 / 2)
+    assert m["acc"] == pytest.approx(3 / 5)
+    assert m["balanced_acc"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+
+
+def test_multiclass_auroc_is_real_one_vs_rest_macro():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 25)
+    logits = rng.normal(size=(100, 4)) + 2.0 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = classification_metrics(y, probs, ("a", "b", "c", "d"))
+    assert 0.7 < m["auroc"] < 1.0
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert {f"acc/{c}" for c in "abcd"} <= m.keys()
+
+
+def test_auroc_left_out_with_a_warning_when_a_class_is_missing(caplog):
+    y = np.zeros(4, dtype=int)
+    with caplog.at_level(logging.WARNING):
+        m = classification_metrics(y, np.full((4, 2), 0.5), ("poor", "good"))
+    assert "auroc" not in m and "auprc" not in m
+    assert "undefined" in caplog.text
+
+
+def test_label_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="expected"):
+        classification_metrics(np.zeros(5, dtype=int), np.zeros((4, 2)), ("poor", "good"))
+
+
+def test_collapse_detection():
+    assert collapsed_classes({"acc/poor": 0.99, "acc/good": 0.02}, ("poor", "good"), 0.05) == ["good"]
+    assert collapsed_classes({"acc/poor": 0.6, "acc/good": 0.5}, ("poor", "good"), 0.05) == []
+
+
+def test_layer_decay_reads_the_same_block_list():
+    model = build_classifier(TINY, 2, 8, 0.0, True)
+    blocks = find_blocks(model.backbone.model, LAYERS)
+    stage = StagePlan("full", "full", 1, head_lr=1e-3, backbone_lr=1e-4, last_n=2)
+    apply_stage(model, model.backbone.model, model.head, LAYERS, "full", 2, "error", "full")
+    groups = param_groups(model, stage, [], blocks, layer_decay=0.5)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["head"] == 1e-3
+    assert [lrs[b.name] for b in reversed(blocks)] == pytest.approx([1e-4, 5e-5, 2.5e-5, 1.25e-5])
+    assert lrs["backbone.other"] == pytest.approx(1e-4 * 0.5**4)
+    grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert grouped == sum(p.numel() for p in model.parameters())  # every trainable tensor exactly once
+
+
+def test_partial_stage_groups_only_the_selected_blocks():
+    model = build_classifier(TINY, 2, 8, 0.0, True)
+    _, selected = apply_stage(model, model.backbone.model, model.head, LAYERS, "partial", 1, "error", "partial")
+    stage = StagePlan("partial", "partial", 1, head_lr=1e-3, backbone_lr=1e-4, last_n=1)
+    groups = param_groups(model, stage, selected, find_blocks(model.backbone.model, LAYERS), 1.0)
+    assert [g["name"] for g in groups] == ["head", selected[0].name]
+
+
+def test_class_weights_balance_the_classes():
+    w = class_weights(np.array([0] * 8 + [1] * 2), 2)
+    assert w.tolist() == pytest.approx([10 / 16, 10 / 4])
+
+
+def test_focal_loss_reduces_to_weighted_ce_at_gamma_zero():
+    logits, target = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 1, 0])
+    w = torch.tensor([1.0, 3.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, weight=w, reduction="none").mean()
+    assert FocalLoss(w, 0.0)(logits, target) == pytest.approx(float(ce))
