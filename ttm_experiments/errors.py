@@ -27,3 +27,7 @@ class CheckpointError(UserError):
 
 class TrackingError(UserError):
     """A tracking store that cannot be reached or written."""
+
+
+class Pruned(Exception):
+    """Raised by an epoch hook when a search prunes the run: not a failure, the run stops early."""

@@ -173,6 +173,17 @@ class InspectConf:
 
 
 @dataclass
+class SearchConf:
+    """Set by the Optuna sweeper on each job it launches; null in plain runs and grids."""
+
+    study_name: Optional[str] = None
+    storage: Optional[str] = None
+    trial_number: Optional[int] = None
+    pruner: Optional[str] = None  # median | hyperband | none
+    direction: str = "maximize"
+
+
+@dataclass
 class TrainConfig:
     backbone: BackboneConf = field(default_factory=BackboneConf)
     unfreeze: UnfreezeConf = field(default_factory=UnfreezeConf)
@@ -183,6 +194,9 @@ class TrainConfig:
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
     inspect: InspectConf = field(default_factory=InspectConf)
+    search: SearchConf = field(default_factory=SearchConf)
+    # the value a sweep or an Optuna study optimises: a per-epoch metric, taken at the best epoch
+    optimized_metric: str = "val/auroc"
     seed: int = 0
     experiment_name: str = "ttm-ppg-quality"
     run_name: Optional[str] = None

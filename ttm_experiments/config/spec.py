@@ -75,6 +75,8 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"dataset.nonfinite={c.dataset.nonfinite!r} must be 'error' or 'drop'")
     if c.inspect.format not in ("text", "json"):
         raise ConfigError(f"inspect.format={c.inspect.format!r} must be 'text' or 'json'")
+    if c.optimized_metric.partition("/")[0] not in ("train", "val"):
+        raise ConfigError(f"optimized_metric={c.optimized_metric!r} must be a per-epoch metric such as 'val/auroc'")
     if not 0 <= c.trainer.collapse_threshold < 1:
         raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
 

@@ -10,7 +10,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -135,12 +135,15 @@ class Trainer:
     """Runs the stages of a schedule on one model and keeps the best checkpoint by `val/auroc`."""
 
     def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, settings: LoopSettings,
-                 rule: BlockRule, on_empty: Literal["error", "warn"], tracker: Tracker):
+                 rule: BlockRule, on_empty: Literal["error", "warn"], tracker: Tracker,
+                 epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = ()):
         self.model = model.to(settings.device)
         self.settings = settings
         self.rule = rule
         self.on_empty = on_empty
         self.tracker = tracker
+        # called after every epoch with its record (e.g. Optuna pruning, which raises errors.Pruned)
+        self.epoch_hooks = epoch_hooks
         self.class_names = train.class_names
         self.x_train, self.y_train = self.tensors(train)
         self.x_val, self.y_val = self.tensors(val)
@@ -261,6 +264,8 @@ class Trainer:
                     result.best_val_auroc = val_metrics["auroc"]
                     result.best_epoch, result.best_stage = epoch, stage.name
                     self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                for hook in self.epoch_hooks:
+                    hook(record)
             self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
             self.tracker.end_stage()
         return result

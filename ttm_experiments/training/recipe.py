@@ -17,6 +17,7 @@ import torch
 
 from ttm_experiments.config import spec as specs
 from ttm_experiments.config.schema import TrainConfig
+from ttm_experiments.errors import ConfigError, Pruned
 from ttm_experiments.data.prepare import Splits, check_windows, describe_splits, load_windows, split_subject_wise
 from ttm_experiments.metrics import collapsed_classes, confusion, softmax
 from ttm_experiments.models.backbones import build_classifier
@@ -159,7 +160,8 @@ class TrainRecipe:
         self.tracker.end_run("FINISHED")
         log.info("run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id,
                  time.perf_counter() - self.t0, ckpt)
-        return RunOutcome(result.best_val_auroc, test, self.tracker.run_id, result.best_epoch, result.best_stage)
+        return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
+                          result.best_stage)
 
     def run(self) -> RunOutcome:
         self.setup()
@@ -167,14 +169,27 @@ class TrainRecipe:
             result = self.train()
             return self.finish(result)
         except BaseException as err:
-            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            status = "KILLED" if isinstance(err, (KeyboardInterrupt, Pruned)) else "FAILED"
             if self.tracker.run_id is not None:
                 try:
-                    self.tracker.set_tags({"failure": f"{type(err).__name__}: {err}"[:4000]})
+                    reason = "pruned" if isinstance(err, Pruned) else "failure"
+                    self.tracker.set_tags({reason: f"{type(err).__name__}: {err}"[:4000]})
                     self.tracker.end_run(status)
                 except Exception:  # the original error matters more than a tracking hiccup
                     log.exception("could not mark the MLflow run %s", status)
             raise
+
+
+def objective_value(result: LoopResult, metric: str) -> float:
+    """`metric` (e.g. `val/auroc`) at the best epoch: what sweeps and Optuna optimise."""
+    split, _, key = metric.partition("/")
+    if split not in ("train", "val"):
+        raise ConfigError(f"optimized_metric={metric!r} must be a per-epoch metric such as 'val/auroc'")
+    best = next(r for r in result.history if r.epoch == result.best_epoch)
+    values = best.val if split == "val" else best.train
+    if key not in values:
+        raise ConfigError(f"optimized_metric={metric!r} is not logged; per-epoch metrics are {sorted(values)}")
+    return float(values[key])
 
 
 def asdict_config(c: TrainConfig) -> dict:
