@@ -37,6 +37,13 @@ class OnNested(str, Enum):
 
 class StageKind(str, Enum):
     supervised = "supervised"
+    ssl_masked = "ssl_masked"  # masked-patch reconstruction
+    ssl_contrastive = "ssl_contrastive"  # InfoNCE over augmented views + the masked loss
+
+
+class StageData(str, Enum):
+    target = "target"  # the training split of `dataset`
+    pretrain = "pretrain"  # the unlabeled corpus `dataset.pretrain`
 
 
 class TrainScope(str, Enum):
@@ -108,6 +115,10 @@ class DatasetConf:
     good_fraction: float = 0.21
     label_noise: float = 0.03
     nonfinite: str = "error"  # error | drop: what to do with windows holding NaN/Inf or a constant signal
+    # the unlabeled corpus of `data: pretrain` stages: synthetic (unlabeled mode) or vitaldb
+    pretrain: str = "synthetic"
+    pretrain_root: Optional[str] = None
+    pretrain_subjects: int = 100
 
 
 @dataclass
@@ -119,12 +130,20 @@ class StageConf:
     # learning rates are optim.lr times these factors
     head_lr_scale: float = 1.0
     backbone_lr_scale: float = 0.1
+    # self-supervised stages only
+    data: StageData = StageData.target
+    mask_ratio: float = 0.4
+    stft_weight: float = 0.0
+    contrastive_weight: float = 1.0
+    temperature: float = 0.1
 
 
 @dataclass
 class ScheduleConf:
     name: str = MISSING
     stages: List[StageConf] = field(default_factory=list)
+    # skip the stages before this one (with backbone.pretrained_path: rerun only fine-tuning)
+    start_at: Optional[str] = None
 
 
 @dataclass

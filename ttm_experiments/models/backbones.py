@@ -51,13 +51,16 @@ class Backbone(nn.Module):
         self.spec = spec
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`observed` [B, C, T] (bool) hides samples from the scaler's statistics (masked pre-training)."""
         if x.shape[-1] != self.spec.context_length or x.shape[1] != self.spec.num_channels:
             raise ValueError(
                 f"input shape {tuple(x.shape)} does not fit the backbone "
                 f"[batch, {self.spec.num_channels}, {self.spec.context_length}]"
             )
-        out = self.model(past_values=x.transpose(1, 2))
+        mask = None if observed is None else observed.transpose(1, 2).to(x.dtype)
+        out = self.model(past_values=x.transpose(1, 2), past_observed_mask=mask)
         return out.last_hidden_state, out.loc.squeeze(1), out.scale.squeeze(1)
 
 

@@ -228,47 +228,52 @@ class Trainer:
         return {"loss": self._loss_value(logits, y), **metrics}, logits
 
     def run(self, stages: list[StagePlan]) -> LoopResult:
+        """All stages in order, epochs counted across them."""
         result = LoopResult()
-        all_blocks = find_blocks(self.model.backbone.model, self.rule) if any(
-            s.scope != "head" for s in stages) else []
         epoch = 0
         for stage in stages:
-            report, selected = apply_stage(
-                self.model, self.model.backbone.model, self.model.head, self.rule, stage.scope, stage.last_n,
-                self.on_empty, stage.name,
-            )
-            result.reports.append(report)
-            log.info("\n%s", report.format())
-            self.tracker.start_stage(stage.name, {"scope": stage.scope, "unfreeze.empty": str(report.empty).lower()})
-            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
-            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
-            groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
-            optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
-            steps = stage.epochs * self.steps_per_epoch()
-            scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
-            stage_collapsed = False
-            for stage_epoch in range(1, stage.epochs + 1):
-                epoch += 1
-                desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
-                train_metrics = self.train_epoch(optimizer, scheduler, desc)
-                val_metrics, _ = self.evaluate(self.x_val, self.y_val)
-                collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
-                record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
-                result.history.append(record)
-                self._log_epoch(record, desc)
-                if collapsed:
-                    stage_collapsed = True
-                    result.collapse_epochs.append(epoch)
-                    self._warn_collapse(record)
-                if val_metrics["auroc"] > result.best_val_auroc:
-                    result.best_val_auroc = val_metrics["auroc"]
-                    result.best_epoch, result.best_stage = epoch, stage.name
-                    self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-                for hook in self.epoch_hooks:
-                    hook(record)
-            self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
-            self.tracker.end_stage()
+            epoch = self.run_stage(stage, result, epoch)
         return result
+
+    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int) -> int:
+        """One supervised stage in its own nested run; returns the last epoch number (across stages)."""
+        report, selected = apply_stage(
+            self.model, self.model.backbone.model, self.model.head, self.rule, stage.scope, stage.last_n,
+            self.on_empty, stage.name,
+        )
+        all_blocks = find_blocks(self.model.backbone.model, self.rule) if stage.scope == "full" else selected
+        result.reports.append(report)
+        log.info("\n%s", report.format())
+        self.tracker.start_stage(stage.name, {"scope": stage.scope, "kind": "supervised",
+                                              "unfreeze.empty": str(report.empty).lower()})
+        self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
+        self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
+        groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
+        scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.settings.warmup_frac)
+        stage_collapsed = False
+        for stage_epoch in range(1, stage.epochs + 1):
+            epoch += 1
+            desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
+            train_metrics = self.train_epoch(optimizer, scheduler, desc)
+            val_metrics, _ = self.evaluate(self.x_val, self.y_val)
+            collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
+            record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
+            result.history.append(record)
+            self._log_epoch(record, desc)
+            if collapsed:
+                stage_collapsed = True
+                result.collapse_epochs.append(epoch)
+                self._warn_collapse(record)
+            if val_metrics["auroc"] > result.best_val_auroc:
+                result.best_val_auroc = val_metrics["auroc"]
+                result.best_epoch, result.best_stage = epoch, stage.name
+                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            for hook in self.epoch_hooks:
+                hook(record)
+        self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
+        self.tracker.end_stage()
+        return epoch
 
     def _log_epoch(self, record: EpochRecord, desc: str) -> None:
         metrics = {f"train/{k}": v for k, v in record.train.items()}

@@ -1,0 +1,100 @@
+"""Masked-patch pre-training and contrastive continuation: masking, heads, losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttm_experiments.models.backbones import BackboneSpec, build_backbone
+from ttm_experiments.training.ssl import (
+    ReconstructionHead,
+    SSLObjective,
+    SSLSettings,
+    info_nce,
+    masked_reconstruction,
+    observed_from_mask,
+    patch_mask,
+)
+
+SPECS = [
+    BackboneSpec("ttm", 128, 16, 16, 16, 2, 3, adaptive_patching_levels=2),
+    BackboneSpec("patchtst", 128, 16, 16, 16, 2, 3, num_attention_heads=2, ffn_dim=32),
+]
+
+
+def test_patch_mask_masks_the_configured_fraction_per_window():
+    mask = patch_mask(32, 16, 0.4, torch.Generator().manual_seed(0))
+    assert mask.shape == (32, 16) and mask.dtype == torch.bool
+    assert (mask.sum(1) == round(0.4 * 16)).all()
+    assert len({tuple(m.tolist()) for m in mask}) > 1  # different patches per window
+
+
+def test_masked_patches_are_the_same_in_every_channel():
+    mask = patch_mask(4, 8, 0.5, torch.Generator().manual_seed(1))
+    observed = observed_from_mask(mask, channels=3, patch_length=16)
+    assert observed.shape == (4, 3, 128)
+    assert (observed[:, 0] == observed[:, 1]).all() and (observed[:, 0] == observed[:, 2]).all()
+    patches = observed[:, 0].reshape(4, 8, 16)
+    assert (patches.all(-1) == ~mask).all() and (patches.any(-1) == ~mask).all()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+def test_reconstruction_head_shape(spec):
+    backbone = build_backbone(spec)
+    hidden, _, _ = backbone(torch.randn(2, 3, 128))
+    out = ReconstructionHead(spec.d_model, spec.patch_length)(hidden)
+    assert out.shape == (2, 3, 128 // 16, 16)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+def test_loss_only_sees_masked_patches(spec):
+    """Changing an observed patch's target samples does not change the loss... of its own patch: we check
+    the stronger property that the loss ignores the prediction on observed patches."""
+    torch.manual_seed(0)
+    backbone = build_backbone(spec).eval()
+    head = ReconstructionHead(spec.d_model, spec.patch_length)
+    x = torch.randn(2, 3, 128)
+    mask = patch_mask(2, 8, 0.25, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = masked_reconstruction(backbone, head, x, mask)["masked"]
+        # a hook that corrupts the head's output on observed patches only
+        handle = head.register_forward_hook(lambda m, i, o: torch.where(mask[:, None, :, None], o, o + 100.0))
+        corrupted = masked_reconstruction(backbone, head, x, mask)["masked"]
+        handle.remove()
+    assert torch.allclose(base, corrupted)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+def test_the_backbone_never_sees_masked_samples(spec):
+    """Changing only masked samples leaves the backbone's hidden state unchanged; only the targets move."""
+    backbone = build_backbone(spec).eval()
+    head = ReconstructionHead(spec.d_model, spec.patch_length)
+    x = torch.randn(2, 3, 128)
+    mask = patch_mask(2, 8, 0.5, torch.Generator().manual_seed(0))
+    changed = x.clone()
+    changed[~observed_from_mask(mask, 3, 16)] += 5.0
+    seen = []
+    handle = backbone.register_forward_hook(lambda m, i, o: seen.append(o[0]))
+    with torch.no_grad():
+        a = masked_reconstruction(backbone, head, x, mask)
+        b = masked_reconstruction(backbone, head, changed, mask)
+    handle.remove()
+    assert torch.allclose(seen[0], seen[1], atol=1e-5)
+    assert not torch.allclose(a["masked"], b["masked"])
+
+
+def test_info_nce_prefers_matching_views():
+    z = torch.randn(8, 16)
+    assert info_nce(z, z + 0.01 * torch.randn(8, 16), 0.1) < info_nce(z, torch.randn(8, 16), 0.1)
+
+
+@pytest.mark.parametrize("kind", ["ssl_masked", "ssl_contrastive"])
+def test_objective_trains_the_backbone(kind):
+    spec = SPECS[0]
+    backbone = build_backbone(spec)
+    objective = SSLObjective(backbone, kind, SSLSettings(stft_weight=0.1))
+    parts = objective(torch.randn(4, 3, 128), torch.Generator().manual_seed(0))
+    parts["loss"].backward()
+    assert all(torch.isfinite(v) for v in parts.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+    assert ("contrastive" in parts) == (kind == "ssl_contrastive")
