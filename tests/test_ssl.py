@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -98,3 +100,97 @@ def test_objective_trains_the_backbone(kind):
     assert all(torch.isfinite(v) for v in parts.values())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
     assert ("contrastive" in parts) == (kind == "ssl_contrastive")
+
+
+# -- the hybrid and pretrain schedules end to end ------------------------------------------------------
+
+SMOKE_HYBRID = ("schedule=hybrid",)
+
+
+def _runs(runs_dir, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_hybrid_schedule_runs_every_stage_in_mlflow(smoke, runs_dir):
+    from ttm_experiments.train import train
+
+    train(smoke(*SMOKE_HYBRID, "experiment_name=hybrid"))
+    client, runs_found = _runs(runs_dir, "hybrid")
+    parent = next(r for r in runs_found if "mlflow.parentRunId" not in r.data.tags)
+    stages = {r.data.tags["stage"]: r for r in runs_found if "mlflow.parentRunId" in r.data.tags}
+    assert list(stages) and set(stages) == {"pretrain", "target_ssl", "head", "partial", "full"}
+    for name in ("pretrain", "target_ssl"):
+        metrics = stages[name].data.metrics
+        assert {"train/ssl_loss", "val/ssl_loss", "val/ssl_masked", "probe/val_auroc"} <= metrics.keys()
+    assert "train/ssl_contrastive" in stages["target_ssl"].data.metrics
+    assert "test/auroc" in parent.data.metrics
+    out = Path(parent.data.tags["output_dir"])
+    assert {p.name for p in out.glob("stage-*.pt")} == {f"stage-{s}.pt" for s in stages}
+
+
+def test_pretrain_writes_a_foundation_checkpoint_that_fine_tuning_loads(smoke, runs_dir):
+    from ttm_experiments.models.checkpoint import load_backbone_weights  # noqa: F401 (used via the config)
+    from ttm_experiments.train import train
+
+    train(smoke("schedule=pretrain", "experiment_name=pre"))
+    client, runs_found = _runs(runs_dir, "pre")
+    foundation = Path(runs_found[0].data.tags.get("foundation") or next(
+        r.data.tags["foundation"] for r in runs_found if "foundation" in r.data.tags))
+    assert foundation.is_file()
+    saved = torch.load(foundation, weights_only=True)
+    assert saved["stage"] == "pretrain" and saved["architecture"]["d_model"] == 16
+
+    # rerun only fine-tuning, starting at 'partial', from those weights
+    train(smoke(f"backbone.pretrained_path={foundation}", "schedule.start_at=partial", "experiment_name=ft"))
+    client, runs_found = _runs(runs_dir, "ft")
+    parent = next(r for r in runs_found if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["init"] == "ssl"
+    assert sorted(r.data.tags["stage"] for r in runs_found if "mlflow.parentRunId" in r.data.tags) == ["full", "partial"]
+
+
+def test_start_at_loads_the_given_weights(smoke, runs_dir, tmp_path):
+    """The model that starts fine-tuning holds exactly the checkpoint's backbone tensors."""
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.models.backbones import build_classifier
+    from ttm_experiments.models.checkpoint import save_classifier
+    from ttm_experiments.train import run_info
+    from ttm_experiments.training.recipe import TrainRecipe
+
+    source = build_classifier(SPECS[0].__class__(**{**SPECS[0].__dict__, "num_channels": 1}), 2, 16, 0.1, True)
+    with torch.no_grad():
+        for p in source.backbone.parameters():
+            p.add_(0.5)
+    ckpt = tmp_path / "stage-head.pt"
+    save_classifier(ckpt, source, "head", ("poor", "good"))
+    cfg = smoke(f"backbone.pretrained_path={ckpt}", "schedule.start_at=partial")
+    recipe = TrainRecipe(to_config(cfg), run_info(cfg))
+    recipe.setup()
+    assert [s.name for s in recipe.stages] == ["partial", "full"]
+    for (name, a), b in zip(source.backbone.state_dict().items(), recipe.model.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_start_at_without_weights_is_refused(smoke):
+    from ttm_experiments.errors import ConfigError
+    from ttm_experiments.train import train
+
+    with pytest.raises(ConfigError, match="backbone.pretrained_path is null"):
+        train(smoke("schedule.start_at=partial"))
+
+
+def test_ssl_stage_changes_the_backbone(smoke, runs_dir):
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.train import run_info
+    from ttm_experiments.training.recipe import TrainRecipe
+
+    cfg = smoke("schedule=pretrain", "schedule.stages.0.epochs=1")
+    recipe = TrainRecipe(to_config(cfg), run_info(cfg))
+    recipe.setup()
+    before = {k: v.clone() for k, v in recipe.model.backbone.state_dict().items()}
+    recipe.train()
+    changed = [k for k, v in recipe.model.backbone.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > len(before) // 2
+    recipe.tracker.end_run()

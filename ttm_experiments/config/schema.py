@@ -169,8 +169,9 @@ class TrainerConf:
     progress: bool = True
     collapse_threshold: float = 0.05  # a class whose val accuracy falls below this is "collapsed"
     collapse_action: CollapseAction = CollapseAction.warn
-    # stop (and fail) after this many train batches per epoch; 0 = no limit (for smoke tests)
-    max_batches: int = 0
+    # caps for smoke runs and tests; 0 = no cap
+    max_batches: int = 0  # train batches per epoch
+    max_epochs_per_stage: int = 0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from ttm_experiments.data.prepare import DatasetSpec
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.models.backbones import BackboneSpec
 from ttm_experiments.training.loop import LoopSettings, StagePlan
+from ttm_experiments.training.ssl import SSLSettings
 from ttm_experiments.unfreeze import BlockRule
 
 
@@ -62,7 +64,11 @@ def validate(c: TrainConfig) -> None:
         if stage.epochs < 1:
             raise ConfigError(f"schedule.stages[{i}] ({stage.name}).epochs={stage.epochs} must be >= 1")
         _positive(f"schedule.stages[{i}].head_lr_scale", stage.head_lr_scale)
-        backbone_needed = stage.train.value != "head"
+        if not 0 < stage.mask_ratio < 1:
+            raise ConfigError(f"schedule.stages[{i}] ({stage.name}).mask_ratio={stage.mask_ratio} must be in (0, 1)")
+        if stage.kind.value == "supervised" and stage.data.value != "target":
+            raise ConfigError(f"schedule.stages[{i}] ({stage.name}) is supervised: it trains on data=target only")
+        backbone_needed = stage.train.value != "head" or stage.kind.value != "supervised"
         _positive(f"schedule.stages[{i}].backbone_lr_scale", stage.backbone_lr_scale, allow_zero=not backbone_needed)
     if c.dataset.window_length != c.backbone.context_length:
         raise ConfigError(
@@ -111,17 +117,37 @@ def block_rule(c: TrainConfig) -> BlockRule:
 
 
 def stage_plans(c: TrainConfig) -> list[StagePlan]:
-    return [
+    """The schedule's stages from `schedule.start_at` on (all of them when it is null)."""
+    plans = [
         StagePlan(
             name=s.name,
             scope=s.train.value,
-            epochs=s.epochs,
+            epochs=min(s.epochs, c.trainer.max_epochs_per_stage or s.epochs),
             head_lr=c.optim.lr * s.head_lr_scale,
             backbone_lr=c.optim.lr * s.backbone_lr_scale,
             last_n=c.unfreeze.last_n,
+            kind=s.kind.value,
+            data=s.data.value,
+            ssl=None if s.kind.value == "supervised" else SSLSettings(
+                mask_ratio=s.mask_ratio, stft_weight=s.stft_weight, contrastive_weight=s.contrastive_weight,
+                temperature=s.temperature,
+            ),
         )
         for s in c.schedule.stages
     ]
+    start = c.schedule.start_at
+    if start is None:
+        return plans
+    names = [p.name for p in plans]
+    if start not in names:
+        raise ConfigError(f"schedule.start_at={start!r} is not a stage of schedule={c.schedule.name}: {names}")
+    if names.index(start) > 0 and not c.backbone.pretrained_path:
+        raise ConfigError(
+            f"schedule.start_at={start!r} skips {names[:names.index(start)]}, but backbone.pretrained_path is null, "
+            "so their weights would be missing. Fix: backbone.pretrained_path=<output dir of the earlier run>/"
+            f"stage-{names[names.index(start) - 1]}.pt"
+        )
+    return plans[names.index(start):]
 
 
 def dataset_spec(c: TrainConfig) -> DatasetSpec:
@@ -140,6 +166,21 @@ def dataset_spec(c: TrainConfig) -> DatasetSpec:
         windows_per_subject=d.windows_per_subject,
         good_fraction=d.good_fraction,
         label_noise=d.label_noise,
+        task=d.task,
+        ppg_channels=tuple(d.ppg_channels),
+        missing_records=d.missing_records,
+        track=d.track,
+    )
+
+
+def pretrain_spec(c: TrainConfig) -> DatasetSpec:
+    """The unlabeled corpus: the synthetic generator (other subjects: another seed) or a real one."""
+    d = c.dataset
+    if d.pretrain != "synthetic" and not d.pretrain_root:
+        raise ConfigError(f"dataset.pretrain={d.pretrain} needs dataset.pretrain_root=<directory of the corpus>")
+    return replace(
+        dataset_spec(c), name=d.pretrain, root=d.pretrain_root, seed=c.seed + 10_000, n_subjects=d.pretrain_subjects,
+        nonfinite="drop",
     )
 
 

@@ -20,6 +20,7 @@ from ttm_experiments.data.base import WindowSet
 from ttm_experiments.metrics import classification_metrics, collapsed_classes, softmax
 from ttm_experiments.models.backbones import Classifier
 from ttm_experiments.tracking import Tracker
+from ttm_experiments.training.ssl import SSLSettings
 from ttm_experiments.unfreeze import Block, BlockRule, UnfreezeReport, apply_stage, find_blocks
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,13 @@ class StagePlan:
     head_lr: float
     backbone_lr: float
     last_n: int
+    kind: Literal["supervised", "ssl_masked", "ssl_contrastive"] = "supervised"
+    data: Literal["target", "pretrain"] = "target"
+    ssl: SSLSettings | None = None
+
+    @property
+    def supervised(self) -> bool:
+        return self.kind == "supervised"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class LoopResult:
     best_stage: str = ""
     best_val_auroc: float = -math.inf
     collapse_epochs: list[int] = field(default_factory=list)
+    ssl: list[dict] = field(default_factory=list)  # per self-supervised stage: its last epoch and probe AUROC
 
 
 class FocalLoss(nn.Module):

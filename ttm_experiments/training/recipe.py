@@ -23,7 +23,8 @@ from ttm_experiments.metrics import collapsed_classes, confusion, softmax
 from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
 from ttm_experiments.tracking import MlflowTracker, flatten
-from ttm_experiments.training.loop import LoopResult, Trainer
+from ttm_experiments.training.loop import LoopResult, StagePlan, Trainer
+from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.unfreeze import plan_stage
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class TrainRecipe:
             self.init_kind = load_backbone_weights(self.model.backbone, c.backbone.pretrained_path)
         # every stage's selection, before training: an empty or out-of-range selection stops here
         self.empty_stages = [
-            s.name for s in self.stages
-            if plan_stage(self.model.backbone.model, self.rule, s.scope, s.last_n, c.unfreeze.on_empty.value, s.name)[1]
+            s.name for s in self.stages if s.supervised
+            and plan_stage(self.model.backbone.model, self.rule, s.scope, s.last_n, c.unfreeze.on_empty.value, s.name)[1]
         ]
+        self.pretrain = self._pretrain_data() if any(s.data == "pretrain" for s in self.stages) else None
 
     def _data(self) -> Splits:
         c = self.config
@@ -88,6 +90,20 @@ class TrainRecipe:
         for name, row in describe_splits(splits).items():
             log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))
         return splits
+
+    def _pretrain_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The unlabeled corpus of `data: pretrain` stages, split by subject into train and validation (90/10)."""
+        c = self.config
+        ds = specs.pretrain_spec(c)
+        windows = load_windows(ds, Path(c.paths.cache_dir))
+        windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, ds.nonfinite)
+        subjects = np.unique(windows.subjects)
+        rng = np.random.default_rng(c.seed)
+        held_out = rng.choice(subjects, size=max(1, len(subjects) // 10), replace=False)
+        is_val = np.isin(windows.subjects, held_out)
+        log.info("pretraining corpus %s: %d windows of %d subjects (%d held out for validation)", ds.name,
+                 len(windows), len(subjects), int(is_val.sum()))
+        return windows.signals[~is_val], windows.signals[is_val]
 
     def _tags(self) -> dict[str, str]:
         c = self.config
@@ -120,13 +136,44 @@ class TrainRecipe:
         if self.empty_stages:
             log.warning("stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged "
                         "unfreeze.empty=true", self.empty_stages)
-        self.trainer = Trainer(self.model, self.splits.train, self.splits.val, specs.loop_settings(c), self.rule,
+        settings = specs.loop_settings(c)
+        self.trainer = Trainer(self.model, self.splits.train, self.splits.val, settings, self.rule,
                                c.unfreeze.on_empty.value, self.tracker)
-        return self.trainer.run(self.stages)
+        self.ssl_runner = SSLRunner(self.model.backbone, settings, self.tracker)
+        result, epoch = LoopResult(), 0
+        for stage in self.stages:
+            if stage.supervised:
+                epoch = self.trainer.run_stage(stage, result, epoch)
+            else:
+                epoch = self._ssl_stage(stage, result, epoch)
+            save_classifier(self.info.output_dir / f"stage-{stage.name}.pt", self.model, stage.name,
+                            self.splits.train.class_names)
+        return result
+
+    def _ssl_stage(self, stage: StagePlan, result: LoopResult, epoch: int) -> int:
+        """A self-supervised stage in its own nested run, then a linear probe on the labeled data."""
+        train_x, val_x = self.pretrain if stage.data == "pretrain" else (self.splits.train.signals,
+                                                                           self.splits.val.signals)
+        self.tracker.start_stage(stage.name, {"scope": "full", "kind": stage.kind, "data": stage.data})
+        epoch, history = self.ssl_runner.run_stage(stage.name, stage.kind, stage.ssl, stage.epochs, stage.head_lr,
+                                                   stage.backbone_lr, train_x, val_x, epoch)
+        probe = self._probe()
+        self.tracker.log_metrics({"probe/val_auroc": probe}, step=epoch)
+        log.info("[%s] linear probe on frozen features: val AUROC %.3f", stage.name, probe)
+        self.tracker.end_stage()
+        result.ssl.append({"stage": stage.name, "kind": stage.kind, "probe_val_auroc": probe, **history[-1]})
+        return epoch
+
+    def _probe(self) -> float:
+        s = self.trainer.settings
+        return linear_probe_auroc(self.model.backbone, self.splits.train.signals, self.splits.train.labels,
+                                  self.splits.val.signals, self.splits.val.labels, s.eval_batch_size, s.device)
 
     # -- finish: test the best checkpoint, record, summarise -----------------------------------------
     def finish(self, result: LoopResult) -> RunOutcome:
         c = self.config
+        if not result.history:  # a self-supervised schedule (pretrain): its product is the foundation checkpoint
+            return self._finish_pretrain(result)
         self.trainer.restore_best()
         ckpt = self.info.output_dir / "best.pt"
         save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names)
@@ -162,6 +209,24 @@ class TrainRecipe:
                  time.perf_counter() - self.t0, ckpt)
         return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
                           result.best_stage)
+
+    def _finish_pretrain(self, result: LoopResult) -> RunOutcome:
+        foundation = self.info.output_dir / "foundation.pt"
+        save_classifier(foundation, self.model, result.ssl[-1]["stage"], self.splits.train.class_names)
+        self.tracker.log_artifact(foundation)
+        self.tracker.set_tags({"foundation": str(foundation.resolve())})
+        summary = "\n".join(
+            [f"SELF-SUPERVISED STAGES (foundation checkpoint: {foundation})"]
+            + [f"  {r['stage']:12s} val ssl_loss {r['val']['ssl_loss']:.4f}  masked {r['val']['ssl_masked']:.4f} "
+               f"(predicting zeros {r['val']['ssl_zero_baseline']:.4f})  linear-probe val AUROC "
+               f"{r['probe_val_auroc']:.3f}" for r in result.ssl]
+            + [f"fine-tune from it: ttm-train backbone.pretrained_path={foundation.resolve()}"]
+        )
+        print(summary, flush=True)
+        self.tracker.log_text(summary, "summary.txt")
+        self.tracker.end_run("FINISHED")
+        return RunOutcome(result.ssl[-1]["probe_val_auroc"], {}, self.tracker.run_id, result.ssl[-1]["epoch"],
+                          result.ssl[-1]["stage"])
 
     def run(self) -> RunOutcome:
         self.setup()

@@ -197,3 +197,86 @@ def linear_probe_auroc(backbone: Backbone, train_x: np.ndarray, train_y: np.ndar
     if scores.shape[1] == 2:
         return float(roc_auc_score(val_y, scores[:, 1]))
     return float(roc_auc_score(val_y, scores, multi_class="ovr", average="macro"))
+
+
+class SSLRunner:
+    """Trains the backbone of a classifier with a self-supervised objective, one stage at a time.
+
+    Data may be a memory-mapped array (a large corpus): batches are read by index, never all at once.
+    """
+
+    def __init__(self, backbone: Backbone, settings, tracker):
+        self.backbone = backbone
+        self.settings = settings  # training.loop.LoopSettings
+        self.tracker = tracker
+        self.generator = torch.Generator().manual_seed(settings.seed + 1)
+
+    def _batch(self, x: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x[np.sort(index)], dtype=np.float32)).to(self.settings.device)
+
+    def _autocast(self):
+        enabled = self.settings.amp and self.settings.device.type == "cuda"
+        return torch.autocast(device_type=self.settings.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _epoch(self, objective: SSLObjective, x: np.ndarray, optimizer=None, scheduler=None,
+               desc: str = "") -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        training = optimizer is not None
+        objective.train(training)
+        # validation uses the same masks and views every epoch, so its curve is comparable
+        generator = self.generator if training else torch.Generator().manual_seed(self.settings.seed + 2)
+        order = torch.randperm(len(x), generator=generator).numpy() if training else np.arange(len(x))
+        size = self.settings.batch_size if training else self.settings.eval_batch_size
+        batches = [order[i : i + size] for i in range(0, len(x), size)]
+        if training and len(batches) > 1 and len(batches[-1]) < 2:
+            batches = batches[:-1]
+        sums: dict[str, torch.Tensor] = {}
+        with torch.set_grad_enabled(training):
+            for index in tqdm(batches, desc=desc, leave=False, disable=not (self.settings.progress and training)):
+                with self._autocast():
+                    parts = objective(self._batch(x, index), generator)
+                if training:
+                    optimizer.zero_grad(set_to_none=True)
+                    parts["loss"].backward()
+                    if self.settings.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(objective.parameters(), self.settings.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * len(index)
+        out = {f"ssl_{k}" if k != "loss" else "ssl_loss": float(v) / sum(len(b) for b in batches)
+               for k, v in sums.items()}
+        if not math.isfinite(out["ssl_loss"]):
+            raise FloatingPointError(f"{desc}: the self-supervised loss is {out['ssl_loss']}. Lower optim.lr.")
+        return out
+
+    def run_stage(self, name: str, kind: SSLKind, ssl: SSLSettings, epochs: int, head_lr: float,
+                  backbone_lr: float, train_x: np.ndarray, val_x: np.ndarray, epoch: int) -> tuple[int, list[dict]]:
+        """Train `epochs` epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history)."""
+        from ttm_experiments.training.loop import warmup_cosine
+
+        objective = SSLObjective(self.backbone, kind, ssl).to(self.settings.device)
+        for p in objective.parameters():
+            p.requires_grad_(True)
+        heads = [p for n, p in objective.named_parameters() if not n.startswith("backbone.")]
+        optimizer = torch.optim.AdamW(
+            [{"params": list(self.backbone.parameters()), "lr": backbone_lr}, {"params": heads, "lr": head_lr}],
+            weight_decay=self.settings.weight_decay,
+        )
+        steps = max(1, len(train_x) // self.settings.batch_size) * epochs
+        scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
+        log.info("[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
+                 name, kind, len(train_x), len(val_x), ssl.mask_ratio)
+        history = []
+        for stage_epoch in range(1, epochs + 1):
+            epoch += 1
+            desc = f"[{name}] epoch {stage_epoch}/{epochs}"
+            train = self._epoch(objective, train_x, optimizer, scheduler, desc)
+            val = self._epoch(objective, val_x, desc=desc)
+            self.tracker.log_metrics({**{f"train/{k}": v for k, v in train.items()},
+                                      **{f"val/{k}": v for k, v in val.items()}}, step=epoch)
+            log.info("%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
+                     desc, train["ssl_loss"], val["ssl_loss"], val["ssl_masked"], val["ssl_zero_baseline"])
+            history.append({"epoch": epoch, "train": train, "val": val})
+        return epoch, history
