@@ -89,3 +89,29 @@ def test_focal_loss_reduces_to_weighted_ce_at_gamma_zero():
     w = torch.tensor([1.0, 3.0])
     ce = torch.nn.functional.cross_entropy(logits, target, weight=w, reduction="none").mean()
     assert FocalLoss(w, 0.0)(logits, target) == pytest.approx(float(ce))
+
+
+def test_bootstrap_interval_resamples_subjects_and_brackets_the_point_value():
+    from ttm_experiments.metrics import bootstrap_auroc_ci
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(20), 10)
+    y = rng.integers(0, 2, 200)
+    score = np.clip(0.35 * y + rng.normal(0.3, 0.25, 200), 0, 1)
+    probs = np.stack([1 - score, score], axis=1)
+    low, high = bootstrap_auroc_ci(y, probs, subjects, n_boot=300, seed=0)
+    point = roc_auc_score(y, score)
+    assert low < point < high and high - low > 0.02
+    # a subject effect widens the interval compared with treating windows as independent
+    shift = rng.normal(0, 0.3, 20)[subjects]
+    clustered = np.clip(score + shift, 0, 1)
+    probs_c = np.stack([1 - clustered, clustered], axis=1)
+    low_s, high_s = bootstrap_auroc_ci(y, probs_c, subjects, n_boot=300, seed=0)
+    low_w, high_w = bootstrap_auroc_ci(y, probs_c, np.arange(200), n_boot=300, seed=0)
+    assert high_s - low_s > high_w - low_w
+
+
+def test_bootstrap_interval_undefined_with_one_class():
+    from ttm_experiments.metrics import bootstrap_auroc_ci
+
+    assert bootstrap_auroc_ci(np.zeros(10, int), np.full((10, 2), 0.5), np.arange(10), n_boot=50) is None

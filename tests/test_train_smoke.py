@@ -60,6 +60,7 @@ def test_test_metrics_tags_and_artifacts_on_the_parent(smoke_run):
     for key in EPOCH_KEYS:
         assert f"test/{key}" in metrics
     assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert metrics["test/auroc_ci_low"] <= metrics["test/auroc"] <= metrics["test/auroc_ci_high"]
     assert objective == pytest.approx(metrics["best/val_auroc"])
     tags = parent.data.tags
     assert tags["unfreeze.strategy"] == "pattern"

@@ -80,3 +80,28 @@ def collapsed_classes(metrics: dict[str, float], class_names: tuple[str, ...], t
 
 def confusion(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> np.ndarray:
     return confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(num_classes)))
+
+
+def bootstrap_auroc_ci(y_true: np.ndarray, probs: np.ndarray, subjects: np.ndarray, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of AUROC, resampling **subjects** with replacement (windows of one subject are
+    correlated, so resampling windows would give intervals that are too narrow). None when undefined."""
+    k = probs.shape[1]
+    groups = np.unique(subjects)
+    members = [np.flatnonzero(subjects == g) for g in groups]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        index = np.concatenate([members[i] for i in rng.integers(0, len(groups), len(groups))])
+        y = y_true[index]
+        if len(np.unique(y)) < k:
+            continue  # a resample without some class has no AUROC; it is skipped, not scored 0
+        p = probs[index]
+        values.append(roc_auc_score(y, p[:, 1]) if k == 2 else
+                      roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(k))))
+    if len(values) < n_boot // 2:
+        log.warning("bootstrap AUROC interval undefined: only %d of %d subject resamples held every class",
+                    len(values), n_boot)
+        return None
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))

@@ -19,7 +19,7 @@ from ttm_experiments.config import spec as specs
 from ttm_experiments.config.schema import TrainConfig
 from ttm_experiments.errors import ConfigError, Pruned
 from ttm_experiments.data.prepare import Splits, check_windows, describe_splits, load_windows, split_subject_wise
-from ttm_experiments.metrics import collapsed_classes, confusion, softmax
+from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion, softmax
 from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
 from ttm_experiments.tracking import MlflowTracker, flatten
@@ -180,6 +180,9 @@ class TrainRecipe:
         test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
         probs = softmax(logits)
         names = self.splits.test.class_names
+        interval = bootstrap_auroc_ci(self.splits.test.labels, probs, self.splits.test.subjects, seed=c.seed)
+        if interval is not None:
+            test["auroc_ci_low"], test["auroc_ci_high"] = interval
         test_collapsed = collapsed_classes(test, names, c.trainer.collapse_threshold)
         last_epoch = result.history[-1].epoch
         self.tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=last_epoch)
