@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
 from ttm_experiments.config.spec import to_config
-from ttm_experiments.training.recipe import RunInfo, TrainRecipe
+from ttm_experiments.training.recipe import RunInfo, recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run_info(cfg: DictConfig) -> RunInfo:
 def train(cfg: DictConfig) -> float:
     """Run one configuration and return its objective (best `val/auroc`) for sweeps and Optuna."""
     config = to_config(cfg)
-    outcome = TrainRecipe(config, run_info(cfg)).run()
+    outcome = recipe_for(config, run_info(cfg)).run()
     return outcome.objective
 
 

@@ -17,6 +17,8 @@ from omegaconf import MISSING
 class BackboneKind(str, Enum):
     ttm = "ttm"
     patchtst = "patchtst"
+    sqi = "sqi"  # baseline: signal-quality indices + logistic regression
+    site = "site"  # baseline: recording site alone (BUT-PPG)
 
 
 class UnfreezeStrategy(str, Enum):

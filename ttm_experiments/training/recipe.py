@@ -22,6 +22,7 @@ from ttm_experiments.data.prepare import Splits, check_windows, describe_splits,
 from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion, softmax
 from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
+from ttm_experiments.search.pruning import epoch_hooks, search_tags
 from ttm_experiments.tracking import MlflowTracker, flatten
 from ttm_experiments.training.loop import LoopResult, StagePlan, Trainer
 from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
@@ -123,6 +124,7 @@ class TrainRecipe:
             tags["sweep.job"] = str(self.info.job_num)
         if self.info.overrides:
             tags["overrides"] = " ".join(self.info.overrides)
+        tags.update(search_tags(c.search))  # an Optuna trial: study, trial number, state, the study's run as parent
         return tags
 
     # -- train --------------------------------------------------------------------------------------
@@ -138,7 +140,8 @@ class TrainRecipe:
                         "unfreeze.empty=true", self.empty_stages)
         settings = specs.loop_settings(c)
         self.trainer = Trainer(self.model, self.splits.train, self.splits.val, settings, self.rule,
-                               c.unfreeze.on_empty.value, self.tracker)
+                               c.unfreeze.on_empty.value, self.tracker,
+                               epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker))
         self.ssl_runner = SSLRunner(self.model.backbone, settings, self.tracker)
         result, epoch = LoopResult(), 0
         for stage in self.stages:
@@ -178,20 +181,10 @@ class TrainRecipe:
         ckpt = self.info.output_dir / "best.pt"
         save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names)
         test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
-        probs = softmax(logits)
         names = self.splits.test.class_names
-        interval = bootstrap_auroc_ci(self.splits.test.labels, probs, self.splits.test.subjects, seed=c.seed)
-        if interval is not None:
-            test["auroc_ci_low"], test["auroc_ci_high"] = interval
-        test_collapsed = collapsed_classes(test, names, c.trainer.collapse_threshold)
-        last_epoch = result.history[-1].epoch
-        self.tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=last_epoch)
+        test, test_collapsed = self._record_test(test, softmax(logits), step=result.history[-1].epoch)
         self.tracker.log_metrics({"best/epoch": result.best_epoch, "best/val_auroc": result.best_val_auroc},
-                                 step=last_epoch)
-        cm = confusion(self.splits.test.labels, probs, len(names))
-        self.tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
-                              "test/confusion_matrix.json")
-        self.tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
+                                 step=result.history[-1].epoch)
         self.tracker.log_artifact(ckpt)
         collapse = bool(result.collapse_epochs) or bool(test_collapsed)
         self.tracker.set_tags({
@@ -212,6 +205,20 @@ class TrainRecipe:
                  time.perf_counter() - self.t0, ckpt)
         return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
                           result.best_stage)
+
+    def _record_test(self, test: dict[str, float], probs: np.ndarray, step: int) -> tuple[dict[str, float], list[str]]:
+        """Log test metrics (with the subject-wise bootstrap interval) and the confusion matrix."""
+        c = self.config
+        names = self.splits.test.class_names
+        interval = bootstrap_auroc_ci(self.splits.test.labels, probs, self.splits.test.subjects, seed=c.seed)
+        if interval is not None:
+            test["auroc_ci_low"], test["auroc_ci_high"] = interval
+        self.tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step)
+        cm = confusion(self.splits.test.labels, probs, len(names))
+        self.tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
+                              "test/confusion_matrix.json")
+        self.tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
+        return test, collapsed_classes(test, names, c.trainer.collapse_threshold)
 
     def _finish_pretrain(self, result: LoopResult) -> RunOutcome:
         foundation = self.info.output_dir / "foundation.pt"
@@ -311,3 +318,74 @@ def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, 
 
 def write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+class BaselineRecipe(TrainRecipe):
+    """A classical baseline (`backbone=baseline_sqi` / `baseline_site`) on the same folds, logged like a run:
+    train and val metrics at step 1, test metrics with their interval, the same tags."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.t0 = time.perf_counter()
+        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+        self.splits = self._data()
+        self.empty_stages, self.init_kind = [], "none"
+
+    def train(self) -> LoopResult:
+        from ttm_experiments import baselines
+        from ttm_experiments.metrics import classification_metrics
+
+        c = self.config
+        self.tracker.start_run(c.run_name, {**self._tags(), "model": c.backbone.name})
+        self.tracker.log_params(flatten(asdict_config(c)))
+        self.tracker.log_dict(describe_splits(self.splits), "data/splits.json")
+        self.tracker.log_text(self.info.config_yaml, "config/config.yaml")
+        self.tracker.start_stage("fit", {"kind": "baseline"})
+        log.info("fitting %s (logistic regression on %s features)", c.backbone.name, c.backbone.kind.value)
+        self.probs = dict(zip(("train", "val", "test"), baselines.fit_predict(
+            c.backbone.kind.value, self.splits.train, [self.splits.train, self.splits.val, self.splits.test], c.seed)))
+        result = LoopResult(best_epoch=1, best_stage="fit")
+        record = {}
+        for split in ("train", "val"):
+            part = getattr(self.splits, split)
+            record[split] = {"loss": _log_loss(part.labels, self.probs[split]),
+                             **classification_metrics(part.labels, self.probs[split], part.class_names)}
+        from ttm_experiments.training.loop import EpochRecord
+
+        result.history.append(EpochRecord("fit", 1, record["train"], record["val"], []))
+        result.best_val_auroc = record["val"].get("auroc", float("nan"))
+        self.tracker.log_metrics({f"{s}/{k}": v for s in ("train", "val") for k, v in record[s].items()}, step=1)
+        self.tracker.end_stage()
+        return result
+
+    def finish(self, result: LoopResult) -> RunOutcome:
+        from ttm_experiments.metrics import classification_metrics
+
+        c = self.config
+        test_part = self.splits.test
+        test = {"loss": _log_loss(test_part.labels, self.probs["test"]),
+                **classification_metrics(test_part.labels, self.probs["test"], test_part.class_names)}
+        test, test_collapsed = self._record_test(test, self.probs["test"], step=1)
+        self.tracker.set_tags({"mode_collapse": str(bool(test_collapsed)).lower()})
+        cols = ["auroc", "auroc_ci_low", "auroc_ci_high", "balanced_acc"] + [f"acc/{n}" for n in test_part.class_names]
+        summary = "\n".join([f"BASELINE {c.backbone.name}", "".join(f"{k:>14s}" for k in ["split"] + cols)] + [
+            f"{split:>14s}" + "".join(f"{values.get(k, float('nan')):14.3f}" for k in cols)
+            for split, values in (("val", result.history[0].val), ("test", test))])
+        print(summary, flush=True)
+        self.tracker.log_text(summary, "summary.txt")
+        self.tracker.end_run("FINISHED")
+        return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, 1, "fit")
+
+
+def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(labels, probs, labels=list(range(probs.shape[1]))))
+
+
+BASELINE_KINDS = ("sqi", "site")
+
+
+def recipe_for(config: TrainConfig, info: RunInfo) -> TrainRecipe:
+    """The recipe a config asks for: a baseline when the backbone is one, else the training recipe."""
+    return BaselineRecipe(config, info) if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe(config, info)
