@@ -22,6 +22,16 @@ T = TypeVar("T")
 
 class Tracker(Protocol):
     def start_run(self, run_name: str | None, tags: dict[str, str]) -> str: ...
+    def attach(self, run_id: str, stage_run_id: str | None) -> None:
+        """Continue existing runs (resume): mark them RUNNING again instead of creating new ones."""
+        self.run_id, self.stage_run_id = run_id, stage_run_id
+        for rid in filter(None, (run_id, stage_run_id)):
+            _retry_locked(lambda: self.client.update_run(rid, status="RUNNING"))
+
+    def has_metric_step(self, key: str, step: int) -> bool:
+        history = _retry_locked(lambda: self.client.get_metric_history(self.run_id, key))
+        return any(m.step == step for m in history)
+
     def start_stage(self, name: str, tags: dict[str, str]) -> str: ...
     def end_stage(self, status: str = "FINISHED") -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
@@ -110,6 +120,16 @@ class MlflowTracker:
         run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
         return self.run_id
+
+    def attach(self, run_id: str, stage_run_id: str | None) -> None:
+        """Continue existing runs (resume): mark them RUNNING again instead of creating new ones."""
+        self.run_id, self.stage_run_id = run_id, stage_run_id
+        for rid in filter(None, (run_id, stage_run_id)):
+            _retry_locked(lambda: self.client.update_run(rid, status="RUNNING"))
+
+    def has_metric_step(self, key: str, step: int) -> bool:
+        history = _retry_locked(lambda: self.client.get_metric_history(self.run_id, key))
+        return any(m.step == step for m in history)
 
     def start_stage(self, name: str, tags: dict[str, str]) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID

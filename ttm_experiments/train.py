@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from pathlib import Path
 
 import hydra
@@ -26,10 +28,11 @@ def run_info(cfg: DictConfig) -> RunInfo:
     from hydra.types import RunMode
 
     yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if not HydraConfig.initialized():
-        out = Path(cfg.paths.runs_dir) / "outputs" / "compose"
-        out.mkdir(parents=True, exist_ok=True)
-        return RunInfo(output_dir=out, config_yaml=yaml)
+    if not HydraConfig.initialized():  # called from Python (tests, notebooks): a fresh folder per call
+        base = Path(cfg.paths.runs_dir) / "outputs" / "compose"
+        base.mkdir(parents=True, exist_ok=True)
+        return RunInfo(output_dir=Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)),
+                       config_yaml=yaml)
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     if hc.mode == RunMode.MULTIRUN:

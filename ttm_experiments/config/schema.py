@@ -63,7 +63,8 @@ class LossKind(str, Enum):
 
 
 class CollapseAction(str, Enum):
-    warn = "warn"
+    warn = "warn"  # warn at once, tag the run, go on
+    stop = "stop"  # also end the stage early
 
 
 @dataclass
@@ -117,6 +118,11 @@ class DatasetConf:
     good_fraction: float = 0.21
     label_noise: float = 0.03
     nonfinite: str = "error"  # error | drop: what to do with windows holding NaN/Inf or a constant signal
+    # real datasets (butppg, windows, vitaldb)
+    task: str = "quality"  # the label: quality | motion (butppg); any scalar key of the .npz files (windows)
+    ppg_channels: List[str] = field(default_factory=lambda: ["R"])  # butppg camera channels: R, G, B
+    missing_records: str = "error"  # butppg, an annotated record without its folder: error | skip (counted)
+    track: str = "SNUADC/PLETH"  # vitaldb: the waveform track read from each .vital file
     # the unlabeled corpus of `data: pretrain` stages: synthetic (unlabeled mode) or vitaldb
     pretrain: str = "synthetic"
     pretrain_root: Optional[str] = None
@@ -195,6 +201,18 @@ class InspectConf:
 
 
 @dataclass
+class ReportConf:
+    """`ttm-report`: which MLflow runs to compare and where the table and plots go."""
+
+    experiment: Optional[str] = None  # MLflow experiment; null = experiment_name
+    sweep: Optional[str] = None  # only the runs of one sweep (its `sweep` tag: the output folder) or Optuna study
+    out_dir: Optional[str] = None  # null = ${paths.runs_dir}/reports/<experiment>[/<sweep>]
+    max_runs: int = 500  # newest runs read from MLflow
+    top: int = 8  # runs drawn in the per-epoch curves (best first)
+    log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of the experiment
+
+
+@dataclass
 class SearchConf:
     """Set by the Optuna sweeper on each job it launches; null in plain runs and grids."""
 
@@ -217,8 +235,11 @@ class TrainConfig:
     paths: PathsConf = field(default_factory=PathsConf)
     inspect: InspectConf = field(default_factory=InspectConf)
     search: SearchConf = field(default_factory=SearchConf)
+    report: ReportConf = field(default_factory=ReportConf)
     # the value a sweep or an Optuna study optimises: a per-epoch metric, taken at the best epoch
     optimized_metric: str = "val/auroc"
+    # continue a killed run: its output directory or MLflow run id
+    resume: Optional[str] = None
     seed: int = 0
     experiment_name: str = "ttm-ppg-quality"
     run_name: Optional[str] = None

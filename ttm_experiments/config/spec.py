@@ -212,6 +212,7 @@ def loop_settings(c: TrainConfig) -> LoopSettings:
         amp=t.amp,
         progress=t.progress,
         collapse_threshold=t.collapse_threshold,
+        collapse_action=t.collapse_action.value,
         max_batches=t.max_batches,
         seed=c.seed,
     )

@@ -36,6 +36,11 @@ class DatasetSpec:
     windows_per_subject: int = 40
     good_fraction: float = 0.21
     label_noise: float = 0.03
+    # real datasets (see ttm_experiments.data.butppg / windows / vitaldb)
+    task: str = "quality"
+    ppg_channels: tuple[str, ...] = ("R",)
+    missing_records: str = "error"
+    track: str = "SNUADC/PLETH"
 
 
 def _load_synthetic(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
@@ -54,7 +59,30 @@ def _load_synthetic(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
     return generate_cached(synthetic, cache_dir / "synthetic")
 
 
-LOADERS: dict[str, Callable[[DatasetSpec, Path], WindowSet]] = {"synthetic": _load_synthetic}
+def _load_butppg(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
+    from ttm_experiments.data.butppg import load
+
+    return load(spec, cache_dir)
+
+
+def _load_windows(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
+    from ttm_experiments.data.windows import load
+
+    return load(spec, cache_dir)
+
+
+def _load_vitaldb(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
+    from ttm_experiments.data.vitaldb import load
+
+    return load(spec, cache_dir)
+
+
+LOADERS: dict[str, Callable[[DatasetSpec, Path], WindowSet]] = {
+    "synthetic": _load_synthetic,
+    "butppg": _load_butppg,
+    "windows": _load_windows,
+    "vitaldb": _load_vitaldb,
+}
 
 
 def load_windows(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
@@ -112,8 +140,18 @@ class Splits:
         return (("train", self.train), ("val", self.val), ("test", self.test))
 
 
+# meta["split"] of a dataset that comes with its own split (the `windows` format): codes index these names
+SPLIT_NAMES = ("train", "val", "test")
+
+
 def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -> Splits:
-    """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two."""
+    """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two.
+
+    A dataset with ``meta["split"]`` (codes into SPLIT_NAMES, or the names) brings its own split: it is used
+    as it is, and `fold`, `n_folds` and `seed` are ignored (logged).
+    """
+    if "split" in windows.meta:
+        return _predefined_split(windows, fold)
     if not 0 <= fold < n_folds:
         raise DataError(f"dataset.fold={fold} is out of range: choose 0..{n_folds - 1} (dataset.n_folds={n_folds})")
     if n_folds < 3:
@@ -122,15 +160,46 @@ def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -
     test_idx, val_idx = folds[fold], folds[(fold + 1) % n_folds]
     train_idx = np.sort(np.concatenate([f for i, f in enumerate(folds) if i not in (fold, (fold + 1) % n_folds)]))
     splits = Splits(windows.subset(train_idx), windows.subset(val_idx), windows.subset(test_idx))
+    _require_every_class(splits, f"of fold {fold}", "more subjects, fewer folds, or another seed")
+    return splits
+
+
+def _predefined_split(windows: WindowSet, fold: int) -> Splits:
+    split = np.asarray(windows.meta["split"])
+    if split.dtype.kind in "USO":
+        unknown = sorted(set(split.astype(str).tolist()) - set(SPLIT_NAMES))
+        if unknown:
+            raise DataError(f"meta['split'] holds {unknown}; a predefined split uses the names {list(SPLIT_NAMES)}")
+        codes = np.array([SPLIT_NAMES.index(s) for s in split.astype(str)], dtype=np.int64)
+    else:
+        codes = split.astype(np.int64)
+    log.info("the dataset brings its own train/val/test split (meta['split']): it is used as it is, and "
+             "dataset.fold=%d / dataset.n_folds are ignored", fold)
+    index = {name: np.flatnonzero(codes == i) for i, name in enumerate(SPLIT_NAMES)}
+    empty = [name for name, idx in index.items() if len(idx) == 0]
+    if empty:
+        raise DataError(f"the dataset's predefined split has no {' and no '.join(empty)} window; train, val and "
+                        "test are all needed. Fix: add them, or remove the split folders so that the suite "
+                        "splits subject-wise itself.")
+    shared = set(np.unique(windows.subjects[index["train"]]).tolist()) & set(
+        np.unique(windows.subjects[np.concatenate([index["val"], index["test"]])]).tolist())
+    if shared:
+        log.warning("the predefined split puts %d subject(s) in train and in val/test (e.g. %s): evaluation is not "
+                    "subject-wise", len(shared), sorted(shared)[:5])
+    splits = Splits(*(windows.subset(index[name]) for name in SPLIT_NAMES))
+    _require_every_class(splits, "of the predefined split", "a split that holds every class")
+    return splits
+
+
+def _require_every_class(splits: Splits, where: str, fix: str) -> None:
     for name, part in splits.items():
         counts = part.class_counts()
         missing = [c for c, n in counts.items() if n == 0]
         if missing:
             raise DataError(
-                f"the {name} split of fold {fold} has no window of class(es) {missing} ({counts}); AUROC and "
-                "model selection would be undefined. Fix: more subjects, fewer folds, or another seed."
+                f"the {name} split {where} has no window of class(es) {missing} ({counts}); AUROC and "
+                f"model selection would be undefined. Fix: {fix}."
             )
-    return splits
 
 
 def describe_splits(splits: Splits) -> dict[str, dict]:

@@ -60,6 +60,7 @@ class LoopSettings:
     collapse_threshold: float
     max_batches: int
     seed: int
+    collapse_action: Literal["warn", "stop"] = "warn"
 
 
 @dataclass
@@ -80,6 +81,36 @@ class LoopResult:
     best_val_auroc: float = -math.inf
     collapse_epochs: list[int] = field(default_factory=list)
     ssl: list[dict] = field(default_factory=list)  # per self-supervised stage: its last epoch and probe AUROC
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or Inf: the stage stops and the run is marked FAILED."""
+
+    def __init__(self, desc: str, step: int, value: float):
+        super().__init__(
+            f"{desc}: the training loss is {value} at batch {step}. Lower optim.lr (or optim.grad_clip), check the "
+            "data for extreme values, or turn off trainer.amp."
+        )
+
+
+class GradientMismatch(RuntimeError):
+    """Parameters the unfreeze report calls trainable did not all receive gradients, or frozen ones did."""
+
+
+def check_trainable_gradients(model: nn.Module, desc: str) -> None:
+    """After the first backward of a stage: exactly the trainable parameters have gradients.
+
+    Catches a frozen encoder that the report calls trainable (the predecessor's failure) and parameters that
+    are trainable but unused. One pass over the parameters per stage: negligible.
+    """
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    frozen_with_grad = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+    if no_grad or frozen_with_grad:
+        raise GradientMismatch(
+            f"{desc}: {len(no_grad)} trainable parameter tensors got no gradient ({no_grad[:5]}) and "
+            f"{len(frozen_with_grad)} frozen ones got one ({frozen_with_grad[:5]}); the unfreeze report would be "
+            "wrong. This is a bug in the model or the unfreeze rule: report it with `ttm-inspect` output."
+        )
 
 
 class FocalLoss(nn.Module):
@@ -198,19 +229,26 @@ class Trainer:
         with torch.no_grad():
             return float(self.loss_fn(torch.from_numpy(logits).to(self.settings.device), labels))
 
-    def train_epoch(self, optimizer, scheduler, desc: str) -> dict[str, float]:
+    def train_epoch(self, optimizer, scheduler, desc: str, check_gradients: bool = False) -> dict[str, float]:
+        """One pass over the training split. Raises NonFiniteLoss at the first NaN/Inf loss (checked every
+        step on CPU, where it costs nothing; once per epoch on an accelerator, to avoid a sync per step)."""
         from tqdm.auto import tqdm
 
         self.model.train()
         logits_all, labels_all, losses = [], [], []
+        per_step_check = self.settings.device.type == "cpu"
         batches = self._batches()
-        for index in tqdm(batches, desc=desc, leave=False, disable=not self.settings.progress):
+        for step, index in enumerate(tqdm(batches, desc=desc, leave=False, disable=not self.settings.progress)):
             x, y = self.x_train[index], self.y_train[index]
             with self._autocast():
                 logits = self.model(x)
                 loss = self.loss_fn(logits.float(), y)
+            if per_step_check and not torch.isfinite(loss):
+                raise NonFiniteLoss(desc, step, float(loss))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if check_gradients and step == 0:
+                check_trainable_gradients(self.model, desc)
             if self.settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups for p in g["params"]], self.settings.grad_clip
@@ -221,15 +259,14 @@ class Trainer:
             logits_all.append(logits.detach().float())
             labels_all.append(y)
         # one device sync per epoch, not per step
-        loss_mean = float(torch.stack(losses).mean())
-        if not math.isfinite(loss_mean):
-            raise FloatingPointError(
-                f"{desc}: the training loss is {loss_mean}. Lower optim.lr, or turn off trainer.amp."
-            )
+        stacked = torch.stack(losses)
+        if not per_step_check and not torch.isfinite(stacked).all():
+            first = int((~torch.isfinite(stacked)).nonzero()[0])
+            raise NonFiniteLoss(desc, first, float(stacked[first]))
         logits_np = torch.cat(logits_all).cpu().numpy()
         labels_np = torch.cat(labels_all).cpu().numpy()
         metrics = classification_metrics(labels_np, softmax(logits_np), self.class_names)
-        return {"loss": loss_mean, **metrics}
+        return {"loss": float(stacked.mean()), **metrics}
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
         logits = self.predict(x)
@@ -244,51 +281,75 @@ class Trainer:
             epoch = self.run_stage(stage, result, epoch)
         return result
 
-    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int) -> int:
-        """One supervised stage in its own nested run; returns the last epoch number (across stages)."""
+    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int, resume: dict | None = None,
+                  on_epoch_end: Callable[..., None] | None = None) -> int:
+        """One supervised stage in its own nested run; returns the last epoch number (across stages).
+
+        `resume` (from a checkpoint) restores the optimizer and scheduler and skips the epochs already done;
+        `on_epoch_end(stage_epoch, optimizer, scheduler, record)` writes the per-epoch checkpoint.
+        """
         report, selected = apply_stage(
             self.model, self.model.backbone.model, self.model.head, self.rule, stage.scope, stage.last_n,
             self.on_empty, stage.name,
         )
+        self.model.zero_grad(set_to_none=True)  # no stale gradients from an earlier stage
         all_blocks = find_blocks(self.model.backbone.model, self.rule) if stage.scope == "full" else selected
-        result.reports.append(report)
-        log.info("\n%s", report.format())
-        self.tracker.start_stage(stage.name, {"scope": stage.scope, "kind": "supervised",
-                                              "unfreeze.empty": str(report.empty).lower()})
-        self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
-        self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
         groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
         optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
         scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.settings.warmup_frac)
-        stage_collapsed = False
-        for stage_epoch in range(1, stage.epochs + 1):
+        done = 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            done = resume["stage_epoch"]
+            log.info("[%s] resuming after epoch %d of %d", stage.name, done, stage.epochs)
+        else:
+            result.reports.append(report)
+            log.info("\n%s", report.format())
+            self.tracker.start_stage(stage.name, {"scope": stage.scope, "kind": "supervised",
+                                                  "unfreeze.empty": str(report.empty).lower()})
+            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
+            self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
+        for stage_epoch in range(done + 1, stage.epochs + 1):
             epoch += 1
             desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
-            train_metrics = self.train_epoch(optimizer, scheduler, desc)
+            train_metrics = self.train_epoch(optimizer, scheduler, desc, check_gradients=stage_epoch == 1)
             val_metrics, _ = self.evaluate(self.x_val, self.y_val)
             collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
             record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
             result.history.append(record)
-            self._log_epoch(record, desc)
             if collapsed:
-                stage_collapsed = True
                 result.collapse_epochs.append(epoch)
-                self._warn_collapse(record)
             if val_metrics["auroc"] > result.best_val_auroc:
                 result.best_val_auroc = val_metrics["auroc"]
                 result.best_epoch, result.best_stage = epoch, stage.name
                 self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            if on_epoch_end is not None:  # the checkpoint is written before the epoch's metrics are logged
+                on_epoch_end(stage_epoch, optimizer, scheduler, epoch, self.epoch_metrics(record), {})
+            self._log_epoch(record, desc)
+            if collapsed:
+                self._warn_collapse(record)
             for hook in self.epoch_hooks:
                 hook(record)
+            if collapsed and self.settings.collapse_action == "stop":
+                log.warning("[%s] stopping the stage at epoch %d (trainer.collapse_action=stop)", stage.name, epoch)
+                self.tracker.set_tags({"collapse_stop": f"{stage.name}@{epoch}:{','.join(collapsed)}"}, stage=True)
+                break
+        stage_collapsed = any(r.collapsed for r in result.history if r.stage == stage.name)
         self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
         self.tracker.end_stage()
         return epoch
 
-    def _log_epoch(self, record: EpochRecord, desc: str) -> None:
+    @staticmethod
+    def epoch_metrics(record: EpochRecord) -> dict[str, float]:
+        """The flat metric names of one epoch, as MLflow receives them."""
         metrics = {f"train/{k}": v for k, v in record.train.items()}
         metrics.update({f"val/{k}": v for k, v in record.val.items()})
         metrics["val/collapsed"] = float(bool(record.collapsed))
-        self.tracker.log_metrics(metrics, step=record.epoch)
+        return metrics
+
+    def _log_epoch(self, record: EpochRecord, desc: str) -> None:
+        self.tracker.log_metrics(self.epoch_metrics(record), step=record.epoch)
         per_class = "  ".join(f"{c} {record.val.get(f'acc/{c}', float('nan')):.2f}" for c in self.class_names)
         log.info(
             "%s  train loss %.4f auroc %.3f | val loss %.4f auroc %.3f bal_acc %.3f | val acc: %s",

@@ -6,6 +6,7 @@ store, the data, the checkpoint, and every stage's unfreeze selection.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
 from ttm_experiments.search.pruning import epoch_hooks, search_tags
 from ttm_experiments.tracking import MlflowTracker, flatten
+from ttm_experiments.training import resume
 from ttm_experiments.training.loop import LoopResult, StagePlan, Trainer
 from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.unfreeze import plan_stage
@@ -75,6 +77,9 @@ class TrainRecipe:
         self.init_kind = "random"
         if c.backbone.pretrained_path:
             self.init_kind = load_backbone_weights(self.model.backbone, c.backbone.pretrained_path)
+        self.resume_state = self._resume_state()
+        if self.resume_state is not None:
+            self.model.load_state_dict(self.resume_state["model"])
         # every stage's selection, before training: an empty or out-of-range selection stops here
         self.empty_stages = [
             s.name for s in self.stages if s.supervised
@@ -91,6 +96,61 @@ class TrainRecipe:
         for name, row in describe_splits(splits).items():
             log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))
         return splits
+
+    def _flat_config(self) -> dict:
+        return flatten(asdict_config(self.config))
+
+    def _resume_state(self) -> dict | None:
+        """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
+        c = self.config
+        if c.resume:
+            path = resume.locate(c.resume, c.tracking.uri)
+        elif (self.info.output_dir / resume.STATE_FILE).is_file():
+            path = self.info.output_dir / resume.STATE_FILE
+        else:
+            return None
+        state = resume.load_state(path)
+        if state.get("finished"):
+            raise ConfigError(f"the run in {path.parent} already finished (MLflow run {state['run_ids']['parent']}); "
+                              "nothing to resume. Start a new run without resume=.")
+        resume.check_config(state, self._flat_config(), path)
+        self.info.output_dir = path.parent
+        log.warning("RESUMING %s at stage %r, after epoch %d (MLflow run %s)", path, state["stage_name"],
+                    state["epoch"], state["run_ids"]["parent"])
+        return state
+
+    def _checkpoint(self, stage_index: int, stage: StagePlan, result: LoopResult, stage_epoch: int, optimizer,
+                    scheduler, epoch: int, metrics: dict[str, float], extra: dict) -> None:
+        """After every epoch, before its metrics are logged: everything needed to continue from here."""
+        resume.save_state(self.info.output_dir / resume.STATE_FILE, {
+            "config": self._flat_config(),
+            "stage_index": stage_index,
+            "stage_name": stage.name,
+            "stage_epoch": stage_epoch,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": resume.rng_state(self._generators()),
+            "result": result,
+            "best_state": self.trainer.best_state,
+            "run_ids": {"parent": self.tracker.run_id, "stage": self.tracker.stage_run_id},
+            "pending": {"epoch": epoch, "metrics": metrics},
+            **extra,
+        })
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"trainer": self.trainer.generator, "ssl": self.ssl_runner.generator}
+
+    def _continue_tracking(self, state: dict) -> None:
+        """Re-attach the MLflow runs of the killed process and log the epoch it saved but did not log."""
+        self.tracker.attach(state["run_ids"]["parent"], state["run_ids"]["stage"])
+        self.tracker.set_tags({"resumed": "true"})
+        pending = state.get("pending")
+        if pending and pending["metrics"]:
+            key = next(iter(pending["metrics"]))
+            if not self.tracker.has_metric_step(key, pending["epoch"]):
+                self.tracker.log_metrics(pending["metrics"], step=pending["epoch"])
 
     def _pretrain_data(self) -> tuple[np.ndarray, np.ndarray]:
         """The unlabeled corpus of `data: pretrain` stages, split by subject into train and validation (90/10)."""
@@ -130,11 +190,12 @@ class TrainRecipe:
     # -- train --------------------------------------------------------------------------------------
     def train(self) -> LoopResult:
         c = self.config
-        self.tracker.start_run(c.run_name, self._tags())
-        params = flatten(asdict_config(c))
-        self.tracker.log_params(params)
-        self.tracker.log_dict(describe_splits(self.splits), "data/splits.json")
-        self.tracker.log_text(self.info.config_yaml, "config/config.yaml")
+        state = self.resume_state
+        if state is None:
+            self.tracker.start_run(c.run_name, self._tags())
+            self.tracker.log_params(self._flat_config())
+            self.tracker.log_dict(describe_splits(self.splits), "data/splits.json")
+            self.tracker.log_text(self.info.config_yaml, "config/config.yaml")
         if self.empty_stages:
             log.warning("stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged "
                         "unfreeze.empty=true", self.empty_stages)
@@ -143,23 +204,35 @@ class TrainRecipe:
                                c.unfreeze.on_empty.value, self.tracker,
                                epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker))
         self.ssl_runner = SSLRunner(self.model.backbone, settings, self.tracker)
-        result, epoch = LoopResult(), 0
-        for stage in self.stages:
+        result, epoch, first = LoopResult(), 0, 0
+        if state is not None:
+            self._continue_tracking(state)
+            result, epoch, first = state["result"], state["epoch"], state["stage_index"]
+            self.trainer.best_state = state["best_state"]
+            resume.restore_rng(state["rng"], self._generators())
+        for index in range(first, len(self.stages)):
+            stage = self.stages[index]
+            within = state if state is not None and index == first and state["stage_epoch"] > 0 else None
+            on_end = functools.partial(self._checkpoint, index, stage, result)
             if stage.supervised:
-                epoch = self.trainer.run_stage(stage, result, epoch)
+                epoch = self.trainer.run_stage(stage, result, epoch, within, on_end)
             else:
-                epoch = self._ssl_stage(stage, result, epoch)
+                epoch = self._ssl_stage(stage, result, epoch, within, on_end)
             save_classifier(self.info.output_dir / f"stage-{stage.name}.pt", self.model, stage.name,
                             self.splits.train.class_names)
+            if index + 1 < len(self.stages):  # between stages: the next one starts fresh on resume
+                self._checkpoint(index + 1, self.stages[index + 1], result, 0, None, None, epoch, {}, {})
         return result
 
-    def _ssl_stage(self, stage: StagePlan, result: LoopResult, epoch: int) -> int:
+    def _ssl_stage(self, stage: StagePlan, result: LoopResult, epoch: int, within: dict | None,
+                   on_end) -> int:
         """A self-supervised stage in its own nested run, then a linear probe on the labeled data."""
         train_x, val_x = self.pretrain if stage.data == "pretrain" else (self.splits.train.signals,
                                                                            self.splits.val.signals)
-        self.tracker.start_stage(stage.name, {"scope": "full", "kind": stage.kind, "data": stage.data})
+        if within is None:
+            self.tracker.start_stage(stage.name, {"scope": "full", "kind": stage.kind, "data": stage.data})
         epoch, history = self.ssl_runner.run_stage(stage.name, stage.kind, stage.ssl, stage.epochs, stage.head_lr,
-                                                   stage.backbone_lr, train_x, val_x, epoch)
+                                                   stage.backbone_lr, train_x, val_x, epoch, within, on_end)
         probe = self._probe()
         self.tracker.log_metrics({"probe/val_auroc": probe}, step=epoch)
         log.info("[%s] linear probe on frozen features: val AUROC %.3f", stage.name, probe)
@@ -200,11 +273,17 @@ class TrainRecipe:
         print(summary, flush=True)
         self.tracker.log_text(summary, "summary.txt")
         (self.info.output_dir / "summary.txt").write_text(summary + "\n")
+        self._mark_finished()
         self.tracker.end_run("FINISHED")
         log.info("run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id,
                  time.perf_counter() - self.t0, ckpt)
         return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
                           result.best_stage)
+
+    def _mark_finished(self) -> None:
+        """A finished run keeps no resumable state (its results are in MLflow), only a marker."""
+        resume.save_state(self.info.output_dir / resume.STATE_FILE, {
+            "finished": True, "config": self._flat_config(), "run_ids": {"parent": self.tracker.run_id}})
 
     def _record_test(self, test: dict[str, float], probs: np.ndarray, step: int) -> tuple[dict[str, float], list[str]]:
         """Log test metrics (with the subject-wise bootstrap interval) and the confusion matrix."""
@@ -234,6 +313,7 @@ class TrainRecipe:
         )
         print(summary, flush=True)
         self.tracker.log_text(summary, "summary.txt")
+        self._mark_finished()
         self.tracker.end_run("FINISHED")
         return RunOutcome(result.ssl[-1]["probe_val_auroc"], {}, self.tracker.run_id, result.ssl[-1]["epoch"],
                           result.ssl[-1]["stage"])

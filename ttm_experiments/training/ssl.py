@@ -252,8 +252,12 @@ class SSLRunner:
         return out
 
     def run_stage(self, name: str, kind: SSLKind, ssl: SSLSettings, epochs: int, head_lr: float,
-                  backbone_lr: float, train_x: np.ndarray, val_x: np.ndarray, epoch: int) -> tuple[int, list[dict]]:
-        """Train `epochs` epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history)."""
+                  backbone_lr: float, train_x: np.ndarray, val_x: np.ndarray, epoch: int,
+                  resume: dict | None = None, on_epoch_end=None) -> tuple[int, list[dict]]:
+        """Train `epochs` epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history).
+
+        `resume` restores the optimizer, scheduler and SSL heads and skips the epochs already done;
+        `on_epoch_end(stage_epoch, optimizer, scheduler, epoch, metrics, extra)` writes the checkpoint."""
         from ttm_experiments.training.loop import warmup_cosine
 
         objective = SSLObjective(self.backbone, kind, ssl).to(self.settings.device)
@@ -268,15 +272,26 @@ class SSLRunner:
         scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
         log.info("[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
                  name, kind, len(train_x), len(val_x), ssl.mask_ratio)
-        history = []
-        for stage_epoch in range(1, epochs + 1):
+        history, done = (resume or {}).get("ssl_history", []), 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            objective.recon.load_state_dict(resume["ssl_heads"]["recon"])
+            objective.proj.load_state_dict(resume["ssl_heads"]["proj"])
+            done = resume["stage_epoch"]
+            log.info("[%s] resuming after epoch %d of %d", name, done, epochs)
+        for stage_epoch in range(done + 1, epochs + 1):
             epoch += 1
             desc = f"[{name}] epoch {stage_epoch}/{epochs}"
             train = self._epoch(objective, train_x, optimizer, scheduler, desc)
             val = self._epoch(objective, val_x, desc=desc)
-            self.tracker.log_metrics({**{f"train/{k}": v for k, v in train.items()},
-                                      **{f"val/{k}": v for k, v in val.items()}}, step=epoch)
+            metrics = {**{f"train/{k}": v for k, v in train.items()}, **{f"val/{k}": v for k, v in val.items()}}
+            history.append({"epoch": epoch, "train": train, "val": val})
+            if on_epoch_end is not None:
+                heads = {"recon": objective.recon.state_dict(), "proj": objective.proj.state_dict()}
+                on_epoch_end(stage_epoch, optimizer, scheduler, epoch, metrics,
+                             {"ssl_heads": heads, "ssl_history": list(history)})
+            self.tracker.log_metrics(metrics, step=epoch)
             log.info("%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
                      desc, train["ssl_loss"], val["ssl_loss"], val["ssl_masked"], val["ssl_zero_baseline"])
-            history.append({"epoch": epoch, "train": train, "val": val})
         return epoch, history

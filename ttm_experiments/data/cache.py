@@ -1,0 +1,238 @@
+"""On-disk cache of loaded real datasets, keyed by the loader's settings and its source files.
+
+A loader describes what determines its output: its name and version, the settings that change the windows
+(window length, channels, task, ...) and the list of source files. The key is the sha1 of a manifest of all
+of that, with every source file's path (relative to the root), size and modification time (ns). Touching or
+replacing any source file, or changing a setting, gives another key, so a stale entry is never read; the
+second run with unchanged sources only stats the files and reads the arrays back.
+
+An entry is a directory ``<cache_dir>/<loader>/<key>/`` holding one ``.npy`` per array (``signals``,
+``labels``, ``subjects``, ``meta__<name>``), ``info.json`` (class names, rate, the loader's report) and
+``manifest.json`` (what the key was computed from, for humans). It is written into a temporary directory
+beside it and moved into place with one ``os.replace``, so concurrent runs never see half an entry; when
+two runs build the same entry at once, the second one keeps the first one's. ``signals.npy`` can be
+written incrementally (:meth:`CacheWriter.open_signals`) and read back memory-mapped, so corpora larger than
+memory pass through it. Old entries are never deleted automatically: ``rm -r <cache_dir>/<loader>`` frees
+the space.
+
+Also here: :func:`source_root`, the check every real loader starts with (the root exists and holds the
+files its layout needs), because the source files are what the cache is keyed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Bump when the layout of an entry changes: it is part of every key.
+CACHE_FORMAT = "1"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Source files
+# --------------------------------------------------------------------------------------------------------
+
+
+def source_root(root: str | None, dataset: str, required: Sequence[str], layout: str) -> Path:
+    """The dataset's root directory, checked: it is given, exists, and holds the ``required`` files.
+
+    ``layout`` describes the expected layout; every error repeats it, with the override that fixes it.
+    """
+    example = f"ttm-train dataset={dataset} dataset.root=/path/to/{dataset}"
+    if not root:
+        raise DataError(f"dataset={dataset} needs dataset.root, the directory of the data: `{example}`. "
+                        f"Expected layout: {layout}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise DataError(f"dataset.root={root} {what}. Point it at the {dataset} directory (`{example}`). "
+                        f"Expected layout: {layout}")
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        below = sorted(p.parent for pattern in (f"*/{missing[0]}", f"*/*/{missing[0]}") for p in path.glob(pattern))
+        hint = f" It is in {below[0]}: dataset.root={below[0]}?" if below else ""
+        raise DataError(f"dataset.root={root} lacks {', '.join(missing)}: is it the {dataset} directory?{hint} "
+                        f"Expected layout: {layout}")
+    return path
+
+
+def source_manifest(root: Path, files: Iterable[Path]) -> list[list]:
+    """``[relative path, size, mtime_ns]`` of every file, sorted by path."""
+    rows = []
+    for f in files:
+        st = f.stat()
+        rows.append([f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    rows.sort()
+    return rows
+
+
+def cache_key(loader: str, version: str, settings: Mapping, root: Path, files: Iterable[Path]) -> tuple[str, dict]:
+    """The key of an entry (sha1 of the manifest, 16 hex digits) and the manifest itself."""
+    manifest = {
+        "format": CACHE_FORMAT,
+        "loader": loader,
+        "version": version,
+        "settings": dict(settings),
+        "root": str(root.resolve()),
+        "sources": source_manifest(root, files),
+    }
+    payload = json.dumps(manifest, sort_keys=True, default=str).encode()
+    return hashlib.sha1(payload).hexdigest()[:16], manifest
+
+
+# --------------------------------------------------------------------------------------------------------
+# Entries
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildInfo:
+    """What a builder returns besides the arrays it wrote."""
+
+    class_names: tuple[str, ...]
+    fs: float
+    report: dict
+
+
+@dataclass
+class Cached:
+    """A loaded dataset, the loader's report (counts of what was used and excluded) and where it came from."""
+
+    windows: WindowSet
+    report: dict
+    hit: bool
+    path: Path
+
+
+class CacheWriter:
+    """Writes the arrays of one entry into its temporary directory."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.meta: list[str] = []
+        self._memmaps: list[np.memmap] = []
+
+    def save(self, name: str, array: np.ndarray) -> None:
+        np.save(self.dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+    def save_meta(self, name: str, array: np.ndarray) -> None:
+        self.save(f"meta__{name}", array)
+        self.meta.append(name)
+
+    def open_signals(self, shape: tuple[int, int, int]) -> np.memmap:
+        """A writable float32 ``signals.npy`` of ``shape`` on disk, to fill piece by piece."""
+        mm = np.lib.format.open_memmap(self.dir / "signals.npy", mode="w+", dtype=np.float32, shape=shape)
+        self._memmaps.append(mm)
+        return mm
+
+    def save_windows(self, windows: WindowSet) -> None:
+        self.save("signals", windows.signals.astype(np.float32, copy=False))
+        self.save("labels", windows.labels.astype(np.int64, copy=False))
+        self.save("subjects", windows.subjects.astype(np.int64, copy=False))
+        for name, array in windows.meta.items():
+            self.save_meta(name, array)
+
+    def close(self) -> None:
+        for mm in self._memmaps:
+            mm.flush()
+        self._memmaps.clear()
+
+
+def load_or_build(cache_dir: Path, loader: str, key: str, manifest: dict, build: Callable[[CacheWriter], BuildInfo],
+                  mmap: bool = False) -> Cached:
+    """Read the entry ``key`` of ``loader``, or build it with ``build(writer)`` and store it first.
+
+    ``mmap=True`` returns ``signals`` as a read-only ``np.memmap`` (for corpora larger than memory).
+    An entry that cannot be read is rebuilt. Errors raised by ``build`` leave nothing behind.
+    """
+    base = Path(cache_dir) / loader
+    path = base / key
+    if path.is_dir():
+        start = time.perf_counter()
+        try:
+            windows, report = _read_entry(path, mmap)
+        except (OSError, ValueError, KeyError, DataError) as err:
+            log.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            log.info("%s: %d windows from the cache %s in %.2f s", loader, len(windows), path,
+                     time.perf_counter() - start)
+            return Cached(windows, report, True, path)
+
+    start = time.perf_counter()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{key}-"))
+    except OSError as err:
+        raise DataError(f"cannot write the {loader} cache below {base}: {err}. Set paths.cache_dir (or "
+                        "paths.runs_dir) to a writable directory.") from err
+    try:
+        writer = CacheWriter(tmp)
+        info = build(writer)
+        writer.close()
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        (tmp / "info.json").write_text(json.dumps({
+            "class_names": list(info.class_names),
+            "fs": float(info.fs),
+            "meta": writer.meta,
+            "report": info.report,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=1, default=str))
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "info.json").is_file():
+                raise
+            log.info("%s: another process stored the same cache entry first; using it", loader)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    windows, report = _read_entry(path, mmap)
+    log.info("%s: built %d windows in %.1f s, cached at %s", loader, len(windows), time.perf_counter() - start, path)
+    return Cached(windows, report, False, path)
+
+
+def _read_entry(path: Path, mmap: bool) -> tuple[WindowSet, dict]:
+    info = json.loads((path / "info.json").read_text())
+
+    def arr(name: str, memory_map: bool = False) -> np.ndarray:
+        return np.load(path / f"{name}.npy", mmap_mode="r" if memory_map else None, allow_pickle=False)
+
+    windows = WindowSet(
+        signals=arr("signals", mmap),
+        labels=arr("labels"),
+        subjects=arr("subjects"),
+        class_names=tuple(info["class_names"]),
+        fs=float(info["fs"]),
+        meta={name: arr(f"meta__{name}") for name in info["meta"]},
+    )
+    return windows, info["report"]
+
+
+def log_report(loader: str, report: Mapping) -> None:
+    """Log a loader's counts: what was used and what was excluded, and why (one line per reason)."""
+    counts = report.get("counts", {})
+    log.info("%s: %s", loader, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for reason, n in report.get("excluded", {}).items():
+        if n:
+            examples = report.get("examples", {}).get(reason, [])
+            log.warning("%s: %d excluded (%s)%s", loader, n, reason,
+                        f", e.g. {', '.join(map(str, examples))}" if examples else "")
+    for note in report.get("notes", []):
+        log.info("%s: %s", loader, note)

@@ -1,0 +1,253 @@
+"""The predecessor's preprocessed windows, read as they are: ``ttm-train dataset=windows dataset.root=/data/windows``.
+
+Layout::
+
+    <root>/train/window_000000.npz   signal [C, T] float32, scalar labels (quality, hr, motion, ...),
+    <root>/val/window_000000.npz     record_id, fs (optional: subject / subject_id)
+    <root>/test/window_000000.npz
+
+or all files directly in ``<root>/window_*.npz`` (no split on disk).
+
+- **Labels**: the scalar key named by ``dataset.task`` (default ``quality``). ``quality`` gives the classes
+  ("poor", "good"), ``motion`` BUT-PPG's eight motion classes, any other key classes "0".."K-1". A key that
+  holds non-integer values (``hr``) is not a class label: ConfigError. Windows whose label is NaN are
+  excluded and counted.
+- **Split**: when ``train/``, ``val/`` or ``test/`` exist, the split on disk is used as it is:
+  ``meta["split"]`` holds codes into :data:`ttm_experiments.data.prepare.SPLIT_NAMES` and
+  ``split_subject_wise`` honours it (``dataset.fold`` is then ignored and the log says so). A record id found
+  in two splits stops the load with the overlapping ids. A subject found in two splits is only a warning
+  (the predecessor split per recording, which is what subject-wise evaluation exists to avoid). Without split
+  folders the suite's subject-wise cross-validation applies.
+- **Subject**: ``subject`` or ``subject_id`` when the files carry one; else, for a BUT-PPG record id (six
+  digits), its first three digits; else the record id itself (each record its own group). Subjects are
+  numbered: numeric ones keep their number, others are numbered in sorted order.
+- **Window length**: the windows must reach the model with ``window_length`` samples. Windows of another
+  length T are resampled explicitly with ``scipy.signal.resample_poly`` (the whole window kept: the rate
+  becomes ``fs * window_length / T``), logged as a warning and noted in the report; never padded or cropped.
+  All files must share one shape and one ``fs`` (an error lists what differs).
+- Errors: an ``.npz`` without ``signal`` (or without the task's key, or ``record_id``) lists the keys it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zipfile
+from collections import Counter, defaultdict
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.data.butppg import MOTION_CLASSES, QUALITY_CLASSES
+from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
+from ttm_experiments.data.prepare import SPLIT_NAMES  # codes of meta["split"]
+from ttm_experiments.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+LOADER_VERSION = "1"
+PATTERN = "window_*.npz"
+LAYOUT = ("<root>/{train,val,test}/window_NNNNNN.npz (or <root>/window_NNNNNN.npz without a split), each with "
+          "`signal` [channels, T] float32, scalar labels (quality, hr, motion, ...), `record_id` and `fs`")
+KNOWN_CLASSES = {"quality": QUALITY_CLASSES, "motion": MOTION_CLASSES}
+RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
+
+
+def load(spec, cache_dir: Path) -> WindowSet:
+    """The `dataset=windows` entry of the LOADERS registry."""
+    return load_windows_dir(spec, cache_dir).windows
+
+
+def load_windows_dir(spec, cache_dir: Path) -> Cached:
+    root = source_root(spec.root, "windows", [], LAYOUT)
+    files = find_files(root)
+    settings = {"task": spec.task, "window_length": int(spec.window_length), "duration_s": float(spec.duration_s)}
+    key, manifest = cache_key("windows", LOADER_VERSION, settings, root, [f for _, f in files])
+    result = load_or_build(Path(cache_dir), "windows", key, manifest,
+                           lambda w: _build(files, spec, w))
+    log_report("windows", result.report)
+    return result
+
+
+def find_files(root: Path) -> list[tuple[str | None, Path]]:
+    """(split or None, path) of every window file, in split then name order."""
+    splits = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    if splits:
+        files = [(s, f) for s in splits for f in sorted((root / s).glob(PATTERN))]
+        loose = sorted(root.glob(PATTERN))
+        if loose:
+            raise DataError(f"{root} holds split folders {splits} and also {len(loose)} window file(s) outside them "
+                            f"(e.g. {loose[0].name}): which split are they? Move them. Expected layout: {LAYOUT}")
+    else:
+        files = [(None, f) for f in sorted(root.glob(PATTERN))]
+    if not files:
+        raise DataError(f"no {PATTERN} file under dataset.root={root}. Expected layout: {LAYOUT}")
+    return files
+
+
+def _scalar(value: np.ndarray, key: str, path: Path):
+    if value.size != 1:
+        raise DataError(f"{path}: `{key}` has shape {value.shape}; a label or id must be a scalar")
+    return value.reshape(()).item()
+
+
+def _record_name(value) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _read(path: Path, task: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            if "signal" not in keys:
+                raise DataError(f"{path} has no `signal` array; its keys are {keys}. Expected layout: {LAYOUT}")
+            for needed, fix in ((task, f"choose dataset.task among its scalar keys"), ("record_id", "add it")):
+                if needed not in keys:
+                    raise DataError(f"{path} has no `{needed}` key ({fix}); its keys are {keys}")
+            signal = np.asarray(z["signal"])
+            label = _scalar(z[task], task, path)
+            if not isinstance(label, (bool, int, float)):
+                raise DataError(f"{path}: `{task}` holds {label!r}; a class label is an integer code")
+            label = float(label)
+            rid = _record_name(_scalar(z["record_id"], "record_id", path))
+            fs = float(_scalar(z["fs"], "fs", path)) if "fs" in keys else None
+            subject = next((_record_name(_scalar(z[k], k, path)) for k in ("subject", "subject_id") if k in keys), None)
+            extra = {}
+            for k in keys:
+                if k in RESERVED or z[k].size != 1 or z[k].dtype.kind not in "biuf":
+                    continue
+                extra[k] = float(z[k].reshape(()))
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path} cannot be read as an .npz window file: {err}") from err
+    if signal.ndim != 2:
+        raise DataError(f"{path}: `signal` has shape {signal.shape}; expected [channels, T]")
+    return {"signal": signal, "label": label, "rid": rid, "fs": fs, "subject": subject, "extra": extra}
+
+
+def _classes(task: str, values: list[float]) -> tuple[str, ...]:
+    bad = sorted({v for v in values if not float(v).is_integer()})
+    if bad:
+        raise ConfigError(f"dataset.task={task}: `{task}` holds non-integer values (e.g. {bad[:3]}), it is not a "
+                          "class label. Choose a categorical key, e.g. dataset.task=quality")
+    codes = sorted({int(v) for v in values})
+    if task in KNOWN_CLASSES:
+        names = KNOWN_CLASSES[task]
+        if codes and (codes[0] < 0 or codes[-1] >= len(names)):
+            raise DataError(f"`{task}` labels must be 0..{len(names) - 1} ({list(names)}); found {codes}")
+        return names
+    if codes and codes[0] < 0:
+        raise DataError(f"`{task}` labels must be >= 0; found {codes}")
+    return tuple(str(i) for i in range(codes[-1] + 1 if codes else 0))
+
+
+def _subject(rid: str, given: str | None) -> str:
+    if given:
+        return given
+    if re.fullmatch(r"\d{6}", rid):  # a BUT-PPG record: subject = first three digits
+        return rid[:3]
+    return rid
+
+
+def _numbered(names: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    """Integers for names: their value when all are integers, else their rank (and the sorted names)."""
+    if all(re.fullmatch(r"-?\d{1,18}", n) for n in names):
+        return np.array([int(n) for n in names], dtype=np.int64), None
+    unique = sorted(set(names))
+    index = {n: i for i, n in enumerate(unique)}
+    return np.array([index[n] for n in names], dtype=np.int64), unique
+
+
+def _build(files: list[tuple[str | None, Path]], spec, writer: CacheWriter) -> BuildInfo:
+    task = spec.task
+    items = [(split, path, _read(path, task)) for split, path in files]
+
+    # a record in two splits would leak between train and evaluation
+    where: dict[str, set[str]] = defaultdict(set)
+    for split, _, item in items:
+        if split is not None:
+            where[item["rid"]].add(split)
+    overlap = sorted((rid, sorted(s, key=SPLIT_NAMES.index)) for rid, s in where.items() if len(s) > 1)
+    if overlap:
+        shown = ", ".join(f"{rid} ({'/'.join(s)})" for rid, s in overlap[:20])
+        raise DataError(f"{len(overlap)} record id(s) sit in more than one split: {shown}"
+                        f"{' ...' if len(overlap) > 20 else ''}. A predefined split must keep each record in one "
+                        "split. Fix: regenerate the split, or put all files in one folder so that the suite splits "
+                        "subject-wise itself.")
+
+    shapes = Counter(item["signal"].shape for _, _, item in items)
+    if len(shapes) > 1:
+        example = {shape: next(str(p) for _, p, it in items if it["signal"].shape == shape) for shape in shapes}
+        raise DataError(f"the window files have different shapes {dict(shapes)}, e.g. {example}; one dataset has "
+                        "one [channels, T] shape")
+    rates = Counter(item["fs"] for _, _, item in items)
+    if len(rates) > 1:
+        raise DataError(f"the window files have different sampling rates `fs` {dict(rates)}; one dataset has one")
+    (channels, length), = shapes
+    fs_in = next(iter(rates)) or length / spec.duration_s
+
+    def has_label(label) -> bool:
+        return not (isinstance(label, float) and math.isnan(label))
+
+    unlabeled = [p for _, p, it in items if not has_label(it["label"])]
+    kept = [(split, p, it) for split, p, it in items if has_label(it["label"])]
+    if not kept:
+        raise DataError(f"none of the {len(items)} window files has a `{task}` label (all NaN)")
+    class_names = _classes(task, [float(it["label"]) for _, _, it in kept])
+
+    signals = np.stack([it["signal"] for _, _, it in kept]).astype(np.float32)
+    notes = []
+    fs_out = fs_in
+    if length != spec.window_length:
+        up, down = Fraction(int(spec.window_length), int(length)).as_integer_ratio()
+        signals = resample_poly(signals, up, down, axis=2, padtype="line").astype(np.float32)
+        fs_out = fs_in * spec.window_length / length
+        note = (f"the windows have {length} samples at {fs_in:g} Hz; resampled explicitly to {spec.window_length} "
+                f"samples ({fs_out:g} Hz, the whole window kept) with scipy.signal.resample_poly")
+        log.warning("windows: %s", note)
+        notes.append(note)
+    span = spec.window_length / fs_out
+    if not math.isclose(span, spec.duration_s, rel_tol=1e-3):
+        notes.append(f"the windows span {span:g} s; dataset.duration_s={spec.duration_s:g} is not used for them")
+
+    rids = [it["rid"] for _, _, it in kept]
+    record_ids, record_names = _numbered(rids)
+    subjects, subject_names = _numbered([_subject(it["rid"], it["subject"]) for _, _, it in kept])
+    meta = {"record_id": record_ids}
+    if any(split is not None for split, _, _ in kept):
+        meta["split"] = np.array([SPLIT_NAMES.index(split) for split, _, _ in kept], dtype=np.int64)
+    common = set.intersection(*(set(it["extra"]) for _, _, it in kept)) - {task}
+    for k in sorted(common):
+        meta[k] = np.array([it["extra"][k] for _, _, it in kept], dtype=np.float64)
+
+    windows = WindowSet(signals=signals, labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
+                        subjects=subjects, class_names=class_names, fs=float(fs_out), meta=meta)
+    writer.save_windows(windows)
+    split_counts = Counter(split for split, _, _ in kept)
+    report = {
+        "counts": {
+            "files": len(items),
+            "windows": len(windows),
+            "records": len(set(rids)),
+            "subjects": int(len(np.unique(subjects))),
+            **{f"n_{name}": n for name, n in windows.class_counts().items()},
+            **({f"split_{s}": split_counts[s] for s in SPLIT_NAMES} if "split" in meta else {}),
+        },
+        "excluded": {f"no {task} label (NaN)": len(unlabeled)},
+        "examples": {f"no {task} label (NaN)": [str(p) for p in unlabeled[:8]]},
+        "notes": notes + [f"task={task}; split on disk: {'yes' if 'split' in meta else 'no (subject-wise CV)'}"],
+    }
+    if record_names is not None:
+        report["record_names"] = record_names  # meta["record_id"] indexes this list
+    if subject_names is not None:
+        report["subject_names"] = subject_names
+    return BuildInfo(class_names, float(fs_out), report)

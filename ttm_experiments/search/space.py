@@ -1,0 +1,237 @@
+"""Search spaces in the syntax of `hydra-optuna-sweeper`: Hydra override sweeps turned into Optuna distributions.
+
+    optim.lr: tag(log, interval(1e-5, 3e-3))    float, log-uniform
+    optim.layer_decay: interval(0.5, 1.0)         float, uniform (integers on an integer key)
+    unfreeze.last_n: range(0, 4)                  integers 0..4 (stop included, as in hydra-optuna-sweeper)
+    optim.batch_size: choice(32, 64)              categorical (also the plain form `32,64`)
+    unfreeze: choice(pattern, depth)              a config group choice
+    optim.weight_decay: 0.01                      fixed: the same override for every trial
+
+The deprecated `hydra.sweeper.search_space` form (`{type: float, low: .., high: .., log: .., step: ..}`) is
+read too. Every error names the key and the value it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from ttm_experiments.errors import ConfigError
+
+
+try:  # Hydra prints a CompactHydraException as its message alone, without a traceback
+    from hydra.errors import CompactHydraException as _Compact
+except ImportError:  # pragma: no cover
+    _Compact = Exception  # type: ignore[misc,assignment]
+
+
+class SweepError(ConfigError, _Compact):
+    """A sweep that cannot start (or ends with every trial failed); Hydra prints just this message."""
+
+
+class SearchSpaceError(SweepError):
+    """A search space that cannot be sampled or does not fit the config: raised before any trial runs."""
+
+
+@dataclass
+class SearchSpace:
+    # Optuna parameter name (the override key, e.g. `optim.lr`, `+trial`) -> distribution
+    distributions: dict[str, Any] = field(default_factory=dict)
+    # override key -> the override every trial gets (from `params` values without a sweep, and the command line)
+    fixed: dict[str, str] = field(default_factory=dict)
+    # where each entry came from, for messages: key -> 'hydra.sweeper.params' | 'command line' | ...
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """The job overrides for one trial: fixed ones first, then the sampled values."""
+        return list(self.fixed.values()) + [f"{name}={format_value(value)}" for name, value in params.items()]
+
+
+def format_value(value: Any) -> str:
+    """A sampled value as the right-hand side of a Hydra override."""
+    from hydra.core.override_parser.types import Override
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return Override._get_value_element_as_str(value)
+
+
+def quote(text: str) -> str:
+    """A string as a single-quoted Hydra override value (backslashes doubled only before a quote)."""
+    import re
+
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
+
+
+def _where(key: str, origin: str) -> str:
+    return f"{origin} '{key}'"
+
+
+def parse(params: Mapping[str, Any] | None, search_space: Mapping[str, Any] | None, arguments: Iterable[str],
+          int_keys: Callable[[str], bool] = lambda key: False) -> SearchSpace:
+    """`hydra.sweeper.params` (or the deprecated `search_space`) plus the command-line overrides.
+
+    A command-line override of a key in `params` replaces it (a fixed value there fixes the key). `int_keys`
+    says whether a key holds an integer, so that `interval(...)` on it samples integers.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    space = SearchSpace()
+    if search_space:
+        for key, spec in search_space.items():
+            space.distributions[str(key)] = _from_dict(str(key), spec)
+            space.origin[str(key)] = "hydra.sweeper.search_space"
+    lines: list[tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        lines.append((f"{key}={_param_text(value)}", "hydra.sweeper.params"))
+    lines.extend((arg, "command line") for arg in arguments)
+    parser = OverridesParser.create()
+    for line, origin in lines:
+        key = line.split("=", 1)[0]
+        try:
+            override = parser.parse_override(line)
+        except OverrideParseException as err:
+            raise SearchSpaceError(f"{_where(key, origin)}: cannot parse '{line}': {_first_line(err)}") from None
+        name = override.get_key_element()
+        space.distributions.pop(name, None)
+        space.fixed.pop(name, None)
+        space.origin[name] = origin
+        if override.is_sweep_override():
+            space.distributions[name] = _from_override(name, override, origin, int_keys(override.key_or_group))
+        else:
+            space.fixed[name] = line if override.is_delete() else f"{name}={override.get_value_element_as_str()}"
+    return space
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    return format_value(value)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    # Hydra's parse errors start with 'Error parsing override' and explain on the second line
+    return " ".join(lines[:2])[:400] if lines else type(err).__name__
+
+
+def _from_override(name: str, override, origin: str, int_key: bool):
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    value = override.value()
+    text = override.input_line.split("=", 1)[1] if override.input_line else str(value)
+    where = _where(name, origin)
+    tags = set(getattr(value, "tags", ()) or ())
+    unknown = tags - {"log"}
+    if unknown:
+        raise SearchSpaceError(f"{where}: unknown tag {sorted(unknown)} in '{text}': the only tag is 'log', "
+                               "e.g. tag(log, interval(1e-5, 3e-3))")
+    log = "log" in tags
+    try:
+        if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
+            if log:
+                raise ValueError("tag(log, ...) applies to interval(...) and range(...), not to a choice")
+            choices = list(override.sweep_iterator(transformer=Transformer.encode))
+            for choice in choices:
+                if not (choice is None or isinstance(choice, (str, int, float, bool))):
+                    raise ValueError(f"choice {choice!r} is a {type(choice).__name__}; choices must be numbers, "
+                                     "strings, booleans or null")
+            if len(set(map(repr, choices))) != len(choices):
+                raise ValueError("the choices repeat a value")
+            return CategoricalDistribution(choices)
+        if isinstance(value, RangeSweep):
+            start, stop, step = value.start, value.stop, value.step if value.step is not None else 1
+            if step <= 0:
+                raise ValueError(f"step={step} must be > 0")
+            if stop < start:
+                raise ValueError(f"the range is empty: stop {stop} < start {start}")
+            if all(isinstance(v, int) for v in (start, stop, step)):
+                if log and step != 1:
+                    raise ValueError("tag(log, range(...)) needs step 1")
+                return IntDistribution(int(start), int(stop), step=int(step), log=log)
+            if log:
+                raise ValueError("tag(log, range(...)) needs integers; use tag(log, interval(low, high)) for floats")
+            return FloatDistribution(float(start), float(stop), step=float(step))
+        if isinstance(value, IntervalSweep):
+            low, high = float(value.start), float(value.end)
+            if int_key:
+                lo, hi = math.ceil(low), math.floor(high)
+                if lo > hi:
+                    raise ValueError(f"no integer lies in [{low}, {high}]")
+                return IntDistribution(lo, hi, log=log)
+            return FloatDistribution(low, high, log=log)
+    except ValueError as err:
+        raise SearchSpaceError(f"{where}: invalid distribution '{text}': {err}") from None
+    raise SearchSpaceError(f"{where}: '{text}' is not a search space; use choice(...), range(...), "
+                           "interval(...) or tag(log, interval(...))")
+
+
+def _from_dict(name: str, spec: Mapping[str, Any]):
+    """The deprecated `search_space` entry: {type: int|float|categorical, low, high, log, step, choices}."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    where = _where(name, "hydra.sweeper.search_space")
+    spec = dict(spec)
+    kind = str(spec.pop("type", "")).split(".")[-1]
+    allowed = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"},
+               "float": {"low", "high", "log", "step"}}
+    if kind not in allowed:
+        raise SearchSpaceError(f"{where}: type must be int, float or categorical, got {kind or 'nothing'}")
+    extra = set(spec) - allowed[kind]
+    if extra:
+        raise SearchSpaceError(f"{where}: unknown field(s) {sorted(extra)} for type {kind}")
+    try:
+        if kind == "categorical":
+            return CategoricalDistribution(list(spec.get("choices") or []))
+        if spec.get("low") is None or spec.get("high") is None:
+            raise ValueError("low and high are required")
+        step = spec.get("step")
+        log = bool(spec.get("log", False))
+        if kind == "int":
+            return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=int(step or 1))
+        return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log,
+                                 step=None if step is None else float(step))
+    except (ValueError, TypeError) as err:
+        raise SearchSpaceError(f"{where}: invalid distribution {spec}: {err}") from None
+
+
+def probe_values(distribution) -> list[Any]:
+    """Values that stand for a distribution when the space is checked against the config: its ends, every choice."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    return [distribution.low, distribution.high] if distribution.low != distribution.high else [distribution.low]
+
+
+def grid(name: str, distribution) -> list[Any]:
+    """The grid of one parameter for `optuna.samplers.GridSampler`; continuous intervals have none."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        n = int(round((distribution.high - distribution.low) / distribution.step))
+        return [round(distribution.low + i * distribution.step, 12) for i in range(n + 1)]
+    raise SearchSpaceError(f"'{name}': the grid sampler needs discrete values, but {distribution} is continuous. "
+                           "Use choice(...) or range(low, high, step=...), or another sampler.")
+
+
+def validate_train_config(cfg) -> None:
+    """The job-side checks of `ttm-train` on a composed config (plain `DictConfig`, no `hydra` node)."""
+    from ttm_experiments.config.spec import to_config
+
+    to_config(cfg)

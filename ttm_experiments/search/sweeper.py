@@ -1,0 +1,517 @@
+"""The Optuna sweeper behind `hydra/sweeper: optuna` (registered by `hydra_plugins.ttm_optuna_sweeper`).
+
+One `ttm-train -m hparams_search=<name>` call:
+
+1. reads the search space (`hydra.sweeper.params` plus the command line), and checks it before anything
+   runs: every distribution is valid, every key exists in the config, every probe value composes and
+   passes the job's own validation; an error names the key;
+2. creates or loads the study (`load_if_exists`: the same study name on the same storage resumes it, and
+   two sweepers on one storage share it), and the study's parent run in MLflow (this also creates the
+   MLflow store and experiment before any job starts);
+3. asks `n_jobs` trials at a time and hands them to the configured launcher (basic, joblib, submitit);
+   each job gets its trial as `search.*` overrides and reports to the storage itself (see `pruning`);
+4. after each batch reads every trial's state back from the storage: a job that pruned itself has
+   already marked its trial PRUNED; a returned objective makes it COMPLETE; a failed job makes it FAIL
+   and the study goes on;
+5. at the end prints and logs the best value, the best trial as a ready-to-run command, and parameter
+   importances, and writes `optimization_results.yaml` in the sweep folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shlex
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, RunMode, TaskFunction
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from ttm_experiments.errors import ConfigError, UserError
+from ttm_experiments.search import summary
+from ttm_experiments.search.pruning import ATTR_OVERRIDES, ATTR_PARENT_RUN, ATTR_RUN
+from ttm_experiments.search.space import (SearchSpace, SearchSpaceError, SweepError, format_value, grid, parse,
+                                         probe_values, quote)
+from ttm_experiments.search.storage import display_storage, normalize_storage, open_storage, pruner_spec, trial_id
+
+log = logging.getLogger(__name__)
+
+# task keys that do not change what a job trains: left out when the best trial is turned into a command
+_NEUTRAL_KEYS = ("optimized_metric", "run_name")
+
+
+class OptunaSweeperImpl(Sweeper):
+    def __init__(self, sampler: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, params: Optional[DictConfig] = None,
+                 search_space: Optional[DictConfig] = None, custom_search_space: Optional[str] = None,
+                 pruner: Any = "median", trial_node: Optional[str] = "search",
+                 job_validator: Optional[str] = None, mlflow: bool = True, entrypoint: str = "ttm-train") -> None:
+        self.sampler_conf = sampler
+        self.direction = direction
+        self.storage = storage
+        self.study_name = study_name
+        self.n_trials = int(n_trials)
+        self.n_jobs = int(n_jobs)
+        self.params = params
+        self.search_space = search_space
+        self.custom_search_space = custom_search_space
+        self.pruner = pruner
+        self.trial_node = trial_node
+        self.job_validator = job_validator
+        self.mlflow = mlflow
+        self.entrypoint = entrypoint
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+
+    # -- configuration ----------------------------------------------------------------------------------------
+    def _direction(self) -> str:
+        value = self.direction
+        if isinstance(value, (list, tuple, ListConfig)):
+            if len(value) != 1:
+                raise ConfigError(f"hydra.sweeper.direction={list(value)}: the train job returns one objective, "
+                                  "so give one direction (minimize or maximize)")
+            value = value[0]
+        text = str(getattr(value, "name", value)).lower()
+        if text not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction={value!r} must be minimize or maximize")
+        return text
+
+    def _storage_url(self) -> str:
+        assert self.config is not None
+        storage = self.storage
+        if not storage:
+            runs_dir = OmegaConf.select(self.config, "paths.runs_dir", default="runs")
+            storage = f"sqlite:///{runs_dir}/optuna.db"
+            log.info("hydra.sweeper.storage is null: the study lives in %s (jobs in other processes must reach "
+                     "it, so an in-memory study is never used)", storage)
+        return normalize_storage(storage)
+
+    def _sampler(self, space: SearchSpace):
+        import optuna
+        from hydra.utils import instantiate
+
+        conf = self.sampler_conf
+        sampler = instantiate(conf) if isinstance(conf, (DictConfig, dict)) else conf
+        if sampler is None:
+            return optuna.samplers.TPESampler(), None
+        if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
+            grid_space = {name: grid(name, d) for name, d in space.distributions.items()}
+            size = math.prod(len(v) for v in grid_space.values()) if grid_space else 1
+            return sampler(grid_space), size
+        if not isinstance(sampler, optuna.samplers.BaseSampler):
+            raise ConfigError(f"hydra.sweeper.sampler builds a {type(sampler).__name__}, not an Optuna sampler")
+        return sampler, None
+
+    def _trial_node_ok(self) -> bool:
+        assert self.config is not None
+        if not self.trial_node:
+            return False
+        node = OmegaConf.select(self.config, self.trial_node, default=None)
+        if not isinstance(node, DictConfig) or "trial_number" not in node:
+            log.warning("the config has no %s.trial_number: jobs cannot find their trial, so nothing is pruned "
+                        "(set hydra.sweeper.trial_node to the node that holds study_name, storage, trial_number, "
+                        "pruner and direction)", self.trial_node)
+            return False
+        return True
+
+    def _search_overrides(self, study_name: str, storage: str, number: int, pruner: str, direction: str) -> list[str]:
+        if not self.pass_trial:
+            return []
+        n = self.trial_node
+        return [f"{n}.study_name={quote(study_name)}", f"{n}.storage={quote(storage)}", f"{n}.trial_number={number}",
+                f"{n}.pruner={quote(pruner)}", f"{n}.direction={direction}"]
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def _validator(self) -> Optional[Callable[[DictConfig], None]]:
+        if not self.job_validator:
+            return None
+        from hydra.utils import get_method
+
+        return get_method(self.job_validator)
+
+    def validate(self, space: SearchSpace, search_overrides: list[str]) -> None:
+        """Compose the job at every probe value of every parameter: a bad key or value stops here, named."""
+        from hydra.errors import HydraException
+
+        validator = self._validator()
+        base = list(space.fixed.values()) + search_overrides
+
+        def check(extra: list[str], what: str) -> None:
+            try:
+                cfg = self._compose(base + extra)
+            except (HydraException, ValueError, KeyError) as err:
+                raise SearchSpaceError(f"{what} does not fit the config: {_explain(err)}") from None
+            if validator is not None:
+                try:
+                    validator(cfg)
+                except UserError as err:
+                    raise SearchSpaceError(f"{what} is invalid for the job: {err}") from None
+
+        check([], "the fixed overrides " + " ".join(space.fixed.values()) if space.fixed else "the base config")
+        for name, dist in space.distributions.items():
+            for value in probe_values(dist)[:32]:
+                override = f"{name}={format_value(value)}"
+                check([override], f"{space.origin.get(name, 'search space')} '{name}': {override}")
+
+    # -- the sweep ------------------------------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        except SweepError:
+            raise
+        except UserError as err:  # a setting the user can fix: the message, without a traceback
+            raise SweepError(f"error: {err}") from None
+
+    def _sweep(self, arguments: list[str]) -> Any:
+        import optuna
+
+        assert self.config is not None and self.launcher is not None
+        t0 = time.perf_counter()
+        cfg = self.config
+        space = parse(self.params, self.search_space, arguments, int_keys=functools.partial(_is_int_key, cfg))
+        if not space.distributions and not self.custom_search_space:
+            raise SearchSpaceError("the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "
+                                   "tag(log, interval(1e-5, 3e-3))) or use hparams_search=<name>")
+        direction = self._direction()
+        pruner = pruner_spec(self.pruner)
+        storage_url = self._storage_url()
+        storage_shown = display_storage(storage_url)
+        self.pass_trial = self._trial_node_ok()
+        self.add_run_name = (OmegaConf.select(cfg, "run_name", default="missing") is None
+                             and not any(k.lstrip("+~") == "run_name" for k in (*space.fixed, *space.distributions)))
+        metric = str(OmegaConf.select(cfg, "optimized_metric", default="objective"))
+        if direction == "maximize" and "loss" in metric:
+            log.warning("optimized_metric=%s is maximised: set hydra.sweeper.direction=minimize for a loss", metric)
+        sampler, grid_size = self._sampler(space)
+        n_trials = self.n_trials if grid_size is None else min(self.n_trials, grid_size)
+        if n_trials < 1 or self.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} and n_jobs={self.n_jobs} must be >= 1")
+        self.validate(space, self._search_overrides("validation", storage_url, 0, pruner, direction))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(study_name=self.study_name, storage=open_storage(storage_url),
+                                        sampler=sampler, direction=direction, load_if_exists=True)
+            if study.direction.name.lower() != direction:
+                raise ConfigError(f"study '{study.study_name}' in {storage_shown} is to "
+                                  f"{study.direction.name.lower()}, but hydra.sweeper.direction={direction}")
+            if not study.metric_names:
+                study.set_metric_names([metric])
+        self._check_against_study(study, space)
+        before = len(study.get_trials(deepcopy=False))
+        if before:
+            log.info("study '%s' in %s resumes with %d trials", study.study_name, storage_shown, before)
+            if hasattr(sampler, "reseed_rng"):
+                sampler.reseed_rng()  # a seeded sampler would otherwise repeat the first run's trials
+        study.set_user_attr("optimized_metric", metric)
+        log.info("Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s", study.study_name,
+                 storage_shown, n_trials, self.n_jobs, type(sampler).__name__, pruner, direction, metric)
+        log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in space.distributions.items()))
+
+        study_run = self._study_run(study.study_name, storage_shown, direction, metric, sampler, pruner)
+        asked: list[int] = []
+        new_failures: list[str] = []
+        try:
+            job_idx, left = 0, n_trials
+            while left > 0:
+                batch = min(left, self.n_jobs)
+                trials, overrides = [], []
+                for _ in range(batch):
+                    trial = self._ask(study, storage_url, space)
+                    if self.custom_search_space:
+                        from hydra.utils import get_method
+
+                        get_method(self.custom_search_space)(cfg, trial)
+                    job = space.overrides(trial.params) + self._search_overrides(
+                        study.study_name, storage_url, trial.number, pruner, direction)
+                    if self.add_run_name:
+                        job.append(f"run_name=trial-{trial.number}")
+                    trial.set_user_attr(ATTR_OVERRIDES, job)
+                    if study_run is not None:
+                        trial.set_user_attr(ATTR_PARENT_RUN, study_run.run_id)
+                    trials.append(trial)
+                    overrides.append(tuple(job))
+                    asked.append(trial.number)
+                self.validate_batch_is_legal(overrides)
+                launch_error: Optional[BaseException] = None
+                try:
+                    returns = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
+                except Exception as err:  # e.g. a submitit job killed by the system: the whole batch failed
+                    log.error("the launcher failed on trials %s: %s", [t.number for t in trials], err)
+                    returns, launch_error = [None] * batch, err
+                job_idx += batch
+                for trial, ret in zip(trials, returns):
+                    failure = self._record(study, storage_url, trial, ret, launch_error, metric, study_run)
+                    if failure:
+                        new_failures.append(failure)
+                left -= batch
+        except BaseException:
+            self._fail_running(study, storage_url, asked)
+            if study_run is not None:
+                study_run.end("KILLED")
+            raise
+        results = self._finish(study, storage_url, asked, metric, direction, study_run, time.perf_counter() - t0)
+        if asked and len(new_failures) == len(asked):
+            raise SweepError(f"all {len(asked)} trials of this run failed; the first: {new_failures[0]}")
+        return results
+
+    def _ask(self, study, storage_url: str, space: SearchSpace):
+        known = {t.number for t in study.get_trials(deepcopy=False)}
+        try:
+            return study.ask(fixed_distributions=space.distributions)
+        except Exception:
+            # ask() creates the trial before it samples: do not leave it RUNNING forever
+            orphans = [t.number for t in study.get_trials(deepcopy=False)
+                       if t.number not in known and t.state.name == "RUNNING" and ATTR_OVERRIDES not in t.user_attrs]
+            self._fail_running(study, storage_url, orphans)
+            raise
+
+    @staticmethod
+    def _check_against_study(study, space: SearchSpace) -> None:
+        """A resumed study keeps its distributions: Optuna refuses e.g. other choices for the same parameter."""
+        from optuna.distributions import check_distribution_compatibility
+
+        seen: dict[str, Any] = {}
+        for t in study.get_trials(deepcopy=False):
+            for name, dist in t.distributions.items():
+                seen.setdefault(name, dist)
+        for name, new in space.distributions.items():
+            old = seen.get(name)
+            if old is None:
+                continue
+            try:
+                check_distribution_compatibility(old, new)
+            except ValueError as err:
+                raise SearchSpaceError(
+                    f"{space.origin.get(name, 'search space')} '{name}': study '{study.study_name}' sampled it from "
+                    f"{old}, the search space now says {new}: {err} Keep the study's distribution, or start a new "
+                    "study (hydra.sweeper.study_name=<new name>).") from None
+
+    def _study_run(self, study_name: str, storage: str, direction: str, metric: str, sampler, pruner: str):
+        assert self.config is not None
+        uri = OmegaConf.select(self.config, "tracking.uri", default=None)
+        experiment = OmegaConf.select(self.config, "experiment_name", default=None)
+        if not self.mlflow or not uri or not experiment:
+            return None
+        from ttm_experiments.search.mlflow_study import StudyRun
+
+        return StudyRun(uri, experiment, study_name, storage, {
+            "optuna.direction": direction, "optuna.metric": metric, "optuna.sampler": type(sampler).__name__,
+            "optuna.pruner": pruner, "sweep": str(self.config.hydra.sweep.dir)})
+
+    def _record(self, study, storage_url: str, trial, ret, launch_error, metric: str, study_run) -> Optional[str]:
+        """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
+        import optuna
+        from hydra.core.utils import JobStatus
+
+        TrialState = optuna.trial.TrialState
+        storage = open_storage(storage_url)
+        tid = trial_id(storage_url, study.study_name, trial.number)
+        frozen = storage.get_trial(tid)
+        failure, value = None, None
+        if frozen.state.is_finished():  # the job pruned itself (or another process finished it)
+            pass
+        elif ret is not None and ret.status == JobStatus.COMPLETED:
+            try:
+                value = float(ret.return_value)
+                if not math.isfinite(value):
+                    raise ValueError(f"the objective is {value}")
+                self._tell(study, trial, values=value)
+            except (TypeError, ValueError) as err:
+                failure = f"the job returned {ret.return_value!r} ({err}); it must return a finite float"
+                self._tell(study, trial, state=TrialState.FAIL)
+        else:
+            err = launch_error if ret is None else ret._return_value
+            failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
+            storage.set_trial_user_attr(tid, "fail_reason", failure)
+            self._tell(study, trial, state=TrialState.FAIL)
+            if not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
+                log.error("trial %d failed", trial.number, exc_info=err)
+        frozen = storage.get_trial(tid)
+        state = frozen.state.name
+        trials = study.get_trials(deepcopy=False)
+        best = summary.best_value_so_far(trials, study.direction.name == "MAXIMIZE")
+        params = " ".join(f"{k}={summary._fmt(v)}" for k, v in frozen.params.items())
+        run_id = frozen.user_attrs.get(ATTR_RUN)
+        if state == "COMPLETE":
+            detail = f"{metric} {frozen.value:.4f}"
+        elif state == "PRUNED":
+            last = max(frozen.intermediate_values) if frozen.intermediate_values else None
+            detail = f"at epoch {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last else ""
+        else:
+            detail = failure or frozen.user_attrs.get("fail_reason", "")
+        log.info("trial %d %-8s %s | %s%s", trial.number, state, detail, params,
+                 f" | MLflow run {run_id}" if run_id else "")
+        if study_run is not None:
+            try:
+                study_run.trial_finished(trial.number, state, frozen.value if state == "COMPLETE" else None,
+                                         run_id, best, summary.counts(trials))
+            except Exception:
+                log.exception("could not record trial %d in MLflow", trial.number)
+        return failure
+
+    @staticmethod
+    def _tell(study, trial, **kwargs) -> None:
+        try:
+            study.tell(trial, **kwargs)
+        except RuntimeError as err:  # GridSampler asks the study to stop once the grid is used up: the state is set
+            if "Study.stop" not in str(err):
+                raise
+
+    def _fail_running(self, study, storage_url: str, numbers: list[int]) -> None:
+        import optuna
+
+        for number in numbers:
+            try:
+                tid = trial_id(storage_url, study.study_name, number)
+                if not open_storage(storage_url).get_trial(tid).state.is_finished():
+                    study.tell(number, state=optuna.trial.TrialState.FAIL)
+            except Exception:
+                log.exception("could not mark trial %d failed", number)
+
+    # -- the end: best trial, command, importances ------------------------------------------------------------
+    def best_command(self, overrides: list[str]) -> tuple[str, Optional[DictConfig]]:
+        """A `ttm-train ...` command that trains what the trial trained, checked by composing both configs."""
+        assert self.config is not None and self.hydra_context is not None
+        keep, search_choice = [], None
+        # a search path given on the command line is needed to compose the same config again
+        keep += [str(ov) for ov in self.config.hydra.overrides.hydra if str(ov).startswith("hydra.searchpath=")]
+        for ov in overrides:
+            key = ov.split("=", 1)[0].lstrip("+~")
+            if key == "hparams_search":
+                search_choice = ov.split("=", 1)[1]
+                continue
+            if (key.startswith(("hydra.", "hydra/")) and not key.startswith("hydra.searchpath")) or (
+                    self.trial_node and key.startswith(self.trial_node + ".")):
+                continue
+            if key == "run_name" and self.add_run_name:
+                continue
+            keep.append(ov)
+        plain = None
+        try:
+            job_cfg = self._compose(list(overrides))
+            plain = self._compose_command(keep)
+            if _task(job_cfg, self.trial_node) != _task(plain, self.trial_node) and search_choice:
+                # the search space file sets task keys too: keep it, but run one job
+                keep = [f"hparams_search={search_choice}", "hydra.mode=RUN", *keep]
+                plain = self._compose_command(keep)
+        except Exception as err:  # the command is still right in the common case; say that it was not checked
+            log.warning("could not check the best command against the trial's config: %s", err)
+        return " ".join([self.entrypoint, *map(shlex.quote, keep)]), plain
+
+    def _compose_command(self, overrides: list[str]) -> DictConfig:
+        """The config that `ttm-train <overrides>` composes (a single run, none of this sweep's hydra overrides)."""
+        assert self.config is not None and self.hydra_context is not None
+        cfg = self.hydra_context.config_loader.load_configuration(
+            config_name=self.config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def _finish(self, study, storage_url: str, asked: list[int], metric: str, direction: str, study_run,
+                seconds: float) -> dict:
+        assert self.config is not None
+        trials = study.get_trials(deepcopy=False)
+        maximize = direction == "maximize"
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        best = (max if maximize else min)(complete, key=lambda t: t.value) if complete else None
+        command, best_cfg = None, None
+        if best is not None:
+            overrides = best.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in best.params.items()]
+            command, best_cfg = self.best_command(list(overrides))
+        imp = summary.importances(study)
+        storage_shown = display_storage(storage_url)
+        text = summary.format_summary(study.study_name, storage_shown, metric, trials, asked, best, command, imp)
+        print(text, flush=True)
+        log.info("study finished in %.0f s", seconds)
+        counts = summary.counts(trials)
+        results: dict[str, Any] = {
+            "name": "optuna", "study_name": study.study_name, "storage": storage_shown, "direction": direction,
+            "metric": metric, "n_trials": len(trials), "trials_this_run": asked, **{f"n_{k}": v for k, v in counts.items()},
+            "epochs_reported": sum(max(t.intermediate_values) for t in trials if t.intermediate_values),
+        }
+        if best is not None:
+            results.update(best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
+                           best_command=command)
+        if imp:
+            results["importances"] = imp
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        if study_run is not None:
+            self._log_study(study_run, study, trials, results, best, best_cfg, command, imp, text, metric, maximize)
+        return results
+
+    def _log_study(self, study_run, study, trials, results, best, best_cfg, command, imp, text, metric, maximize):
+        tags = {"optuna.n_trials": str(len(trials)), "mlflow.note.content": "```\n" + text.strip() + "\n```"}
+        metrics = {f"study/{k}": float(v) for k, v in summary.counts(trials).items()}
+        texts = {"study/summary.txt": text.strip() + "\n"}
+        figures = {"study/history.png": summary.history_figure(trials, metric, maximize)}
+        if best is not None:
+            tags.update({"best.trial": str(best.number), "best.command": command or "",
+                         "best.params": " ".join(f"{k}={v}" for k, v in best.params.items())})
+            metrics["best/value"] = float(best.value)
+            texts["best/command.sh"] = f"#!/bin/sh\n# best trial {best.number} of study '{study.study_name}': " \
+                                       f"{metric} = {best.value:.6g}\n{command}\n"
+            if best_cfg is not None:
+                try:
+                    texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg, resolve=True)
+                except Exception:
+                    texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg)
+            run = best.user_attrs.get(ATTR_RUN)
+            if run:
+                tags["best.run_id"] = str(run)
+        if imp:
+            metrics.update({f"importance/{k}": v for k, v in imp.items()})
+            figures["study/importances.png"] = summary.importance_figure(imp)
+        texts["study/results.yaml"] = OmegaConf.to_yaml(OmegaConf.create(results))
+        try:
+            texts["study/trials.csv"] = study.trials_dataframe().to_csv(index=False)
+        except Exception:
+            log.exception("could not tabulate the trials")
+        try:
+            study_run.finish(tags, metrics, texts, figures, [])
+        except Exception:
+            log.exception("could not log the study's result to MLflow")
+
+
+def _explain(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return " ".join(lines[:8])[:600] if lines else type(err).__name__
+
+
+def _is_int_key(cfg: DictConfig, key: str) -> bool:
+    try:
+        value = OmegaConf.select(cfg, key, default=None)
+    except Exception:
+        return False
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _task(cfg: DictConfig, trial_node: Optional[str]) -> Any:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in (*_NEUTRAL_KEYS, trial_node):
+        if key:
+            data.pop(key, None)
+    return data

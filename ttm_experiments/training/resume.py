@@ -1,0 +1,98 @@
+"""Per-epoch resume state: written atomically after every epoch, read back by `resume=<dir or run id>`.
+
+The state holds everything the next epoch depends on (model, optimizer, scheduler, every random generator,
+the stage and epoch, the results so far, the best checkpoint) plus the MLflow run ids, so a resumed run
+continues the same MLflow runs. The epoch's metrics are saved as `pending` before they are logged: a kill
+between the two is repaired on resume, and no metric is ever logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ttm_experiments.errors import CheckpointError, ConfigError
+from ttm_experiments.models.checkpoint import atomic_save
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "last.pt"
+FORMAT = "ttm-experiments-resume/1"
+# keys that may change between the killed run and its resumption
+MAY_DIFFER = ("resume", "trainer.progress", "trainer.num_threads")
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        **{f"gen.{k}": g.get_state() for k, g in generators.items()},
+    }
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    for k, g in generators.items():
+        g.set_state(state[f"gen.{k}"])
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_save({"format": FORMAT, **state}, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a resume state written by this suite (our own pickle: only load files you wrote)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"resume state {path} cannot be read: {err}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ttm-experiments resume state")
+    return state
+
+
+def locate(resume: str, tracking_uri: str) -> Path:
+    """`resume` is a run's output directory or its MLflow (parent) run id -> the state file."""
+    candidate = Path(resume).expanduser()
+    if candidate.is_dir():
+        path = candidate / STATE_FILE
+        if not path.is_file():
+            raise CheckpointError(f"resume={resume}: the directory holds no {STATE_FILE} (was it written by ttm-train?)")
+        return path
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri).get_run(resume)
+    except Exception:
+        raise CheckpointError(
+            f"resume={resume} is neither a run directory nor an MLflow run id in {tracking_uri}. Fix: give the run's "
+            "output directory (runs/outputs/<date>/<time>) or its run id from the MLflow UI."
+        ) from None
+    out = run.data.tags.get("output_dir")
+    if not out or not (Path(out) / STATE_FILE).is_file():
+        raise CheckpointError(f"resume={resume}: MLflow run found, but its output directory {out} holds no {STATE_FILE}")
+    return Path(out) / STATE_FILE
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in keys
+        if not k.startswith(MAY_DIFFER) and saved.get(k) != current.get(k)
+    ]
+
+
+def check_config(state: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    diffs = config_differences(state["config"], current)
+    if diffs:
+        raise ConfigError(
+            f"cannot resume from {path}: the config differs from the one the run started with:\n  "
+            + "\n  ".join(diffs)
+            + "\nFix: resume with the original overrides, or start a new run (without resume=)."
+        )
