@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup train test test-slow sweep inspect ui clean
+.PHONY: setup train test test-slow sweep pretrain inspect ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-slow: $(STAMP)  ## the slow tests only
 
 sweep: $(STAMP)  ## the default grid: unfreeze.last_n x optim.lr
 	$(BIN)/ttm-train -m unfreeze.last_n=0,1,2,4 optim.lr=1e-4,1e-3 $(ARGS)
+
+pretrain: $(STAMP)  ## masked-patch pre-training; writes runs/outputs/<date>/<time>/foundation.pt
+	$(BIN)/ttm-train schedule=pretrain $(ARGS)
 
 inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
 	$(BIN)/ttm-inspect $(ARGS)

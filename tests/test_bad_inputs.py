@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -170,3 +171,37 @@ def test_cli_unknown_key_names_it(runs_dir):
     proc = _cli("ttm_experiments.train", "optim.learning_rate=1e-3", runs=runs_dir)
     assert proc.returncode != 0
     assert "optim.learning_rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("runs", ["/sys/ttm-runs", "/sys"], ids=["cannot-create", "not-writable"])
+def test_unwritable_runs_dir_fails_before_training(smoke, runs):
+    with pytest.raises(TrackingError) as err:
+        train(smoke(f"paths.runs_dir={runs}"))
+    assert "paths.runs_dir=" in str(err.value) and "Nothing was trained" in str(err.value)
+
+
+def test_full_disk_fails_cleanly_keeping_earlier_runs_and_files(smoke, runs_dir, monkeypatch):
+    import errno
+
+    from ttm_experiments.models import checkpoint
+
+    train(smoke("experiment_name=disk"))
+
+    def no_space(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    with pytest.raises(CheckpointError, match="No space left on device.*free disk space"):
+        train(smoke("experiment_name=disk"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("disk").experiment_id])
+    assert sorted(r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags) == ["FAILED", "FINISHED"]
+    assert not list(runs_dir.rglob("*.tmp"))  # no half-written file left behind
+
+
+def test_unknown_stage_kind_fails_at_compose_time(smoke):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="kind"):
+        smoke("schedule.stages.0.kind=reinforce")

@@ -81,7 +81,8 @@ class MlflowTracker:
             try:
                 db.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise TrackingError(f"tracking.uri={self.uri}: cannot create {db.parent}: {err}") from None
+                raise TrackingError(f"tracking.uri={self.uri}: cannot create {db.parent}: {err}. Fix: "
+                                    "paths.runs_dir=<a writable directory>. Nothing was trained.") from None
             if db.parent.exists() and not os.access(db.parent, os.W_OK):
                 raise TrackingError(f"tracking.uri={self.uri}: {db.parent} is not writable. Fix: paths.runs_dir=<a writable dir>")
         elif self.uri.startswith(("http://", "https://")):
@@ -109,10 +110,11 @@ class MlflowTracker:
             raise
         except Exception as err:
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            fix = ("paths.runs_dir=<a writable directory> (or tracking.uri=sqlite:///<writable path>/mlflow.db)"
+                   if db is not None else "start the tracking server, correct tracking.uri, or use the local "
+                   "store (tracking.uri=sqlite:///runs/mlflow.db)")
             raise TrackingError(
-                f"tracking.uri={self.uri} cannot be reached or opened: {first_line}. Fix: start the tracking "
-                "server, correct tracking.uri, or use the local store (tracking.uri=sqlite:///runs/mlflow.db). "
-                "Nothing was trained."
+                f"tracking.uri={self.uri} cannot be reached or opened: {first_line}. Fix: {fix}. Nothing was trained."
             ) from None
         return client, experiment_id
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
 from ttm_experiments.config.spec import to_config
+from ttm_experiments.errors import TrackingError
 from ttm_experiments.training.recipe import RunInfo, recipe_for
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,11 @@ def run_info(cfg: DictConfig) -> RunInfo:
     yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not HydraConfig.initialized():  # called from Python (tests, notebooks): a fresh folder per call
         base = Path(cfg.paths.runs_dir) / "outputs" / "compose"
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"paths.runs_dir={cfg.paths.runs_dir} cannot be written: {err}. Fix: "
+                                "paths.runs_dir=<a writable directory>. Nothing was trained.") from None
         return RunInfo(output_dir=Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)),
                        config_yaml=yaml)
     hc = HydraConfig.get()

@@ -102,9 +102,7 @@ def check_windows(windows: WindowSet, context_length: int, num_channels: int,
         )
     if windows.num_channels != num_channels:
         raise DataError(f"the data has {windows.num_channels} channels, the model expects {num_channels}")
-    finite = np.isfinite(windows.signals).all(axis=(1, 2))
-    constant = np.zeros(len(windows), dtype=bool)
-    constant[finite] = (windows.signals[finite].std(axis=2) < 1e-8).any(axis=1)
+    finite, constant = _scan(windows.signals)
     bad = ~finite | constant
     if bad.any():
         detail = f"{int((~finite).sum())} window(s) with NaN/Inf and {int(constant.sum())} constant window(s)"
@@ -116,6 +114,33 @@ def check_windows(windows: WindowSet, context_length: int, num_channels: int,
         log.warning("dropping %s of %d (dataset.nonfinite=drop)", detail, len(windows))
         windows = windows.subset(np.flatnonzero(~bad))
     return windows
+
+
+def _scan(signals: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: all finite? constant in some channel? In chunks, so a memory-mapped corpus is never
+    loaded whole."""
+    finite = np.empty(len(signals), dtype=bool)
+    constant = np.zeros(len(signals), dtype=bool)
+    for start in range(0, len(signals), chunk):
+        block = np.asarray(signals[start : start + chunk])
+        ok = np.isfinite(block).all(axis=(1, 2))
+        finite[start : start + chunk] = ok
+        constant[start : start + chunk][ok] = (block[ok].std(axis=2) < 1e-8).any(axis=1)
+    return finite, constant
+
+
+class RowView:
+    """Rows `rows` of a (possibly memory-mapped) array, read only when indexed: a split of a large corpus
+    without copying it."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray):
+        self.base, self.rows = base, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.base[self.rows[index]]
 
 
 def subject_folds(labels: np.ndarray, subjects: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:

@@ -43,6 +43,12 @@ def atomic_save(obj: object, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or a quota: the previous file at `path` is still intact
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write {path}: {err}. Fix: free disk space, or paths.runs_dir=<a disk with space>; the previous "
+            f"{path.name} (if any) is unchanged."
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

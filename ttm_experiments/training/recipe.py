@@ -19,7 +19,9 @@ import torch
 from ttm_experiments.config import spec as specs
 from ttm_experiments.config.schema import TrainConfig
 from ttm_experiments.errors import ConfigError, Pruned
-from ttm_experiments.data.prepare import Splits, check_windows, describe_splits, load_windows, split_subject_wise
+from ttm_experiments.data.prepare import (
+    RowView, Splits, check_windows, describe_splits, load_windows, split_subject_wise,
+)
 from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion, softmax
 from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
@@ -164,7 +166,8 @@ class TrainRecipe:
         is_val = np.isin(windows.subjects, held_out)
         log.info("pretraining corpus %s: %d windows of %d subjects (%d held out for validation)", ds.name,
                  len(windows), len(subjects), int(is_val.sum()))
-        return windows.signals[~is_val], windows.signals[is_val]
+        # views, not copies: a large memory-mapped corpus stays on disk and is read batch by batch
+        return RowView(windows.signals, np.flatnonzero(~is_val)), RowView(windows.signals, np.flatnonzero(is_val))
 
     def _tags(self) -> dict[str, str]:
         c = self.config
