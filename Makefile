@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup train test test-slow sweep pretrain inspect ui clean
+.PHONY: setup train test test-slow sweep pretrain inspect ui clean tune report dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ sweep: $(STAMP)  ## the default grid: unfreeze.last_n x optim.lr
 
 pretrain: $(STAMP)  ## masked-patch pre-training; writes runs/outputs/<date>/<time>/foundation.pt
 	$(BIN)/ttm-train schedule=pretrain $(ARGS)
+
+tune: $(STAMP)  ## an Optuna study (conf/hparams_search/unfreeze_lr.yaml); again = more trials in the same study
+	$(BIN)/ttm-train -m hparams_search=unfreeze_lr $(ARGS)
+
+report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
+	$(BIN)/ttm-report $(ARGS)
+
+dashboard: $(STAMP)  ## optuna-dashboard on the study storage runs/optuna.db: http://127.0.0.1:8080
+	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dashboard]"
+	mkdir -p runs
+	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
 
 inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
 	$(BIN)/ttm-inspect $(ARGS)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ttm_experiments.config.schema import SearchConf
 from ttm_experiments.errors import ConfigError, Pruned
 from ttm_experiments.search.storage import display_storage, load_study, normalize_storage, open_storage, trial_id
-from ttm_experiments.training.loop import EpochRecord
+
+if TYPE_CHECKING:  # the sweeper imports this module too, and needs no torch
+    from ttm_experiments.training.loop import EpochRecord
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def parse(params: Mapping[str, Any] | None, search_space: Mapping[str, Any] | No
         if override.is_sweep_override():
             space.distributions[name] = _from_override(name, override, origin, int_keys(override.key_or_group))
         else:
-            space.fixed[name] = line if override.is_delete() else f"{name}={override.get_value_element_as_str()}"
+            space.fixed[name] = line  # as written: what Hydra parsed
     return space
 
 

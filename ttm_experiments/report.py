@@ -1,0 +1,583 @@
+"""`ttm-report`: compare the runs of an MLflow experiment (or of one sweep or Optuna study): a table and plots.
+
+    ttm-report                                             # the runs of experiment_name (ttm-ppg-quality)
+    ttm-report report.sweep=unfreeze_lr-ttm_1024-synthetic  # one Optuna study (or a sweep folder, or part of it)
+    ttm-report experiment_name=grid report.out_dir=/tmp/r   # another experiment, another folder
+    ttm-report tracking.uri=http://127.0.0.1:5000           # a tracking server
+
+Everything comes from MLflow (params, tags, metrics, per-epoch histories, stage runs), nothing from files
+beside it. Writes to `runs/reports/<experiment>[/<sweep>]/`:
+
+- `report.md`: the table, ranked by the objective (`optimized_metric` at the best epoch, val/auroc by
+  default), with test AUROC and its subject-bootstrap interval, per-class test accuracy, unfreeze strategy
+  and last_n, learning rate, the collapse flag, and whatever else varies between the runs; then the plots;
+- `runs.csv`: the same table, unrounded;
+- `auroc_heatmap.png`: mean AUROC over `unfreeze.last_n` x `optim.lr` (validation objective and test);
+- `per_class_accuracy.png`: test accuracy of each class per run;
+- `epochs.png`: validation AUROC and per-class accuracy over epochs, stages shaded, best epoch starred;
+
+and logs them as a run of the experiment (tag `ttm.kind=report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
+from ttm_experiments.errors import ConfigError, TrackingError
+
+log = logging.getLogger(__name__)
+
+# params that never describe what was trained (or are shown in their own column)
+_NOT_VARIED = ("paths.", "search.", "tracking.", "report.", "inspect.", "run_name", "experiment_name",
+               "optimized_metric", "unfreeze.strategy", "unfreeze.last_n", "optim.lr", "trainer.progress")
+STATE_ORDER = {"finished": 0, "pruned": 1, "running": 2, "failed": 3}
+
+
+@dataclass
+class Row:
+    run_id: str
+    name: str
+    state: str  # finished | pruned | failed | running
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    metric: str  # the objective's name, e.g. val/auroc
+    objective: float | None = None
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    stages: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first epoch, last epoch)
+
+    @property
+    def strategy(self) -> str:
+        return self.tags.get("unfreeze.strategy") or self.params.get("unfreeze.strategy", "?")
+
+    @property
+    def last_n(self) -> str:
+        return self.params.get("unfreeze.last_n") or self.tags.get("unfreeze.last_n", "?")
+
+    @property
+    def lr(self) -> float | None:
+        return _float(self.params.get("optim.lr"))
+
+    @property
+    def collapse(self) -> bool:
+        return self.tags.get("mode_collapse") == "true"
+
+    @property
+    def short_name(self) -> str:
+        trial = self.tags.get("optuna.trial")
+        return f"trial {trial}" if trial is not None and "trial" not in self.name else self.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.short_name} (last_n={self.last_n}, lr={_sci(self.lr)})"
+
+
+# -- reading MLflow -----------------------------------------------------------------------------------------------
+def _float(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if "'" in text else f"'{text}'"
+
+
+def connect(uri: str, experiment: str):
+    """The client and experiment id; a missing experiment lists the ones that exist."""
+    from ttm_experiments.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise TrackingError(f"tracking.uri={uri}: {db} does not exist; nothing has been tracked there yet. "
+                            "Run ttm-train first, or point tracking.uri / paths.runs_dir at the store.")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        names = [e.name for e in client.search_experiments()] if found is None else []
+    except Exception as err:
+        raise TrackingError(f"tracking.uri={uri} cannot be read: {str(err).strip()[:300]}") from None
+    if found is None:
+        raise ConfigError(f"report.experiment={experiment!r}: no such MLflow experiment in {uri}; "
+                          f"experiments there: {sorted(names)}")
+    return client, found.experiment_id
+
+
+def search(client, experiment_id: str, sweep: str | None, max_runs: int) -> list:
+    """Train runs (not stage, study or report runs) of the experiment, or of one sweep / Optuna study."""
+    queries = ["tags.schedule LIKE '%'"]
+    if sweep:
+        queries = [f"tags.`optuna.study` = {_quoted(sweep)}", f"tags.sweep LIKE {_quoted('%' + sweep + '%')}"]
+    runs: dict[str, Any] = {}
+    for query in queries:
+        token = None
+        while len(runs) < max_runs:
+            page = client.search_runs([experiment_id], query, max_results=min(500, max_runs),
+                                      order_by=["attributes.start_time DESC"], page_token=token)
+            for run in page:
+                tags = run.data.tags
+                if "stage" in tags or tags.get("ttm.kind") in ("study", "report") or "schedule" not in tags:
+                    continue
+                runs.setdefault(run.info.run_id, run)
+            token = page.token
+            if not token:
+                break
+    return list(runs.values())[:max_runs]
+
+
+def to_row(run) -> Row:
+    params, tags, metrics = dict(run.data.params), dict(run.data.tags), dict(run.data.metrics)
+    status = run.info.status
+    if status == "FINISHED":
+        state = "finished"
+    elif tags.get("optuna.state") == "PRUNED" or "pruned" in tags:
+        state = "pruned"
+    elif status == "RUNNING":
+        state = "running"
+    else:
+        state = "failed"
+    metric = params.get("optimized_metric", "val/auroc")
+    return Row(run.info.run_id, tags.get("mlflow.runName", run.info.run_id[:8]), state, params, tags, metrics, metric)
+
+
+def load_details(client, experiment_id: str, row: Row, classes: list[str]) -> None:
+    """Per-epoch validation history (parent run, step = epoch across stages) and the stage boundaries."""
+    keys = ["val/auroc", *[f"val/acc/{c}" for c in classes]]
+    if row.metric not in keys:
+        keys.append(row.metric)
+    for key in keys:
+        row.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, key))
+    children = client.search_runs([experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{row.run_id}'", max_results=100)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/auroc")]
+        if not steps:  # an SSL stage logs other metrics
+            steps = [m.step for key in child.data.metrics for m in client.get_metric_history(child.info.run_id, key)]
+        if steps:
+            row.stages.append((child.data.tags.get("stage", child.info.run_name), min(steps), max(steps)))
+    row.stages.sort(key=lambda s: s[1])
+
+
+def objective(row: Row, maximize: bool) -> float | None:
+    """`optimized_metric` at the best epoch; for a pruned run, the best value it reached before it stopped."""
+    if row.metric == "val/auroc" and row.state == "finished" and "best/val_auroc" in row.metrics:
+        return row.metrics["best/val_auroc"]
+    history = row.history.get(row.metric)
+    if not history:
+        return None
+    if row.state == "finished" and "best/epoch" in row.metrics:
+        at = dict(history).get(int(row.metrics["best/epoch"]))
+        if at is not None:
+            return at
+    values = [v for _, v in history]
+    return max(values) if maximize else min(values)
+
+
+def classes_of(rows: list[Row]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        for key in r.metrics:
+            m = re.fullmatch(r"(?:test|val)/acc/(.+)", key)
+            if m and m.group(1) not in seen:
+                seen.append(m.group(1))
+    return seen
+
+
+def collect(client, experiment_id: str, sweep: str | None, max_runs: int) -> tuple[list[Row], list[str]]:
+    rows = [to_row(r) for r in search(client, experiment_id, sweep, max_runs)]
+    classes = classes_of(rows)
+    if len({r.tags.get("optuna.study") for r in rows}) > 1:  # trial-3 of which study
+        for r in rows:
+            if r.tags.get("optuna.study"):
+                r.name = f"{r.tags['optuna.study']}/{r.name}"
+    for row in rows:
+        maximize = row.params.get("search.direction", "maximize") != "minimize"
+        if not (row.metric == "val/auroc" and row.state == "finished" and "best/val_auroc" in row.metrics):
+            row.history[row.metric] = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, row.metric))
+        row.objective = objective(row, maximize)
+    maximize = not rows or rows[0].params.get("search.direction", "maximize") != "minimize"
+    rows.sort(key=lambda r: (STATE_ORDER.get(r.state, 9), r.objective is None,
+                             -(r.objective or 0.0) if maximize else (r.objective or 0.0)))
+    return rows, classes
+
+
+# -- the table ------------------------------------------------------------------------------------------------------
+def varied_params(rows: list[Row]) -> list[str]:
+    keys = sorted({k for r in rows for k in r.params})
+    out = []
+    for key in keys:
+        if key.startswith(_NOT_VARIED) or key in _NOT_VARIED:
+            continue
+        if len({r.params.get(key) for r in rows}) > 1:
+            out.append(key)
+    return out
+
+
+def _short(text: str) -> str:
+    """A param value for the table: floats to 4 significant digits."""
+    if re.fullmatch(r"-?\d+\.\d{5,}(e-?\d+)?", text or ""):
+        return f"{float(text):.4g}"
+    return text
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[Row], classes: list[str]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """Header, formatted cells (Markdown), raw records (CSV)."""
+    varied = varied_params(rows)
+    metric = rows[0].metric if rows else "val/auroc"
+    header = ["#", "run", "state", "strategy", "last_n", "lr", f"{metric} (objective)", "best epoch",
+              "test AUROC [95% CI]", *[f"test acc {c}" for c in classes], "test bal. acc", "collapse"]
+    if varied:
+        header.append("other params that vary")
+    cells, records = [], []
+    for i, r in enumerate(rows, 1):
+        m = r.metrics
+        auroc, low, high = m.get("test/auroc"), m.get("test/auroc_ci_low"), m.get("test/auroc_ci_high")
+        test_text = _num(auroc) + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+        best = m.get("best/epoch")
+        best_text = "-" if best is None else f"{int(best)} ({r.tags.get('best.stage', '?')})"
+        if r.state == "pruned":
+            last = max((s for s, _ in r.history.get(r.metric, [])), default=None)
+            best_text = f"pruned at {last}" if last is not None else "pruned"
+        row = [str(i), r.name, r.state, r.strategy, r.last_n, _sci(r.lr), _num(r.objective), best_text, test_text,
+               *[_num(m.get(f"test/acc/{c}")) for c in classes], _num(m.get("test/balanced_acc")),
+               "**yes**" if r.collapse else "no"]
+        if varied:
+            row.append(" ".join(f"{k}={_short(r.params.get(k, '-'))}" for k in varied))
+        cells.append(row)
+        record = {"rank": i, "run_id": r.run_id, "run": r.name, "state": r.state, "strategy": r.strategy,
+                  "last_n": r.last_n, "lr": r.lr, "objective": r.objective, "metric": r.metric,
+                  "best_epoch": best, "best_stage": r.tags.get("best.stage"), "test_auroc": auroc,
+                  "test_auroc_ci_low": low, "test_auroc_ci_high": high,
+                  **{f"test_acc_{c}": m.get(f"test/acc/{c}") for c in classes},
+                  "test_balanced_acc": m.get("test/balanced_acc"), "mode_collapse": r.collapse,
+                  "optuna_study": r.tags.get("optuna.study"), "optuna_trial": r.tags.get("optuna.trial"),
+                  "sweep": r.tags.get("sweep"), **{k: r.params.get(k) for k in varied}}
+        records.append(record)
+    return header, cells, records
+
+
+def markdown_table(header: list[str], cells: list[list[str]]) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+# -- the plots ------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _lr_axis(rows: list[Row]) -> tuple[list[str], Any, bool]:
+    """Learning-rate columns: each value when there are few, log-spaced bins when a search sampled many."""
+    import numpy as np
+
+    values = sorted({r.lr for r in rows if r.lr is not None})
+    labels = sorted({_sci(v) for v in values}, key=float)  # values that print alike share a column
+    if len(labels) <= 8:
+        return labels, lambda lr: labels.index(_sci(lr)) if lr is not None else None, False
+    edges = np.geomspace(values[0], values[-1] * (1 + 1e-9), 7)
+    labels = [f"{_sci(a)}\nto {_sci(b)}" for a, b in zip(edges[:-1], edges[1:])]
+    return labels, lambda lr: int(min(np.searchsorted(edges, lr, side="right") - 1, len(labels) - 1)), True
+
+
+def heatmap_figure(rows: list[Row], classes: list[str]):
+    """Mean AUROC per (strategy, last_n) x learning rate: the validation objective next to the test AUROC."""
+    import numpy as np
+
+    plt = _plt()
+    done = [r for r in rows if r.state == "finished" and r.lr is not None]
+    if not done:
+        return None
+    strategies = sorted({r.strategy for r in done})
+    ys = sorted({(r.strategy, r.last_n) for r in done}, key=lambda k: (k[0], _float(k[1]) or 0))
+    y_labels = [f"{s}, last_n={n}" if len(strategies) > 1 else f"last_n={n}" for s, n in ys]
+    x_labels, x_of, binned = _lr_axis(done)
+    panels = [("validation " + done[0].metric + " at the best epoch (the objective)", lambda r: r.objective),
+              ("test AUROC of the best checkpoint", lambda r: r.metrics.get("test/auroc"))]
+    width = max(3.2, 1.15 * len(x_labels) + 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 3.4, 0.6 * len(ys) + 2.4), squeeze=False,
+                             sharey=True)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#eeeeee")
+    for ax, (title, get) in zip(axes[0], panels):
+        sums = np.zeros((len(ys), len(x_labels)))
+        counts = np.zeros_like(sums)
+        for r in done:
+            value, x = get(r), x_of(r.lr)
+            if value is None or x is None:
+                continue
+            y = ys.index((r.strategy, r.last_n))
+            sums[y, x] += value
+            counts[y, x] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grid = sums / np.where(counts == 0, np.nan, counts)
+        finite = grid[np.isfinite(grid)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.5, 1.0)
+        if vmax - vmin < 0.02:
+            vmin, vmax = vmin - 0.01, vmax + 0.01
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(x_labels)), x_labels, fontsize=8)
+        ax.set_xlabel("optim.lr" + (" (log-spaced bins of the sampled values)" if binned else ""))
+        ax.set_title(title, fontsize=10)
+        for (y, x), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                bright = (value - vmin) / (vmax - vmin) > 0.6
+                text = f"{value:.3f}" + (f"\nn={int(counts[y, x])}" if counts[y, x] > 1 else "")
+                ax.text(x, y, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
+            else:
+                ax.text(x, y, "no run", ha="center", va="center", fontsize=7, color="#888888")
+        fig.colorbar(im, ax=ax, label="AUROC", shrink=0.9, pad=0.02)
+    axes[0][0].set_yticks(range(len(ys)), y_labels)
+    axes[0][0].set_ylabel("blocks unfrozen in the partial stage")
+    fig.suptitle(f"AUROC over unfreeze.last_n x learning rate: mean of the {len(done)} finished runs per cell "
+                 "(each panel has its own colour scale)", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def per_class_figure(rows: list[Row], classes: list[str], threshold: float = 0.05, limit: int = 24):
+    """Test accuracy of each class per run (best first), balanced accuracy as a mark, collapse flagged."""
+    import numpy as np
+
+    plt = _plt()
+    done = [r for r in rows if r.state == "finished" and any(f"test/acc/{c}" in r.metrics for c in classes)][:limit]
+    if not done:
+        return None
+    x = np.arange(len(done))
+    width = 0.8 / max(1, len(classes))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(done) + 3.0), 4.8))
+    colors = plt.get_cmap("tab10")
+    for i, c in enumerate(classes):
+        values = [r.metrics.get(f"test/acc/{c}", np.nan) for r in done]
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, values, width, label=f"accuracy of class {c}", color=colors(i))
+        for xi, v in zip(xs, values):
+            if np.isfinite(v):
+                ax.text(xi, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7, rotation=90 if len(done) > 10
+                        else 0)
+    bal = [r.metrics.get("test/balanced_acc", np.nan) for r in done]
+    ax.scatter(x, bal, marker="_", s=900 * width, color="black", zorder=3, linewidths=2, label="balanced accuracy")
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"collapse threshold ({threshold:g})")
+    for xi, r in zip(x, done):
+        if r.collapse:
+            ax.text(xi, 1.1, "COLLAPSE", color="tab:red", ha="center", fontsize=7, fontweight="bold")
+    ax.set_xticks(x, [f"#{rows.index(r) + 1} {r.short_name}\nlast_n={r.last_n}\nlr={_sci(r.lr)}" for r in done],
+                  fontsize=8, rotation=0 if len(done) <= 8 else 90)
+    ax.set_ylim(0, 1.18)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Per-class test accuracy of the best checkpoint, runs ranked by {done[0].metric}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def epochs_figure(rows: list[Row], classes: list[str], threshold: float = 0.05, ranks: dict[str, int] | None = None):
+    """Validation AUROC and per-class accuracy over epochs for the drawn runs; stages shaded, best epoch starred."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    ranks = ranks or {r.run_id: i + 1 for i, r in enumerate(rows)}
+    drawn = [r for r in rows if r.history.get("val/auroc")]
+    if not drawn:
+        return None
+    keys = ["val/auroc", *[f"val/acc/{c}" for c in classes]]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10.5, 2.2 * len(keys) + 0.9), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    colors = plt.get_cmap("tab10")
+    reference = next((r for r in drawn if r.stages), None)
+    starts = (lambda r: [first for _, first, _ in r.stages])  # a pruned run has a prefix of the stages
+    if reference is not None:
+        for ax in axes:
+            for i, (name, first, last) in enumerate(reference.stages):
+                ax.axvspan(first - 0.5, last + 0.5, color="#e3ecf7" if i % 2 == 0 else "#f4f4f4", zorder=0)
+        for name, first, last in reference.stages:
+            axes[0].text((first + last) / 2, 1.01, name, transform=axes[0].get_xaxis_transform(), ha="center",
+                         va="bottom", fontsize=9, color="#333333")
+    other_stages = False
+    for i, r in enumerate(drawn):
+        color = colors(i % 10)
+        differs = reference is not None and r.stages and starts(r) != starts(reference)[:len(r.stages)]
+        other_stages |= bool(differs)
+        for ax, key in zip(axes, keys):
+            points = r.history.get(key, [])
+            if not points:
+                continue
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=color, lw=1.6, marker="o", ms=3,
+                    label=f"#{ranks[r.run_id]} {r.label}" + (" - pruned" if r.state == "pruned" else ""))
+            if r.state == "pruned":
+                ax.plot(steps[-1], values[-1], marker="x", ms=10, color=color, mew=2.2, zorder=4)
+            best = r.metrics.get("best/epoch")
+            if best is not None and int(best) in steps:
+                ax.plot(int(best), values[steps.index(int(best))], marker="*", ms=13, color=color, mec="black",
+                        mew=0.6, zorder=5)
+            if differs:  # this run's own stage starts, in its colour
+                for first in starts(r)[1:]:
+                    ax.axvline(first - 0.5, color=color, lw=1.0, ls="--", alpha=0.7, zorder=1)
+    axes[0].set_ylabel("val AUROC")
+    for ax, c in zip(axes[1:], classes):
+        ax.set_ylabel(f"val accuracy of\nclass {c}")
+        ax.axhline(threshold, color="tab:red", ls="--", lw=0.8)
+        ax.set_ylim(-0.04, 1.04)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("epoch (counted across stages)")
+    notes = [f"shading: stages of run #{ranks[reference.run_id]}" if reference is not None else "",
+             "dashed: stage starts of runs with another schedule" if other_stages else "",
+             "* best epoch (tested checkpoint)", "x pruned", f"red line: collapse threshold {threshold:g}"]
+    fig.suptitle("Validation AUROC and per-class accuracy per epoch", fontsize=11)
+    axes[0].set_title("; ".join(n for n in notes if n), fontsize=8, pad=16, color="#444444")
+    handles, labels = axes[0].get_legend_handles_labels()
+    n_rows = math.ceil(len(labels) / 2)
+    fig.tight_layout(rect=(0, 0.026 * n_rows + 0.012, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    plt.close(fig)
+    return fig
+
+
+# -- the report -----------------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "sweep"
+
+
+def build_report(uri: str, experiment: str, sweep: str | None, out_dir: Path, max_runs: int = 500, top: int = 8,
+                 threshold: float = 0.05) -> dict[str, Any]:
+    """Read the runs, write table and plots to `out_dir`; returns what was written (paths, counts)."""
+    client, experiment_id = connect(uri, experiment)
+    rows, classes = collect(client, experiment_id, sweep, max_runs)
+    if not rows:
+        where = f"sweep/study {sweep!r} of " if sweep else ""
+        raise ConfigError(f"no ttm-train runs in {where}experiment {experiment!r} ({uri}); "
+                          "report.sweep filters on the sweep folder or the Optuna study name")
+    drawn = [r for r in rows if r.state in ("finished", "pruned")][:top]
+    for row in drawn:
+        load_details(client, experiment_id, row, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, cells, records = table(rows, classes)
+    with open(out_dir / "runs.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    figures = {"auroc_heatmap.png": heatmap_figure(rows, classes),
+               "per_class_accuracy.png": per_class_figure(rows, classes, threshold),
+               "epochs.png": epochs_figure(drawn, classes, threshold, {r.run_id: i + 1 for i, r in enumerate(rows)})}
+    written = [out_dir / "runs.csv"]
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
+            written.append(out_dir / name)
+    counts = {s: sum(r.state == s for r in rows) for s in STATE_ORDER}
+    best = rows[0]
+    title = f"ttm-report: experiment `{experiment}`" + (f", sweep/study `{sweep}`" if sweep else "")
+    lines = [f"# {title}", "",
+             f"{len(rows)} runs from `{uri}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
+             f"Ranked by `{best.metric}` at the best epoch (finished runs first; a pruned run shows the best value "
+             "it reached before it stopped). Test metrics are of the best checkpoint; the AUROC interval is a "
+             "subject-wise bootstrap 95% CI. `collapse`: a class fell below "
+             f"{threshold:g} accuracy on validation or test.", ""]
+    if best.state == "finished":
+        lines += [f"Best: **{best.name}** (`{best.run_id}`), {best.metric} = {_num(best.objective)}, "
+                  f"test AUROC {_num(best.metrics.get('test/auroc'))}, unfreeze {best.strategy} "
+                  f"last_n={best.last_n}, lr={_sci(best.lr)}.", ""]
+    lines += [markdown_table(header, cells), ""]
+    captions = {"auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean over runs per cell)",
+                "per_class_accuracy.png": "Per-class test accuracy per run",
+                "epochs.png": f"Validation AUROC and per-class accuracy over epochs (top {len(drawn)} runs)"}
+    for name, caption in captions.items():
+        if (out_dir / name).exists() and figures[name] is not None:
+            lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    written.insert(0, out_dir / "report.md")
+    return {"rows": rows, "classes": classes, "files": written, "table": markdown_table(header, cells),
+            "experiment_id": experiment_id, "client": client, "counts": counts}
+
+
+def log_report(uri: str, experiment: str, sweep: str | None, result: dict[str, Any]) -> str:
+    """The report as a run of the experiment: its files as artifacts, the table as the run's description."""
+    from ttm_experiments.tracking import MlflowTracker
+
+    tracker = MlflowTracker(uri, experiment)
+    tags = {"ttm.kind": "report", "report.runs": str(len(result["rows"])),
+            "mlflow.note.content": result["table"][:60000]}
+    if sweep:
+        tags["report.sweep"] = sweep
+    tracker.start_run(f"report {sweep}" if sweep else "report", tags)
+    for path in result["files"]:
+        tracker.client.log_artifact(tracker.run_id, str(path), "report")
+    tracker.end_run("FINISHED")
+    return str(tracker.run_id)
+
+
+def out_dir_for(runs_dir: str, experiment: str, sweep: str | None, out_dir: str | None) -> Path:
+    if out_dir:
+        return Path(out_dir)
+    base = Path(runs_dir) / "reports" / _slug(experiment)
+    return base / _slug(sweep) if sweep else base
+
+
+def report(cfg: DictConfig) -> dict[str, Any]:
+    r = cfg.report
+    if r.max_runs < 1 or r.top < 0:
+        raise ConfigError(f"report.max_runs={r.max_runs} must be >= 1 and report.top={r.top} >= 0")
+    experiment = r.experiment or cfg.experiment_name
+    uri = str(cfg.tracking.uri)
+    out = out_dir_for(str(cfg.paths.runs_dir), experiment, r.sweep, r.out_dir)
+    result = build_report(uri, experiment, r.sweep, out, r.max_runs, r.top, float(cfg.trainer.collapse_threshold))
+    if r.log_to_mlflow:
+        result["run_id"] = log_report(uri, experiment, r.sweep, result)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+@user_errors_exit
+def main(cfg: DictConfig) -> None:
+    result = report(cfg)
+    rows = result["rows"]
+    print(result["table"].split("\n", 2)[0])
+    print("\n".join(result["table"].split("\n")[1:12]))
+    if len(rows) > 10:
+        print(f"... {len(rows) - 10} more runs in the report")
+    print(f"\nreport of {len(rows)} runs: {result['files'][0]}")
+    for path in result["files"][1:]:
+        print(f"  {path}")
+    if result.get("run_id"):
+        print(f"logged to MLflow as run {result['run_id']}")
+
+
+if __name__ == "__main__":
+    main()
