@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup train test test-slow sweep pretrain inspect ui clean tune report dashboard
+.PHONY: setup train test test-slow sweep pretrain inspect ui clean tune report dashboard bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ test: $(STAMP)  ## the fast test suite (a few minutes on 2 cores)
 test-slow: $(STAMP)  ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow
 
-sweep: $(STAMP)  ## the default grid: unfreeze.last_n x optim.lr
-	$(BIN)/ttm-train -m unfreeze.last_n=0,1,2,4 optim.lr=1e-4,1e-3 $(ARGS)
+sweep: $(STAMP)  ## the default grid: strategy (pattern vs the predecessor's depth rule) x unfreeze.last_n x optim.lr
+	$(BIN)/ttm-train -m unfreeze=pattern,depth unfreeze.on_empty=warn unfreeze.last_n=1,2,4 optim.lr=1e-4,1e-3 \
+		experiment_name=ttm-sweep $(ARGS)
 
 pretrain: $(STAMP)  ## masked-patch pre-training; writes runs/outputs/<date>/<time>/foundation.pt
 	$(BIN)/ttm-train schedule=pretrain $(ARGS)
@@ -44,6 +45,9 @@ dashboard: $(STAMP)  ## optuna-dashboard on the study storage runs/optuna.db: ht
 
 inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
 	$(BIN)/ttm-inspect $(ARGS)
+
+bench: $(STAMP)  ## suite vs bare loop vs transformers.Trainer, start-up, search, scaling; updates BENCHMARKS.md (< 10 min; ARGS=--quick)
+	$(BIN)/python bench/bench.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	mkdir -p runs

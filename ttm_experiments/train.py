@@ -16,9 +16,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
-from ttm_experiments.config.spec import to_config
 from ttm_experiments.errors import TrackingError
-from ttm_experiments.training.recipe import RunInfo, recipe_for
+
+# torch, scikit-learn and the training code are imported when a run starts, not at import: `ttm-train --cfg job`
+# and `--help` answer in about a second instead of five (BENCHMARKS.md, start-up)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def run_info(cfg: DictConfig) -> RunInfo:
     """Output folder and sweep identity, from Hydra when it runs us (tests call with a plain config)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from ttm_experiments.training.recipe import RunInfo
 
     yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not HydraConfig.initialized():  # called from Python (tests, notebooks): a fresh folder per call
@@ -48,6 +51,9 @@ def run_info(cfg: DictConfig) -> RunInfo:
 
 def train(cfg: DictConfig) -> float:
     """Run one configuration and return its objective (best `val/auroc`) for sweeps and Optuna."""
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.training.recipe import recipe_for
+
     config = to_config(cfg)
     outcome = recipe_for(config, run_info(cfg)).run()
     return outcome.objective

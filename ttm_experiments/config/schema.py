@@ -173,6 +173,9 @@ class OptimConf:
 class TrainerConf:
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # bf16 autocast on CUDA
+    # torch.compile the training and evaluation steps. Off: on CPU it was slower than eager and compiling takes
+    # minutes on 2 cores (BENCHMARKS.md); on a GPU it pays off only on runs much longer than the compile time
+    compile: bool = False
     num_threads: int = 0  # 0 = torch default
     progress: bool = True
     collapse_threshold: float = 0.05  # a class whose val accuracy falls below this is "collapsed"

@@ -210,6 +210,7 @@ def loop_settings(c: TrainConfig) -> LoopSettings:
         layer_decay=o.layer_decay,
         device=pick_device(t.device),
         amp=t.amp,
+        compile=t.compile,
         progress=t.progress,
         collapse_threshold=t.collapse_threshold,
         collapse_action=t.collapse_action.value,

@@ -2,11 +2,15 @@
 
 Data sits in memory as tensors and is batched by indexing (no per-sample collate); metrics are computed
 once per epoch from collected logits, and tracking is called once per epoch, never per step.
+
+A stage that trains the head only (the whole backbone frozen) runs the backbone once, in evaluation mode,
+and trains the head on its cached outputs for every epoch of the stage (`FrozenFeatures`): the head stage
+costs about one forward pass instead of one per epoch. `bench/bench.py` measures the loop against a bare
+PyTorch loop and `transformers.Trainer` (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -61,6 +65,19 @@ class LoopSettings:
     max_batches: int
     seed: int
     collapse_action: Literal["warn", "stop"] = "warn"
+    compile: bool = False  # torch.compile the model for the training and evaluation steps
+
+
+# The backbone's outputs of a head-only stage are cached up to this size (train + val: ~80k ttm_1024 windows);
+# above it the frozen backbone runs per batch instead (the same values: evaluation mode, no autograd).
+FEATURE_CACHE_BYTES = 1 << 30
+
+
+def make_optimizer(groups: list[dict], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where PyTorch has one (CPU, CUDA): one kernel for all parameters instead of
+    a Python loop over ~100 tensors (5.6 -> 1.1 ms per step on 2 CPU cores for ttm_1024)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
 
 
 @dataclass
@@ -171,6 +188,58 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class FrozenFeatures:
+    """The frozen backbone's outputs `(hidden, loc, scale)` for the rows of `x`, in a head-only stage.
+
+    With the whole backbone frozen its outputs do not change during the stage: each row's are computed the
+    first time the row is asked for (so the first epoch costs one forward pass, and the first step comes as
+    early as before), in evaluation mode (no dropout) and without autograd, and kept. With `cache=False`
+    (too large) they are recomputed per batch: the same values, at the cost of a forward pass per epoch.
+    """
+
+    def __init__(self, backbone: nn.Module, x: torch.Tensor, autocast: Callable, cache: bool):
+        self.backbone, self.x, self.autocast = backbone, x, autocast
+        self.filled = torch.zeros(len(x), dtype=torch.bool) if cache else None  # on the CPU: no device syncs
+        self.complete = False
+        self.store: tuple[torch.Tensor, ...] = ()
+
+    @staticmethod
+    def bytes_needed(backbone: nn.Module, rows: int) -> int:
+        spec = backbone.spec
+        patches = spec.context_length // spec.patch_stride + 1
+        return rows * spec.num_channels * (patches * spec.d_model + 2) * 4
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.backbone.eval()
+        with self.autocast():
+            return tuple(t.detach() for t in self.backbone(x))
+
+    def rows(self, index: torch.Tensor, device_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The outputs for rows `index` (a CPU index tensor; `device_index`: the same on the data's device)."""
+        if device_index is None:
+            device_index = index.to(self.x.device)
+        if self.filled is None:
+            return self._run(self.x[device_index])
+        if not self.complete:
+            missing = index[~self.filled[index]].unique()
+            if len(missing):
+                on_device = missing.to(self.x.device)
+                out = self._run(self.x[on_device])
+                if not self.store:
+                    self.store = tuple(t.new_empty((len(self.x), *t.shape[1:])) for t in out)
+                for stored, new in zip(self.store, out):
+                    stored[on_device] = new
+                self.filled[missing] = True
+                self.complete = bool(self.filled.all())
+        return tuple(t[device_index] for t in self.store)
+
+    def chunks(self, size: int):
+        """All rows in order, `size` at a time (evaluation)."""
+        for start in range(0, len(self.x), size):
+            yield self.rows(torch.arange(start, min(start + size, len(self.x))))
+
+
 class Trainer:
     """Runs the stages of a schedule on one model and keeps the best checkpoint by `val/auroc`."""
 
@@ -190,6 +259,10 @@ class Trainer:
         self.loss_fn = build_loss(settings, train.labels, len(self.class_names)).to(settings.device)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.best_state: dict[str, torch.Tensor] | None = None
+        # the model the steps call: the model itself, or compiled anew for each stage (trainer.compile)
+        self.step_model: nn.Module = self.model
+        # set for a head-only stage: the frozen backbone's outputs for the training and validation rows
+        self.frozen: tuple[FrozenFeatures, FrozenFeatures] | None = None
 
     def tensors(self, ws: WindowSet) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ws.signals).to(self.settings.device), torch.from_numpy(ws.labels).to(self.settings.device)
@@ -212,8 +285,7 @@ class Trainer:
             order = torch.multinomial(weights, n, replacement=True, generator=self.generator)
         else:
             order = torch.randperm(n, generator=self.generator)
-        batches = list(order.split(self.settings.batch_size))[: self.steps_per_epoch()]
-        return [b.to(self.settings.device) for b in batches]
+        return list(order.split(self.settings.batch_size))[: self.steps_per_epoch()]  # on the CPU
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> np.ndarray:
@@ -222,8 +294,19 @@ class Trainer:
         out = []
         with self._autocast():
             for chunk in x.split(self.settings.eval_batch_size):
-                out.append(self.model(chunk).float().cpu())
-        return torch.cat(out).numpy()
+                out.append(self.step_model(chunk).float())
+        return torch.cat(out).cpu().numpy()  # one device sync, not one per chunk
+
+    @torch.inference_mode()
+    def _predict_frozen(self, features: FrozenFeatures) -> np.ndarray:
+        """Logits from the frozen backbone's outputs: the head alone, in evaluation mode."""
+        self.model.eval()
+        with self._autocast():
+            out = [self.model.head(*parts).float() for parts in features.chunks(self.settings.eval_batch_size)]
+        return torch.cat(out).cpu().numpy()
+
+    def _frozen_backbone(self) -> bool:
+        return not any(p.requires_grad for p in self.model.backbone.parameters())
 
     def _loss_value(self, logits: np.ndarray, labels: torch.Tensor) -> float:
         with torch.no_grad():
@@ -235,13 +318,21 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
+        if self.frozen is not None:
+            self.model.backbone.eval()  # frozen: no dropout; its outputs come from the stage's cache
         logits_all, labels_all, losses = [], [], []
         per_step_check = self.settings.device.type == "cpu"
         batches = self._batches()
-        for step, index in enumerate(tqdm(batches, desc=desc, leave=False, disable=not self.settings.progress)):
-            x, y = self.x_train[index], self.y_train[index]
+        # the epoch's order goes to the device in one copy; the CPU batches index the frozen-backbone cache
+        on_device = torch.cat(batches).to(self.settings.device).split([len(b) for b in batches])
+        for step, (rows, index) in enumerate(zip(tqdm(batches, desc=desc, leave=False,
+                                                      disable=not self.settings.progress), on_device)):
+            y = self.y_train[index]
             with self._autocast():
-                logits = self.model(x)
+                if self.frozen is not None:
+                    logits = self.model.head(*self.frozen[0].rows(rows, index))
+                else:
+                    logits = self.step_model(self.x_train[index])
                 loss = self.loss_fn(logits.float(), y)
             if per_step_check and not torch.isfinite(loss):
                 raise NonFiniteLoss(desc, step, float(loss))
@@ -270,8 +361,17 @@ class Trainer:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
         logits = self.predict(x)
+        return self._metrics(logits, y), logits
+
+    def evaluate_val(self) -> dict[str, float]:
+        """Validation metrics; in a head-only stage from the cached backbone outputs (the same values)."""
+        if self.frozen is not None:
+            return self._metrics(self._predict_frozen(self.frozen[1]), self.y_val)
+        return self.evaluate(self.x_val, self.y_val)[0]
+
+    def _metrics(self, logits: np.ndarray, y: torch.Tensor) -> dict[str, float]:
         metrics = classification_metrics(y.cpu().numpy(), softmax(logits), self.class_names)
-        return {"loss": self._loss_value(logits, y), **metrics}, logits
+        return {"loss": self._loss_value(logits, y), **metrics}
 
     def run(self, stages: list[StagePlan]) -> LoopResult:
         """All stages in order, epochs counted across them."""
@@ -295,7 +395,7 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)  # no stale gradients from an earlier stage
         all_blocks = find_blocks(self.model.backbone.model, self.rule) if stage.scope == "full" else selected
         groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
+        optimizer = make_optimizer(groups, self.settings.weight_decay, self.settings.device)
         scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.settings.warmup_frac)
         done = 0
         if resume is not None:
@@ -310,11 +410,31 @@ class Trainer:
                                                   "unfreeze.empty": str(report.empty).lower()})
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
+        self.frozen = self._frozen_features() if self._frozen_backbone() else None
+        if self.settings.compile and self.frozen is None:
+            self.step_model = compile_model(self.model)
+        try:
+            return self._run_epochs(stage, result, epoch, done, optimizer, scheduler, on_epoch_end)
+        finally:
+            self.frozen = None
+
+    def _frozen_features(self) -> tuple[FrozenFeatures, FrozenFeatures]:
+        """Head-only stage: the frozen backbone's outputs for train and val (cached when they fit)."""
+        need = FrozenFeatures.bytes_needed(self.model.backbone, len(self.x_train) + len(self.x_val))
+        cache = need <= FEATURE_CACHE_BYTES
+        if not cache:
+            log.info("head-only stage: the backbone's outputs (%.0f MiB) exceed the cache (%.0f MiB); the frozen "
+                     "backbone runs per batch", need / 2**20, FEATURE_CACHE_BYTES / 2**20)
+        return (FrozenFeatures(self.model.backbone, self.x_train, self._autocast, cache),
+                FrozenFeatures(self.model.backbone, self.x_val, self._autocast, cache))
+
+    def _run_epochs(self, stage: StagePlan, result: LoopResult, epoch: int, done: int, optimizer, scheduler,
+                    on_epoch_end) -> int:
         for stage_epoch in range(done + 1, stage.epochs + 1):
             epoch += 1
             desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
             train_metrics = self.train_epoch(optimizer, scheduler, desc, check_gradients=stage_epoch == 1)
-            val_metrics, _ = self.evaluate(self.x_val, self.y_val)
+            val_metrics = self.evaluate_val()
             collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
             record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
             result.history.append(record)
@@ -323,7 +443,7 @@ class Trainer:
             if val_metrics["auroc"] > result.best_val_auroc:
                 result.best_val_auroc = val_metrics["auroc"]
                 result.best_epoch, result.best_stage = epoch, stage.name
-                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             if on_epoch_end is not None:  # the checkpoint is written before the epoch's metrics are logged
                 on_epoch_end(stage_epoch, optimizer, scheduler, epoch, self.epoch_metrics(record), {})
             self._log_epoch(record, desc)
@@ -372,3 +492,17 @@ class Trainer:
         if self.best_state is None:
             raise RuntimeError("no epoch was evaluated, so there is no best checkpoint")
         self.model.load_state_dict(self.best_state)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """`torch.compile` for the training and evaluation steps of one stage (trainer.compile).
+
+    The compiled module shares the model's parameters. Compiled graphs are dropped first: a graph traced while
+    a block was frozen gives that block no gradient when a later stage unfreezes it (seen with torch 2.11, and
+    caught by `check_trainable_gradients`), so every stage compiles afresh. Train and eval mode are separate
+    graphs, and a second batch size (the short last batch) recompiles once with a dynamic batch dimension.
+    Compiling costs tens of seconds (minutes on 2 CPU cores) and was not faster on CPU: see BENCHMARKS.md."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=None)

@@ -258,15 +258,15 @@ class SSLRunner:
 
         `resume` restores the optimizer, scheduler and SSL heads and skips the epochs already done;
         `on_epoch_end(stage_epoch, optimizer, scheduler, epoch, metrics, extra)` writes the checkpoint."""
-        from ttm_experiments.training.loop import warmup_cosine
+        from ttm_experiments.training.loop import make_optimizer, warmup_cosine
 
         objective = SSLObjective(self.backbone, kind, ssl).to(self.settings.device)
         for p in objective.parameters():
             p.requires_grad_(True)
         heads = [p for n, p in objective.named_parameters() if not n.startswith("backbone.")]
-        optimizer = torch.optim.AdamW(
+        optimizer = make_optimizer(
             [{"params": list(self.backbone.parameters()), "lr": backbone_lr}, {"params": heads, "lr": head_lr}],
-            weight_decay=self.settings.weight_decay,
+            self.settings.weight_decay, self.settings.device,
         )
         steps = max(1, len(train_x) // self.settings.batch_size) * epochs
         scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
