@@ -700,7 +700,11 @@ def run_gpu(args) -> dict:
     # TF32 stays at PyTorch's default (off for matmul): "fp32" rows are fp32, as a user of the suite gets them
     start = time.perf_counter()
     deadline = start + args.budget
-    info = machine(args.threads) | {"mode": "gpu" if device.type == "cuda" else "gpu script on CPU (dry run)"}
+    from workloads import mlflow_available  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+    info = machine(args.threads) | {"mode": "gpu" if device.type == "cuda" else "gpu script on CPU (dry run)",
+                                    "tracking": "MLflow (SQLite)" if mlflow_available() else
+                                    "none: MLflow is not installed on this machine, both loops run untracked"}
     log(f"bench --gpu on {info.get('gpu', 'CPU')}: torch {info['torch']}; budget {args.budget:.0f} s")
     out = Path(args.json) if args.json else Path(os.environ.get("OUT") or ROOT / "runs" / "bench") / "gpu_bench.json"
     rows: list[dict] = []

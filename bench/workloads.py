@@ -133,10 +133,29 @@ def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, c
     return Timing(wall, epochs * len(data.train) / wall, epoch_s)
 
 
+def mlflow_available() -> bool:
+    """The GPU image has no MLflow: there both loops run without tracking (said in the results)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mlflow") is not None
+
+
+class NoTracker:
+    """Stands in for MlflowTracker where MLflow is not installed (the GPU machine): same calls, no I/O."""
+
+    run_id = stage_run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class SuiteRunner:
     """The suite's Trainer on a MLflow SQLite store that is created once (outside the timed part)."""
 
     def __init__(self, store_dir: Path, experiment: str = "bench-suite"):
+        if not mlflow_available():
+            self.tracker = NoTracker()
+            return
         from ttm_experiments.tracking import MlflowTracker
 
         self.tracker = MlflowTracker(f"sqlite:///{store_dir}/mlflow.db", experiment)
@@ -216,6 +235,8 @@ class _HFClassifier(nn.Module):
 
 def prepare_hf_tracking(store_dir: Path, experiment: str = "bench-hf") -> None:
     """Point `transformers`' MLflow callback at a SQLite store and create it (outside the timed part)."""
+    if not mlflow_available():
+        return
     import mlflow
 
     uri = f"sqlite:///{store_dir}/mlflow-hf.db"
@@ -248,7 +269,7 @@ def run_hf(data: Data, epochs: int, device: torch.device, amp: bool = False, bat
             output_dir=out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=eval_batch_size,
             num_train_epochs=epochs, learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="cosine",
             warmup_steps=int(WARMUP * steps), max_grad_norm=CLIP, eval_strategy="epoch", save_strategy="no",
-            logging_strategy="epoch", report_to=["mlflow"], disable_tqdm=True, use_cpu=device.type == "cpu",
+            logging_strategy="epoch", report_to=["mlflow"] if mlflow_available() else "none", disable_tqdm=True, use_cpu=device.type == "cpu",
             bf16=amp and device.type == "cuda", seed=0, dataloader_num_workers=0,
         )
         sync(device)
