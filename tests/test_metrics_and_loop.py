@@ -115,3 +115,23 @@ def test_bootstrap_interval_undefined_with_one_class():
     from ttm_experiments.metrics import bootstrap_auroc_ci
 
     assert bootstrap_auroc_ci(np.zeros(10, int), np.full((10, 2), 0.5), np.arange(10), n_boot=50) is None
+
+
+def test_head_stage_gives_the_same_results_with_and_without_the_feature_cache(smoke, runs_dir, monkeypatch):
+    """The head-only stage caches the frozen backbone's outputs; above the size limit it recomputes them.
+    Both paths must train the same head."""
+    from mlflow.tracking import MlflowClient
+
+    from ttm_experiments.train import train
+    from ttm_experiments.training import loop
+
+    overrides = ("schedule=head_only", "trainer.max_epochs_per_stage=2")
+    train(smoke(*overrides, "experiment_name=cached"))
+    monkeypatch.setattr(loop, "FEATURE_CACHE_BYTES", 0)
+    train(smoke(*overrides, "experiment_name=uncached"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    metrics = [client.search_runs([client.get_experiment_by_name(e).experiment_id],
+                                  "tags.stage = 'head'")[0].data.metrics for e in ("cached", "uncached")]
+    assert metrics[0].keys() == metrics[1].keys()
+    for key in metrics[0]:
+        assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-5), key
