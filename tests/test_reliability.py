@@ -149,3 +149,22 @@ def test_gradient_check_catches_a_frozen_parameter_with_a_gradient():
     next(model.backbone.parameters()).requires_grad_(False)
     with pytest.raises(loop.GradientMismatch, match="1 frozen ones got one"):
         loop.check_trainable_gradients(model, "stage")
+
+
+@pytest.mark.slow
+def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path):
+    """8 joblib processes write to one fresh SQLite store at once: every run FINISHED with every metric."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "seed=0,1,2,3,4,5,6,7",
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", f"paths.runs_dir={runs}", "experiment_name=eight",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parents, runs_found = _parents(runs, "eight")
+    assert len(parents) == 8 and len(runs_found) == 32
+    assert all(r.info.status == "FINISHED" for r in runs_found)
+    for parent in parents:
+        steps = [m.step for m in client.get_metric_history(parent.info.run_id, "val/auroc")]
+        assert steps == [1, 2, 3]
+        assert "test/auroc" in parent.data.metrics
