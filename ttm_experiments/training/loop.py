@@ -335,7 +335,7 @@ class Trainer:
                     logits = self.step_model(self.x_train[index])
                 loss = self.loss_fn(logits.float(), y)
             if per_step_check and not torch.isfinite(loss):
-                raise NonFiniteLoss(desc, step, float(loss))
+                raise NonFiniteLoss(desc, step, float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if check_gradients and step == 0:
