@@ -38,8 +38,11 @@ from ttm_experiments.errors import ConfigError, TrackingError
 log = logging.getLogger(__name__)
 
 # params that never describe what was trained (or are shown in their own column)
+# (schedule.stages follows schedule.name, backbone.kind and block_pattern follow backbone.name: showing the
+# long JSON / regex as well buries the value that differs)
 _NOT_VARIED = ("paths.", "search.", "tracking.", "report.", "inspect.", "run_name", "experiment_name",
-               "optimized_metric", "unfreeze.strategy", "unfreeze.last_n", "optim.lr", "trainer.progress")
+               "optimized_metric", "unfreeze.strategy", "unfreeze.last_n", "optim.lr", "trainer.progress",
+               "schedule.stages", "backbone.kind", "backbone.block_pattern")
 STATE_ORDER = {"finished": 0, "pruned": 1, "running": 2, "failed": 3}
 
 
