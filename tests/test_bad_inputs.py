@@ -205,3 +205,15 @@ def test_unknown_stage_kind_fails_at_compose_time(smoke):
 
     with pytest.raises(ConfigCompositionException, match="kind"):
         smoke("schedule.stages.0.kind=reinforce")
+
+
+def test_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
+    model = build_classifier(TINY, 2, 8, 0.0, True)
+    path = tmp_path / "ckpt.pt"
+    save_classifier(path, model, "full", ("poor", "good"))
+    ckpt = torch.load(path, weights_only=True)
+    dropped = next(iter(ckpt["backbone"]))
+    del ckpt["backbone"][dropped]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"does not fit the backbone.*{dropped}"):
+        load_backbone_weights(build_classifier(TINY, 2, 8, 0.0, True).backbone, str(path))

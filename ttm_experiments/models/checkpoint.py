@@ -83,13 +83,11 @@ def _compare(kind: str, expected: dict, found: dict, source: str) -> None:
 
 
 def _load_strict(backbone: Backbone, state: dict, source: str) -> None:
-    result = backbone.model.load_state_dict(state, strict=False)  # strictness is enforced just below
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{source} does not fit the backbone: missing {result.missing_keys[:8]} "
-            f"({len(result.missing_keys)} in all), unexpected {result.unexpected_keys[:8]} "
-            f"({len(result.unexpected_keys)} in all)"
-        )
+    try:
+        backbone.model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors: say which, not a traceback
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:6])
+        raise CheckpointError(f"{source} does not fit the backbone: {details}") from None
 
 
 def _read_hf_directory(path: Path) -> tuple[dict, dict]:
