@@ -37,3 +37,16 @@ def test_sqi_baseline_logs_the_contracted_metrics(smoke, runs_dir):
 def test_site_baseline_needs_the_recording_site(smoke):
     with pytest.raises(DataError, match="only dataset=butppg provides"):
         train(smoke("backbone=baseline_site"))
+
+
+def test_site_baseline_on_the_butppg_layout(smoke, runs_dir, tmp_path):
+    from data_fixtures import write_butppg
+
+    root = tmp_path / "butppg"
+    write_butppg(root)
+    objective = train(smoke("backbone=baseline_site", "dataset=butppg", f"dataset.root={root}",
+                            "backbone.context_length=128", "experiment_name=site"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("site").experiment_id], "tags.model = 'baseline_site'")[0]
+    assert {"test/auroc", "test/acc/poor", "test/acc/good", "val/auroc"} <= run.data.metrics.keys()
+    assert 0.0 <= objective <= 1.0
