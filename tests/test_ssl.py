@@ -50,8 +50,7 @@ def test_reconstruction_head_shape(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
 def test_loss_only_sees_masked_patches(spec):
-    """Changing an observed patch's target samples does not change the loss... of its own patch: we check
-    the stronger property that the loss ignores the prediction on observed patches."""
+    """The loss ignores the head's prediction on observed (unmasked) patches."""
     torch.manual_seed(0)
     backbone = build_backbone(spec).eval()
     head = ReconstructionHead(spec.d_model, spec.patch_length)
@@ -132,7 +131,6 @@ def test_hybrid_schedule_runs_every_stage_in_mlflow(smoke, runs_dir):
 
 
 def test_pretrain_writes_a_foundation_checkpoint_that_fine_tuning_loads(smoke, runs_dir):
-    from ttm_experiments.models.checkpoint import load_backbone_weights  # noqa: F401 (used via the config)
     from ttm_experiments.train import train
 
     train(smoke("schedule=pretrain", "experiment_name=pre"))

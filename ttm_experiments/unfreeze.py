@@ -177,14 +177,17 @@ def plan_stage(
     last_n: int,
     on_empty: Literal["error", "warn"],
     stage: str,
+    blocks: list[Block] | None = None,
 ) -> tuple[list[Block], bool]:
     """The blocks a stage unfreezes, and whether it asked for blocks and got none.
 
-    Raises before any training when a `partial` stage would unfreeze nothing (on_empty=error).
+    Raises before any training when a `partial` stage would unfreeze nothing (on_empty=error). `blocks` is
+    `find_blocks(backbone_root, rule)` when the caller already has it.
     """
     if scope != "partial":
         return [], False
-    blocks = find_blocks(backbone_root, rule)
+    if blocks is None:
+        blocks = find_blocks(backbone_root, rule)
     if last_n == 0:
         return [], False
     if not blocks:
@@ -213,7 +216,13 @@ def apply_stage(
     stage: str,
 ) -> tuple[UnfreezeReport, list[Block]]:
     """Set `requires_grad` on `model` for one stage: the head always, plus the selected backbone part."""
-    selected, empty = plan_stage(backbone_root, rule, scope, last_n, on_empty, stage)
+    try:
+        blocks = find_blocks(backbone_root, rule)
+    except UnfreezeError:
+        if scope == "partial":
+            raise
+        blocks = []  # a head or full stage does not depend on the rule
+    selected, empty = plan_stage(backbone_root, rule, scope, last_n, on_empty, stage, blocks)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
@@ -224,12 +233,7 @@ def apply_stage(
     for block in selected:
         for p in block.module.parameters():
             p.requires_grad_(True)
-    try:
-        found = [b.name for b in find_blocks(backbone_root, rule)]
-    except UnfreezeError:
-        if scope == "partial":
-            raise
-        found = []  # a head or full stage does not depend on the rule
+    found = [b.name for b in blocks]
     report = UnfreezeReport(
         stage=stage,
         scope=scope,

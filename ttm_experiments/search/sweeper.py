@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
+from omegaconf.errors import OmegaConfBaseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ttm_experiments.errors import ConfigError, UserError
@@ -490,7 +491,8 @@ class OptunaSweeperImpl(Sweeper):
             if best_cfg is not None:
                 try:
                     texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg, resolve=True)
-                except Exception:
+                except Exception as err:  # e.g. a ${hydra:...} interpolation outside a job: keep it unresolved
+                    log.warning("best config logged unresolved: %s", err)
                     texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg)
             run = best.user_attrs.get(ATTR_RUN)
             if run:
@@ -519,7 +521,7 @@ def _explain(err: BaseException) -> str:
 def _is_int_key(cfg: DictConfig, key: str) -> bool:
     try:
         value = OmegaConf.select(cfg, key, default=None)
-    except Exception:
+    except OmegaConfBaseException:  # an interpolation that cannot resolve here: not known to be an int
         return False
     return isinstance(value, int) and not isinstance(value, bool)
 
