@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup train test test-slow sweep pretrain inspect ui clean tune report dashboard bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"

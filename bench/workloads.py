@@ -26,20 +26,24 @@ import torch
 from torch import nn
 
 from ttm_experiments.data.base import WindowSet
-from ttm_experiments.models.backbones import BackboneSpec, Classifier, build_classifier
-from ttm_experiments.training.loop import LoopSettings, StagePlan, Trainer, class_weights, warmup_cosine
-from ttm_experiments.unfreeze import BlockRule
+from ttm_experiments.config.schema import (
+    BackboneConf, OptimConf, StageConf, TrainerConf, TrainScope, UnfreezeConf,
+)
+from ttm_experiments.models.backbones import Classifier, build_classifier
+from ttm_experiments.training.loop import LoopResult, Trainer, class_weights
+from ttm_experiments.training.optim import autocast, warmup_cosine
+from ttm_experiments.training.stages import StagePlan
 
 CLASS_NAMES = ("poor", "good")
 LR, WEIGHT_DECAY, WARMUP, CLIP = 1e-3, 0.01, 0.1, 1.0
-BLOCKS = BlockRule(strategy="pattern", pattern=r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+")
+PATTERN = r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+"
+BLOCKS = UnfreezeConf(pattern=PATTERN)
 
 # conf/backbone/ttm_1024.yaml and ttm_tiny.yaml, with the default head (conf/backbone schema defaults)
-TTM_1024 = BackboneSpec(kind="ttm", context_length=1024, patch_length=64, patch_stride=64, d_model=192,
-                        num_layers=2, num_channels=1, adaptive_patching_levels=3, expansion_factor=2, dropout=0.2)
-TTM_TINY = BackboneSpec(kind="ttm", context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
-                        num_channels=1, adaptive_patching_levels=2, expansion_factor=2, dropout=0.1)
-HEADS = {1024: dict(head_hidden=64, head_dropout=0.2), 128: dict(head_hidden=16, head_dropout=0.2)}
+TTM_1024 = BackboneConf(name="ttm_1024", context_length=1024, patch_length=64, patch_stride=64, d_model=192,
+                        num_layers=2, adaptive_patching_levels=3, dropout=0.2, block_pattern=PATTERN)
+TTM_TINY = BackboneConf(name="ttm_tiny", context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
+                        adaptive_patching_levels=2, dropout=0.1, block_pattern=PATTERN, head_hidden=16)
 
 
 def sync(device: torch.device) -> None:
@@ -47,10 +51,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build_model(spec: BackboneSpec = TTM_1024, seed: int = 0) -> Classifier:
+def build_model(spec: BackboneConf = TTM_1024, seed: int = 0) -> Classifier:
     torch.manual_seed(seed)
-    head = HEADS[spec.context_length]
-    return build_classifier(spec, len(CLASS_NAMES), head["head_hidden"], head["head_dropout"], scale_features=True)
+    return build_classifier(spec, num_channels=1, num_classes=len(CLASS_NAMES))
 
 
 def random_windows(n: int, length: int, seed: int, good_fraction: float = 0.21) -> WindowSet:
@@ -69,12 +72,12 @@ class Data:
 
 
 def settings(device: torch.device, amp: bool = False, compile: bool = False, batch_size: int = 64,
-             eval_batch_size: int = 256) -> LoopSettings:
-    """conf/optim/default.yaml and conf/trainer/default.yaml, as spec.loop_settings builds them."""
-    return LoopSettings(batch_size=batch_size, eval_batch_size=eval_batch_size, weight_decay=WEIGHT_DECAY,
-                        warmup_frac=WARMUP, grad_clip=CLIP, loss="weighted_ce", focal_gamma=2.0,
-                        balanced_sampler=False, layer_decay=1.0, device=device, amp=amp, progress=False,
-                        collapse_threshold=0.05, max_batches=0, seed=0, compile=compile)
+             eval_batch_size: int = 256) -> dict:
+    """The Trainer's settings: conf/optim/default.yaml and conf/trainer/default.yaml, without progress bars."""
+    return {"optim": OptimConf(batch_size=batch_size, eval_batch_size=eval_batch_size, weight_decay=WEIGHT_DECAY,
+                               warmup_frac=WARMUP, grad_clip=CLIP),
+            "trainer": TrainerConf(amp=amp, progress=False, compile=compile), "unfreeze": BLOCKS,
+            "device": device, "seed": 0}
 
 
 @dataclass
@@ -90,13 +93,9 @@ class Timing:
         return n_train * len(rest) / sum(rest) if rest else self.samples_per_s
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-
-
 def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, compile: bool = False,
              scope: str = "full", batch_size: int = 64, eval_batch_size: int = 256,
-             spec: BackboneSpec = TTM_1024) -> Timing:
+             spec: BackboneConf = TTM_1024) -> Timing:
     model = build_model(spec).to(device)
     if scope == "head":  # what a hand-written head-only stage does: freeze the backbone, same loop
         model.backbone.requires_grad_(False)
@@ -116,7 +115,7 @@ def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, c
         t0 = time.perf_counter()
         model.train()
         for x, y in zip(xs, ys):
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 loss = loss_fn(step_model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,7 +123,7 @@ def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, c
             opt.step()
             sched.step()
         model.eval()
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), autocast(device, amp):
             logits = torch.cat([step_model(x).float() for x in xv])
         logits.cpu()
         sync(device)
@@ -161,15 +160,17 @@ class SuiteRunner:
         self.tracker = MlflowTracker(f"sqlite:///{store_dir}/mlflow.db", experiment)
 
     def run(self, data: Data, epochs: int, device: torch.device, amp: bool = False, compile: bool = False,
-            scope: str = "full", batch_size: int = 64, spec: BackboneSpec = TTM_1024) -> Timing:
+            scope: str = "full", batch_size: int = 64, spec: BackboneConf = TTM_1024) -> Timing:
         model = build_model(spec)
         self.tracker.start_run("bench", {"bench": "suite"})
         marks: list[float] = []
         sync(device)
         start = time.perf_counter()
-        trainer = Trainer(model, data.train, data.val, settings(device, amp, compile, batch_size), BLOCKS, "error",
-                          self.tracker, epoch_hooks=(lambda record: marks.append(time.perf_counter()),))
-        result = trainer.run([StagePlan(scope, scope, epochs, LR, LR, last_n=2)])
+        trainer = Trainer(model, data.train, data.val, **settings(device, amp, compile, batch_size),
+                          tracker=self.tracker, epoch_hooks=(lambda record: marks.append(time.perf_counter()),))
+        result = LoopResult()
+        stage = StagePlan(StageConf(name=scope, train=TrainScope(scope)), epochs=epochs, head_lr=LR, backbone_lr=LR)
+        trainer.run_stage(stage, result, 0)
         sync(device)
         wall = time.perf_counter() - start
         self.tracker.end_run()
@@ -178,10 +179,10 @@ class SuiteRunner:
                       {"val_auroc": result.history[-1].val.get("auroc", math.nan)})
 
     def evaluate(self, data: Data, x: WindowSet, device: torch.device, amp: bool = False,
-                 eval_batch_size: int = 256, spec: BackboneSpec = TTM_1024) -> Timing:
+                 eval_batch_size: int = 256, spec: BackboneConf = TTM_1024) -> Timing:
         """`Trainer.evaluate`: logits in inference mode, metrics and loss (what every epoch and the test do)."""
-        trainer = Trainer(build_model(spec), data.train, data.val, settings(device, amp, eval_batch_size=eval_batch_size),
-                          BLOCKS, "error", self.tracker)
+        trainer = Trainer(build_model(spec), data.train, data.val,
+                          **settings(device, amp, eval_batch_size=eval_batch_size), tracker=self.tracker)
         xt, yt = trainer.tensors(x)
         sync(device)
         start = time.perf_counter()
@@ -191,12 +192,12 @@ class SuiteRunner:
 
 
 def run_bare_eval(x: WindowSet, device: torch.device, amp: bool = False, eval_batch_size: int = 256,
-                  spec: BackboneSpec = TTM_1024) -> Timing:
+                  spec: BackboneConf = TTM_1024) -> Timing:
     model = build_model(spec).to(device).eval()
     chunks = torch.from_numpy(x.signals).to(device).split(eval_batch_size)
     sync(device)
     start = time.perf_counter()
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp):
         logits = torch.cat([model(c).float() for c in chunks])
     logits.cpu()
     sync(device)
@@ -248,7 +249,7 @@ def prepare_hf_tracking(store_dir: Path, experiment: str = "bench-hf") -> None:
 
 
 def run_hf(data: Data, epochs: int, device: torch.device, amp: bool = False, batch_size: int = 64,
-           eval_batch_size: int = 256, spec: BackboneSpec = TTM_1024) -> Timing:
+           eval_batch_size: int = 256, spec: BackboneConf = TTM_1024) -> Timing:
     from transformers import Trainer as HFTrainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 

@@ -14,13 +14,32 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME  # noqa: E402  (registers the schema)
+from ttm_experiments.config.schema import (  # noqa: E402
+    BackboneConf, BackboneKind, UnfreezeConf, UnfreezeStrategy,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG_NAME) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def backbone_conf(kind: str = "ttm", **fields) -> BackboneConf:
+    """A backbone config built in Python; no dropout and a 16-unit head unless `fields` say otherwise."""
+    fields = {"dropout": 0.0, "head_hidden": 16, "head_dropout": 0.0, **fields}
+    return BackboneConf(name=f"test_{kind}", kind=BackboneKind(kind), block_pattern="", **fields)
+
+
+TINY_TTM = {"context_length": 128, "patch_length": 16, "patch_stride": 16, "d_model": 16, "num_layers": 2,
+            "adaptive_patching_levels": 2}  # 4 blocks, ~8k parameters
+
+
+def unfreeze_rule(pattern: str | None = None, **fields) -> UnfreezeConf:
+    """An unfreeze rule: the regex `pattern`, or the predecessor's depth rule when it is None."""
+    strategy = UnfreezeStrategy.pattern if pattern is not None else UnfreezeStrategy.depth
+    return UnfreezeConf(strategy=strategy, pattern=pattern, **fields)
 
 
 @pytest.fixture

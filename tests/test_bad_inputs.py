@@ -16,11 +16,12 @@ from conftest import REPO
 from ttm_experiments.data import prepare
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import CheckpointError, ConfigError, DataError, TrackingError, UnfreezeError
-from ttm_experiments.models.backbones import BackboneSpec, build_classifier
+from conftest import TINY_TTM, backbone_conf
+from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
 from ttm_experiments.train import train
 
-TINY = BackboneSpec("ttm", 128, 16, 16, 16, 2, 1, adaptive_patching_levels=2, dropout=0.1)
+TINY = backbone_conf(**TINY_TTM, dropout=0.1, head_hidden=8)
 
 
 def windows(n=40, length=128, channels=1, seed=0) -> WindowSet:
@@ -88,7 +89,7 @@ def test_nan_and_constant_windows_error_or_drop_with_count():
 
 
 def test_nan_windows_from_a_loader_stop_the_run_before_training(smoke, monkeypatch, runs_dir):
-    def nan_loader(spec, cache_dir):
+    def nan_loader(spec, seed, cache_dir):
         ws = windows(n=120, length=spec.window_length)
         ws.signals[0, 0, :] = np.nan
         return ws
@@ -112,16 +113,17 @@ def test_split_with_one_class_is_refused():
 
 
 def test_checkpoint_of_another_architecture_shows_both(tmp_path):
-    model = build_classifier(TINY, 2, 8, 0.0, True)
+    model = build_classifier(TINY, num_channels=1, num_classes=2)
     save_classifier(tmp_path / "ckpt.pt", model, "full", ("poor", "good"))
-    other = build_classifier(BackboneSpec("ttm", 128, 16, 16, 32, 2, 1, adaptive_patching_levels=2), 2, 8, 0.0, True)
+    other = build_classifier(backbone_conf(**{**TINY_TTM, "d_model": 32}, head_hidden=8), num_channels=1,
+                             num_classes=2)
     with pytest.raises(CheckpointError) as err:
         load_backbone_weights(other.backbone, str(tmp_path / "ckpt.pt"))
     assert "d_model: model 32  checkpoint 16" in str(err.value)
 
 
 def test_truncated_checkpoint(tmp_path):
-    model = build_classifier(TINY, 2, 8, 0.0, True)
+    model = build_classifier(TINY, num_channels=1, num_classes=2)
     path = tmp_path / "ckpt.pt"
     save_classifier(path, model, "full", ("poor", "good"))
     path.write_bytes(path.read_bytes()[:200])
@@ -130,9 +132,9 @@ def test_truncated_checkpoint(tmp_path):
 
 
 def test_suite_checkpoint_round_trip_is_strict_and_exact(tmp_path):
-    source = build_classifier(TINY, 2, 8, 0.0, True)
+    source = build_classifier(TINY, num_channels=1, num_classes=2)
     save_classifier(tmp_path / "ckpt.pt", source, "full", ("poor", "good"))
-    target = build_classifier(TINY, 2, 8, 0.0, True)
+    target = build_classifier(TINY, num_channels=1, num_classes=2)
     assert load_backbone_weights(target.backbone, str(tmp_path / "ckpt.pt")) == "ssl"
     for (name, a), (_, b) in zip(source.backbone.state_dict().items(), target.backbone.state_dict().items()):
         assert torch.equal(a, b), name
@@ -144,12 +146,13 @@ def test_hugging_face_directory_loads_the_encoder_of_a_forecasting_checkpoint(tm
     config = TinyTimeMixerConfig(context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
                                  adaptive_patching_levels=2, prediction_length=16, num_input_channels=1)
     TinyTimeMixerForPrediction(config).save_pretrained(tmp_path / "ttm")
-    target = build_classifier(TINY, 2, 8, 0.0, True)
+    target = build_classifier(TINY, num_channels=1, num_classes=2)
     assert load_backbone_weights(target.backbone, str(tmp_path / "ttm")) == "pretrained"
     reference = TinyTimeMixerForPrediction.from_pretrained(tmp_path / "ttm").backbone.state_dict()
     for name, tensor in target.backbone.model.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
-    wrong = build_classifier(BackboneSpec("ttm", 256, 16, 16, 16, 2, 1, adaptive_patching_levels=2), 2, 8, 0.0, True)
+    wrong = build_classifier(backbone_conf(**{**TINY_TTM, "context_length": 256}, head_hidden=8), num_channels=1,
+                             num_classes=2)
     with pytest.raises(CheckpointError, match="context_length: model 256  checkpoint 128"):
         load_backbone_weights(wrong.backbone, str(tmp_path / "ttm"))
 
@@ -208,7 +211,7 @@ def test_unknown_stage_kind_fails_at_compose_time(smoke):
 
 
 def test_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
-    model = build_classifier(TINY, 2, 8, 0.0, True)
+    model = build_classifier(TINY, num_channels=1, num_classes=2)
     path = tmp_path / "ckpt.pt"
     save_classifier(path, model, "full", ("poor", "good"))
     ckpt = torch.load(path, weights_only=True)
@@ -216,4 +219,4 @@ def test_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
     del ckpt["backbone"][dropped]
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match=f"does not fit the backbone.*{dropped}"):
-        load_backbone_weights(build_classifier(TINY, 2, 8, 0.0, True).backbone, str(path))
+        load_backbone_weights(build_classifier(TINY, num_channels=1, num_classes=2).backbone, str(path))

@@ -56,3 +56,13 @@ def test_wrong_type_fails_naming_the_key(override: str, key: str):
     with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as err:
         compose_config([override])
     assert key in str(err.value) or key in str(err.value.__cause__)
+
+
+def test_inspect_has_its_own_config_and_train_has_no_inspect_key(tmp_path: Path):
+    from ttm_experiments.errors import ConfigError
+
+    assert "inspect" not in compose_config()
+    config = to_config(compose_config(["inspect.format=json", "debug=smoke"], config_name="inspect"))
+    assert config.inspect.format == "json" and config.backbone.name == "ttm_tiny"
+    with pytest.raises(ConfigError, match="inspect.format='yaml' must be 'text' or 'json'"):
+        to_config(compose_config(["inspect.format=yaml"], config_name="inspect"))

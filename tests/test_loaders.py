@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ from scipy.signal import resample_poly
 
 from data_fixtures import BUT_FS, write_butppg, write_vital, write_windows
 from ttm_experiments.data import butppg, vitaldb, windows
-from ttm_experiments.data.prepare import DatasetSpec, check_windows, split_subject_wise
+from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.data.prepare import check_windows, split_subject_wise
 from ttm_experiments.errors import ConfigError, DataError
 from ttm_experiments.train import train
 
@@ -24,10 +24,9 @@ TRANSPOSED = ("100001", "100002")  # release-1 records: header transposed, rdrec
 INTERLEAVED = ("101003",)
 
 
-def spec(name: str, root, **kw) -> DatasetSpec:
-    base = DatasetSpec(name=name, window_length=128, duration_s=10.0, channels=1, fold=0, n_folds=5, seed=0,
-                       nonfinite="error", root=None if root is None else str(root))
-    return replace(base, **kw)
+def spec(name: str, root, **kw) -> DatasetConf:
+    settings = {"window_length": 128, "duration_s": 10.0, **kw}
+    return DatasetConf(name=name, root=None if root is None else str(root), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def but_root(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_butppg_shapes_labels_subjects_and_site(but_root, tmp_path):
     root, truth = but_root
-    result = butppg.load_butppg(spec("butppg", root), tmp_path)
+    result = butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path)
     ws = result.windows
     assert ws.signals.shape == (120, 1, 128) and ws.signals.dtype == np.float32
     assert ws.class_names == ("poor", "good") and ws.fs == pytest.approx(12.8)
@@ -72,12 +71,13 @@ def test_release1_transposed_header_is_detected_and_repaired(tmp_path):
     # the fixture is what such a header really gives: one sample of 300 signals, and one signal of 900 samples
     assert wfdb.rdrecord(str(broken / "100001" / "100001_PPG")).p_signal.shape == (1, 300)
     assert wfdb.rdrecord(str(broken / "100002" / "100002_PPG")).p_signal.shape == (900, 1)
-    a = butppg.load_butppg(spec("butppg", plain), tmp_path / "c1")
-    b = butppg.load_butppg(spec("butppg", broken), tmp_path / "c2")
+    a = butppg.load_butppg(spec("butppg", plain), cache_dir=tmp_path / "c1")
+    b = butppg.load_butppg(spec("butppg", broken), cache_dir=tmp_path / "c2")
     np.testing.assert_allclose(b.windows.signals, a.windows.signals, rtol=1e-3, atol=1e-2)
     assert b.windows.meta["repaired"].tolist() == [True, True, False]
     # all three channels: the one-channel release-1 record cannot supply G and B, and is counted, not lost
-    rgb = butppg.load_butppg(spec("butppg", broken, ppg_channels=("R", "G", "B"), channels=3), tmp_path / "c3")
+    rgb = butppg.load_butppg(spec("butppg", broken, ppg_channels=("R", "G", "B"), channels=3),
+                             cache_dir=tmp_path / "c3")
     assert rgb.windows.signals.shape == (2, 3, 128)
     assert rgb.report["excluded"] == {"lacks the asked channels": 1}
     np.testing.assert_allclose(rgb.windows.signals[0, 0], a.windows.signals[1, 0], rtol=1e-3, atol=1e-2)
@@ -86,11 +86,11 @@ def test_release1_transposed_header_is_detected_and_repaired(tmp_path):
 def test_ppg_channels_must_agree_with_channels(but_root, tmp_path):
     root, _ = but_root
     with pytest.raises(ConfigError, match=r"selects 3 channel\(s\) but dataset.channels=1.*dataset.channels=3"):
-        butppg.load_butppg(spec("butppg", root, ppg_channels=("R", "G", "B")), tmp_path)
+        butppg.load_butppg(spec("butppg", root, ppg_channels=("R", "G", "B")), cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="ppg_channels"):
-        butppg.load_butppg(spec("butppg", root, ppg_channels=("X",)), tmp_path)
+        butppg.load_butppg(spec("butppg", root, ppg_channels=("X",)), cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="not a BUT-PPG task"):
-        butppg.load_butppg(spec("butppg", root, task="hr"), tmp_path)
+        butppg.load_butppg(spec("butppg", root, task="hr"), cache_dir=tmp_path)
 
 
 def test_resampling_30_hz_to_the_context_length(tmp_path):
@@ -98,7 +98,7 @@ def test_resampling_30_hz_to_the_context_length(tmp_path):
 
     root = tmp_path / "data"
     write_butppg(root, n_subjects=1, records_per_subject=2)
-    ws = butppg.load_butppg(spec("butppg", root, window_length=1024), tmp_path / "cache").windows
+    ws = butppg.load_butppg(spec("butppg", root, window_length=1024), cache_dir=tmp_path / "cache").windows
     assert ws.signals.shape == (2, 1, 1024) and ws.fs == pytest.approx(102.4)
     raw = wfdb.rdrecord(str(root / "100001" / "100001_PPG")).p_signal[:, 0]
     assert np.allclose(ws.signals[0, 0], resample_poly(raw, 256, 75, padtype="line"), atol=1e-3)
@@ -111,7 +111,7 @@ def test_resampling_30_hz_to_the_context_length(tmp_path):
 def test_a_shorter_duration_cuts_each_record_into_consecutive_windows(tmp_path):
     root = tmp_path / "data"
     write_butppg(root, n_subjects=1, records_per_subject=2)
-    ws = butppg.load_butppg(spec("butppg", root, duration_s=4.0), tmp_path / "cache")
+    ws = butppg.load_butppg(spec("butppg", root, duration_s=4.0), cache_dir=tmp_path / "cache")
     assert ws.windows.signals.shape == (4, 1, 128) and ws.windows.fs == pytest.approx(32.0)
     assert ws.windows.meta["window_index"].tolist() == [0, 1, 0, 1]
     assert ws.report["counts"]["records_with_tail_discarded"] == 2  # 300 samples = 2 x 120 + 60 left over
@@ -122,9 +122,9 @@ def test_unlabeled_nan_and_short_records_are_counted_never_silently_dropped(tmp_
     write_butppg(root, n_subjects=3, records_per_subject=4, unlabeled=("100002",), nan=("101001",),
                  short=("102001",))
     with pytest.raises(DataError, match=r"1 BUT-PPG record\(s\) hold NaN.*101001.*dataset.nonfinite=drop"):
-        butppg.load_butppg(spec("butppg", root), tmp_path / "c1")
+        butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "c1")
     caplog.set_level(logging.INFO)
-    result = butppg.load_butppg(spec("butppg", root, nonfinite="drop"), tmp_path / "c2")
+    result = butppg.load_butppg(spec("butppg", root, nonfinite="drop"), cache_dir=tmp_path / "c2")
     assert result.report["excluded"] == {
         "no quality label": 1, "windows with NaN/Inf (dataset.nonfinite=drop)": 1,
         "shorter than duration_s=10 s": 1,
@@ -136,7 +136,7 @@ def test_unlabeled_nan_and_short_records_are_counted_never_silently_dropped(tmp_
 
 def test_motion_task_has_eight_classes(but_root, tmp_path):
     root, truth = but_root
-    ws = butppg.load_butppg(spec("butppg", root, task="motion"), tmp_path).windows
+    ws = butppg.load_butppg(spec("butppg", root, task="motion"), cache_dir=tmp_path).windows
     assert ws.class_names == butppg.MOTION_CLASSES and len(ws.class_names) == 8
     ids = [f"{r:06d}" for r in ws.meta["record_id"]]
     assert ws.labels.tolist() == [truth[r]["motion"] for r in ids]
@@ -151,8 +151,8 @@ def test_motion_codes_outside_0_to_7_stop_the_motion_task_only(tmp_path):
     lines[2] = lines[2].replace(",1,1,120/80", ",1,9,120/80")  # record 100002: motion 1 -> 9
     info.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
     with pytest.raises(DataError, match=r"column 'Motion' must hold integer codes 0..7; found \{'9': 1\}"):
-        butppg.load_butppg(spec("butppg", root, task="motion"), tmp_path / "cache")
-    ws = butppg.load_butppg(spec("butppg", root), tmp_path / "cache").windows
+        butppg.load_butppg(spec("butppg", root, task="motion"), cache_dir=tmp_path / "cache")
+    ws = butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache").windows
     assert ws.meta["motion"].tolist() == [0, -1, 2]
 
 
@@ -161,24 +161,24 @@ def test_missing_record_folders_error_or_skip_with_count(tmp_path):
     write_butppg(root, n_subjects=2, records_per_subject=4, no_folder=("100003", "101002"))
     with pytest.raises(DataError, match=r"2 of 8 annotated BUT-PPG records have no record folder.*100003.*"
                                         r"dataset.missing_records=skip"):
-        butppg.load_butppg(spec("butppg", root), tmp_path / "c1")
-    result = butppg.load_butppg(spec("butppg", root, missing_records="skip"), tmp_path / "c2")
+        butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "c1")
+    result = butppg.load_butppg(spec("butppg", root, missing_records="skip"), cache_dir=tmp_path / "c2")
     assert result.report["excluded"] == {"record folder missing": 2} and len(result.windows) == 6
 
 
 def test_root_errors_name_the_thing_and_the_fix(tmp_path):
     with pytest.raises(DataError, match=r"needs dataset.root.*ttm-train dataset=butppg dataset.root="):
-        butppg.load_butppg(spec("butppg", None), tmp_path)
+        butppg.load_butppg(spec("butppg", None), cache_dir=tmp_path)
     with pytest.raises(DataError, match=r"dataset.root=.*nowhere does not exist"):
-        butppg.load_butppg(spec("butppg", tmp_path / "nowhere"), tmp_path)
+        butppg.load_butppg(spec("butppg", tmp_path / "nowhere"), cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "subject-info.csv").write_text("ID\n")
     with pytest.raises(DataError) as err:
-        butppg.load_butppg(spec("butppg", tmp_path / "empty"), tmp_path)
+        butppg.load_butppg(spec("butppg", tmp_path / "empty"), cache_dir=tmp_path)
     assert "lacks quality-hr-ann.csv" in str(err.value) and "<root>/<ID>/<ID>_PPG.hea" in str(err.value)
     write_butppg(tmp_path / "download" / "butppg-2.0.0", n_subjects=1, records_per_subject=1)
     with pytest.raises(DataError, match=r"lacks quality-hr-ann.csv.*dataset.root=.*download/butppg-2.0.0\?"):
-        butppg.load_butppg(spec("butppg", tmp_path / "download"), tmp_path)
+        butppg.load_butppg(spec("butppg", tmp_path / "download"), cache_dir=tmp_path)
 
 
 def test_annotation_file_with_wrong_columns(tmp_path):
@@ -187,29 +187,29 @@ def test_annotation_file_with_wrong_columns(tmp_path):
     (root / "quality-hr-ann.csv").write_text("\ufeffrecord,quality\n100001,1\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"lacks the column\(s\) \['ID', 'Quality', 'HR'\]; its columns are "
                                         r"\['record', 'quality'\]"):
-        butppg.load_butppg(spec("butppg", root), tmp_path / "cache")
+        butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache")
 
 
 def test_cache_hit_does_not_read_the_records_and_a_touched_source_invalidates_it(tmp_path, monkeypatch):
     root = tmp_path / "data"
     write_butppg(root, n_subjects=2, records_per_subject=3)
-    first = butppg.load_butppg(spec("butppg", root), tmp_path / "cache")
+    first = butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache")
     assert not first.hit
 
     reads = []
     real = butppg.read_record
     monkeypatch.setattr(butppg, "read_record", lambda base: reads.append(base) or real(base))
-    second = butppg.load_butppg(spec("butppg", root), tmp_path / "cache")
+    second = butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache")
     assert second.hit and reads == [] and second.report == first.report
     np.testing.assert_array_equal(second.windows.signals, first.windows.signals)
 
     dat = root / "101002" / "101002_PPG.dat"
     st = dat.stat()
     os.utime(dat, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-    third = butppg.load_butppg(spec("butppg", root), tmp_path / "cache")
+    third = butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache")
     assert not third.hit and len(reads) == 6
     # another setting is another entry, too
-    assert not butppg.load_butppg(spec("butppg", root, task="motion"), tmp_path / "cache").hit
+    assert not butppg.load_butppg(spec("butppg", root, task="motion"), cache_dir=tmp_path / "cache").hit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_vitaldb_windows_are_unlabeled_memory_mapped_and_counted(vital_root, tmp
     opened = []
     real = vitaldb_package.VitalFile
     monkeypatch.setattr(vitaldb_package, "VitalFile", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
-    result = vitaldb.load_vitaldb(spec("vitaldb", vital_root), tmp_path / "cache")
+    result = vitaldb.load_vitaldb(spec("vitaldb", vital_root), cache_dir=tmp_path / "cache")
     assert opened and all(isinstance(p, str) for p in opened)  # a path, never an integer case id
     ws = result.windows
     # 6 + 4 spans of 10 s; one has a NaN gap, one is flat
@@ -256,17 +256,17 @@ def replace_subjects(ws):
 
 
 def test_vitaldb_cache_hit_and_a_modified_file_invalidates_it(vital_root, tmp_path, monkeypatch):
-    first = vitaldb.load_vitaldb(spec("vitaldb", vital_root), tmp_path / "cache")
+    first = vitaldb.load_vitaldb(spec("vitaldb", vital_root), cache_dir=tmp_path / "cache")
 
     def boom(path, track):
         raise AssertionError("a cache hit must not read the .vital files")
 
     monkeypatch.setattr(vitaldb, "read_track", boom)
-    second = vitaldb.load_vitaldb(spec("vitaldb", vital_root), tmp_path / "cache")
+    second = vitaldb.load_vitaldb(spec("vitaldb", vital_root), cache_dir=tmp_path / "cache")
     assert second.hit and len(second.windows) == len(first.windows)
     monkeypatch.undo()
     write_vital(vital_root / "0002.vital", 90, np.random.default_rng(2))  # the case grew: 9 windows now
-    third = vitaldb.load_vitaldb(spec("vitaldb", vital_root), tmp_path / "cache")
+    third = vitaldb.load_vitaldb(spec("vitaldb", vital_root), cache_dir=tmp_path / "cache")
     assert not third.hit and len(third.windows) == 5 + 9
 
 
@@ -275,7 +275,7 @@ def test_vital_file_without_pleth_lists_its_tracks(tmp_path):
     root.mkdir()
     write_vital(root / "0007.vital", 20, np.random.default_rng(0), with_pleth=False)
     with pytest.raises(DataError) as err:
-        vitaldb.load_vitaldb(spec("vitaldb", root), tmp_path / "cache")
+        vitaldb.load_vitaldb(spec("vitaldb", root), cache_dir=tmp_path / "cache")
     message = str(err.value)
     assert "0007.vital has no track 'SNUADC/PLETH'" in message
     assert "['SNUADC/ECG_II', 'Solar8000/HR']" in message and "dataset.track=" in message
@@ -285,9 +285,9 @@ def test_vital_file_without_pleth_lists_its_tracks(tmp_path):
 def test_vitaldb_root_errors(tmp_path):
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=r"no \.vital file under dataset.root"):
-        vitaldb.load_vitaldb(spec("vitaldb", tmp_path / "none"), tmp_path / "cache")
+        vitaldb.load_vitaldb(spec("vitaldb", tmp_path / "none"), cache_dir=tmp_path / "cache")
     with pytest.raises(ConfigError, match="dataset.channels=1"):
-        vitaldb.load_vitaldb(spec("vitaldb", tmp_path / "none", channels=3), tmp_path / "cache")
+        vitaldb.load_vitaldb(spec("vitaldb", tmp_path / "none", channels=3), cache_dir=tmp_path / "cache")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ SPLITS = {"train": ["100001", "100002", "101001", "101002", "104001", "104002"],
 
 def test_windows_with_a_split_on_disk_keep_it(tmp_path, caplog):
     write_windows(tmp_path / "w", SPLITS)
-    result = windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache")
+    result = windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
     ws = result.windows
     assert ws.signals.shape == (10, 1, 128) and ws.fs == pytest.approx(12.8)
     assert ws.meta["split"].tolist() == [0] * 6 + [1] * 2 + [2] * 2
@@ -312,13 +312,14 @@ def test_windows_with_a_split_on_disk_keep_it(tmp_path, caplog):
     assert [len(p) for _, p in splits.items()] == [6, 2, 2]
     assert splits.test.meta["record_id"].tolist() == [103001, 103002]
     assert "dataset.fold=3 / dataset.n_folds are ignored" in caplog.text
-    motion = windows.load_windows_dir(spec("windows", tmp_path / "w", task="motion"), tmp_path / "cache").windows
+    motion = windows.load_windows_dir(spec("windows", tmp_path / "w", task="motion"),
+                                      cache_dir=tmp_path / "cache").windows
     assert motion.class_names == butppg.MOTION_CLASSES
 
 
 def test_windows_without_a_split_use_subject_wise_folds(tmp_path):
     write_windows(tmp_path / "w", {"": [f"{s}00{k}" for s in range(100, 106) for k in (1, 2)]})
-    ws = windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache").windows
+    ws = windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache").windows
     assert "split" not in ws.meta
     splits = split_subject_wise(ws, 3, 0, seed=0)
     parts = [set(p.subjects.tolist()) for _, p in splits.items()]
@@ -329,13 +330,13 @@ def test_overlapping_record_ids_are_refused_with_the_ids(tmp_path):
     write_windows(tmp_path / "w", {**SPLITS, "test": ["103001", "100002", "101001"]})
     with pytest.raises(DataError, match=r"2 record id\(s\) sit in more than one split: 100002 \(train/test\), "
                                         r"101001 \(train/test\)"):
-        windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache")
+        windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
 
 
 def test_npz_without_signal_lists_its_keys(tmp_path):
     write_windows(tmp_path / "w", SPLITS, drop_signal="102002")
     with pytest.raises(DataError) as err:
-        windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache")
+        windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
     assert "window_000001.npz has no `signal` array" in str(err.value)
     assert "['quality', 'hr', 'motion', 'record_id', 'fs']" in str(err.value)
 
@@ -343,7 +344,7 @@ def test_npz_without_signal_lists_its_keys(tmp_path):
 def test_windows_of_another_length_are_resampled_explicitly(tmp_path, caplog):
     write_windows(tmp_path / "w", SPLITS, length=300, fs=30.0)
     with caplog.at_level(logging.WARNING):
-        result = windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache")
+        result = windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
     assert result.windows.signals.shape == (10, 1, 128) and result.windows.fs == pytest.approx(12.8)
     assert "resampled explicitly to 128 samples" in caplog.text
     assert any("resampled explicitly" in n for n in result.report["notes"])
@@ -352,16 +353,16 @@ def test_windows_of_another_length_are_resampled_explicitly(tmp_path, caplog):
 def test_a_regression_target_is_not_a_class_label(tmp_path):
     write_windows(tmp_path / "w", SPLITS)
     with pytest.raises(ConfigError, match="dataset.task=hr.*not a class label"):
-        windows.load_windows_dir(spec("windows", tmp_path / "w", task="hr"), tmp_path / "cache")
+        windows.load_windows_dir(spec("windows", tmp_path / "w", task="hr"), cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match=r"has no `spo2` key.*its keys are"):
-        windows.load_windows_dir(spec("windows", tmp_path / "w", task="spo2"), tmp_path / "cache")
+        windows.load_windows_dir(spec("windows", tmp_path / "w", task="spo2"), cache_dir=tmp_path / "cache")
 
 
 def test_windows_cache_hit(tmp_path, monkeypatch):
     write_windows(tmp_path / "w", SPLITS)
-    windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache")
+    windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
     monkeypatch.setattr(windows, "_read", lambda *a: (_ for _ in ()).throw(AssertionError("read on a cache hit")))
-    assert windows.load_windows_dir(spec("windows", tmp_path / "w"), tmp_path / "cache").hit
+    assert windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache").hit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def test_a_real_dataset_composes_without_root_and_then_says_it_needs_one(smoke, 
 
     config = specs.to_config(smoke(f"dataset={name}"))  # no Hydra MISSING error at compose time
     with pytest.raises(DataError, match=rf"dataset={name} needs dataset.root.*ttm-train dataset={name} dataset.root="):
-        load_windows(specs.dataset_spec(config), tmp_path)
+        load_windows(config.dataset, seed=config.seed, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("task,classes", [("quality", ("poor", "good")), ("motion", butppg.MOTION_CLASSES)])

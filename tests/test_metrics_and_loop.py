@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import TINY_TTM, backbone_conf, unfreeze_rule
+from ttm_experiments.config.schema import StageConf, TrainScope
 from ttm_experiments.metrics import classification_metrics, collapsed_classes
-from ttm_experiments.models.backbones import BackboneSpec, build_classifier
-from ttm_experiments.training.loop import FocalLoss, StagePlan, class_weights, param_groups
-from ttm_experiments.unfreeze import BlockRule, apply_stage, find_blocks
+from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.training.loop import FocalLoss, class_weights, param_groups
+from ttm_experiments.training.stages import StagePlan
+from ttm_experiments.unfreeze import apply_stage, find_blocks
 
-TINY = BackboneSpec("ttm", 128, 16, 16, 16, 2, 1, adaptive_patching_levels=2)
-LAYERS = BlockRule("pattern", r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+")
+TINY = backbone_conf(**TINY_TTM, head_hidden=8)
+LAYERS = unfreeze_rule(r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+")
+
+
+def stage_plan(scope: str) -> StagePlan:
+    return StagePlan(StageConf(name=scope, train=TrainScope(scope)), epochs=1, head_lr=1e-3, backbone_lr=1e-4)
 
 
 def test_binary_metrics_and_per_class_accuracy():
@@ -58,10 +66,10 @@ def test_collapse_detection():
 
 
 def test_layer_decay_reads_the_same_block_list():
-    model = build_classifier(TINY, 2, 8, 0.0, True)
+    model = build_classifier(TINY, num_channels=1, num_classes=2)
     blocks = find_blocks(model.backbone.model, LAYERS)
-    stage = StagePlan("full", "full", 1, head_lr=1e-3, backbone_lr=1e-4, last_n=2)
-    apply_stage(model, model.backbone.model, model.head, LAYERS, "full", 2, "error", "full")
+    stage = stage_plan("full")
+    apply_stage(model, LAYERS, scope="full", stage="full")
     groups = param_groups(model, stage, [], blocks, layer_decay=0.5)
     lrs = {g["name"]: g["lr"] for g in groups}
     assert lrs["head"] == 1e-3
@@ -72,9 +80,9 @@ def test_layer_decay_reads_the_same_block_list():
 
 
 def test_partial_stage_groups_only_the_selected_blocks():
-    model = build_classifier(TINY, 2, 8, 0.0, True)
-    _, selected = apply_stage(model, model.backbone.model, model.head, LAYERS, "partial", 1, "error", "partial")
-    stage = StagePlan("partial", "partial", 1, head_lr=1e-3, backbone_lr=1e-4, last_n=1)
+    model = build_classifier(TINY, num_channels=1, num_classes=2)
+    _, selected = apply_stage(model, replace(LAYERS, last_n=1), scope="partial", stage="partial")
+    stage = stage_plan("partial")
     groups = param_groups(model, stage, selected, find_blocks(model.backbone.model, LAYERS), 1.0)
     assert [g["name"] for g in groups] == ["head", selected[0].name]
 

@@ -141,9 +141,10 @@ def test_collapse_stop_ends_the_stage_and_says_which_class(smoke, runs_dir, capl
 
 
 def test_gradient_check_catches_a_frozen_parameter_with_a_gradient():
-    from ttm_experiments.models.backbones import BackboneSpec, build_classifier
+    from conftest import TINY_TTM, backbone_conf
+    from ttm_experiments.models.backbones import build_classifier
 
-    model = build_classifier(BackboneSpec("ttm", 128, 16, 16, 16, 2, 1, adaptive_patching_levels=2), 2, 8, 0.0, True)
+    model = build_classifier(backbone_conf(**TINY_TTM, head_hidden=8), num_channels=1, num_classes=2)
     model(torch.randn(2, 1, 128)).sum().backward()  # everything trainable: all get gradients
     loop.check_trainable_gradients(model, "ok")
     next(model.backbone.parameters()).requires_grad_(False)

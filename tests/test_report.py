@@ -9,12 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from conftest import compose_config
+from ttm_experiments.cli import CONFIG_DIR
 from ttm_experiments.errors import ConfigError, Pruned
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def compose_report(overrides: list[str]):
+    """`ttm-report`'s own config (conf/report.yaml), as the command composes it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="report", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +63,7 @@ def test_report_writes_table_and_plots_and_logs_them(store):
     from ttm_experiments.report import report
 
     runs, _ = store
-    result = report(compose_config([f"paths.runs_dir={runs}", "experiment_name=rep"]))
+    result = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep"]))
     out = runs / "reports" / "rep"
     for name in ("report.md", "runs.csv", "auroc_heatmap.png", "per_class_accuracy.png", "epochs.png"):
         assert (out / name).is_file(), name
@@ -77,7 +85,7 @@ def test_report_writes_table_and_plots_and_logs_them(store):
     assert logged.data.tags["ttm.kind"] == "report"
     assert {"report/report.md", "report/epochs.png"} <= {a.path for a in client.list_artifacts(result["run_id"], "report")}
     # a second report does not count the first one's run
-    again = report(compose_config([f"paths.runs_dir={runs}", "experiment_name=rep", "report.log_to_mlflow=false"]))
+    again = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep", "report.log_to_mlflow=false"]))
     assert len(again["rows"]) == 3
 
 
@@ -85,7 +93,7 @@ def test_report_of_one_study(store, tmp_path: Path):
     from ttm_experiments.report import report
 
     runs, _ = store
-    result = report(compose_config([f"paths.runs_dir={runs}", "experiment_name=rep", "report.sweep=rep-study",
+    result = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep", "report.sweep=rep-study",
                                     f"report.out_dir={tmp_path}", "report.log_to_mlflow=false"]))
     assert [r.tags["optuna.study"] for r in result["rows"]] == ["rep-study"]
     assert (tmp_path / "epochs.png").is_file() and (tmp_path / "report.md").is_file()
@@ -97,4 +105,13 @@ def test_report_names_a_missing_experiment(store):
 
     runs, _ = store
     with pytest.raises(ConfigError, match=r"no such MLflow experiment.*'rep'"):
-        report(compose_config([f"paths.runs_dir={runs}", "report.experiment=nope"]))
+        report(compose_report([f"paths.runs_dir={runs}", "report.experiment=nope"]))
+
+
+def test_report_settings_are_not_train_settings():
+    from hydra.errors import ConfigCompositionException
+
+    assert "report" not in compose_config([])  # not logged as params of every run, not compared on resume
+    with pytest.raises(ConfigCompositionException, match="report"):
+        compose_config(["report.sweep=x"])
+    assert compose_report(["report.sweep=x"]).report.sweep == "x"

@@ -7,20 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttm_experiments.models.backbones import BackboneSpec, build_backbone
+from conftest import TINY_TTM, backbone_conf
+from ttm_experiments.config.schema import StageConf, StageKind
+from ttm_experiments.models.backbones import build_backbone
 from ttm_experiments.training.ssl import (
     ReconstructionHead,
     SSLObjective,
-    SSLSettings,
     info_nce,
     masked_reconstruction,
     observed_from_mask,
     patch_mask,
 )
 
-SPECS = [
-    BackboneSpec("ttm", 128, 16, 16, 16, 2, 3, adaptive_patching_levels=2),
-    BackboneSpec("patchtst", 128, 16, 16, 16, 2, 3, num_attention_heads=2, ffn_dim=32),
+SPECS = [  # built with 3 channels
+    backbone_conf(**TINY_TTM),
+    backbone_conf("patchtst", context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
+                  num_attention_heads=2, ffn_dim=32),
 ]
 
 
@@ -40,19 +42,19 @@ def test_masked_patches_are_the_same_in_every_channel():
     assert (patches.all(-1) == ~mask).all() and (patches.any(-1) == ~mask).all()
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind.value)
 def test_reconstruction_head_shape(spec):
-    backbone = build_backbone(spec)
+    backbone = build_backbone(spec, num_channels=3)
     hidden, _, _ = backbone(torch.randn(2, 3, 128))
     out = ReconstructionHead(spec.d_model, spec.patch_length)(hidden)
     assert out.shape == (2, 3, 128 // 16, 16)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind.value)
 def test_loss_only_sees_masked_patches(spec):
     """The loss ignores the head's prediction on observed (unmasked) patches."""
     torch.manual_seed(0)
-    backbone = build_backbone(spec).eval()
+    backbone = build_backbone(spec, num_channels=3).eval()
     head = ReconstructionHead(spec.d_model, spec.patch_length)
     x = torch.randn(2, 3, 128)
     mask = patch_mask(2, 8, 0.25, torch.Generator().manual_seed(0))
@@ -65,10 +67,10 @@ def test_loss_only_sees_masked_patches(spec):
     assert torch.allclose(base, corrupted)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind.value)
 def test_the_backbone_never_sees_masked_samples(spec):
     """Changing only masked samples leaves the backbone's hidden state unchanged; only the targets move."""
-    backbone = build_backbone(spec).eval()
+    backbone = build_backbone(spec, num_channels=3).eval()
     head = ReconstructionHead(spec.d_model, spec.patch_length)
     x = torch.randn(2, 3, 128)
     mask = patch_mask(2, 8, 0.5, torch.Generator().manual_seed(0))
@@ -92,8 +94,8 @@ def test_info_nce_prefers_matching_views():
 @pytest.mark.parametrize("kind", ["ssl_masked", "ssl_contrastive"])
 def test_objective_trains_the_backbone(kind):
     spec = SPECS[0]
-    backbone = build_backbone(spec)
-    objective = SSLObjective(backbone, kind, SSLSettings(stft_weight=0.1))
+    backbone = build_backbone(spec, num_channels=3)
+    objective = SSLObjective(backbone, StageConf(name="ssl", kind=StageKind(kind), stft_weight=0.1))
     parts = objective(torch.randn(4, 3, 128), torch.Generator().manual_seed(0))
     parts["loss"].backward()
     assert all(torch.isfinite(v) for v in parts.values())
@@ -157,7 +159,7 @@ def test_start_at_loads_the_given_weights(smoke, runs_dir, tmp_path):
     from ttm_experiments.train import run_info
     from ttm_experiments.training.recipe import TrainRecipe
 
-    source = build_classifier(SPECS[0].__class__(**{**SPECS[0].__dict__, "num_channels": 1}), 2, 16, 0.1, True)
+    source = build_classifier(backbone_conf(**TINY_TTM, head_dropout=0.1), num_channels=1, num_classes=2)
     with torch.no_grad():
         for p in source.backbone.parameters():
             p.add_(0.5)

@@ -14,8 +14,8 @@ from ttm_experiments.data.synthetic import (
     SyntheticSpec,
     artifact_names,
     generate,
+    cache_entry,
     generate_cached,
-    spec_key,
 )
 from ttm_experiments.errors import ConfigError
 
@@ -109,11 +109,12 @@ def test_neurokit_emits_no_warnings():
 
 def test_cache_hit_returns_identical_arrays(tmp_path, caplog):
     spec = dataclasses.replace(SMALL, n_subjects=2)
-    with caplog.at_level(logging.INFO, logger="ttm_experiments.data.synthetic"):
-        first = generate_cached(spec, tmp_path)
-        second = generate_cached(spec, tmp_path)
-    assert "generated" in caplog.text and "loaded from cache" in caplog.text
-    assert [p.name for p in tmp_path.iterdir()] == [f"synthetic-{spec_key(spec)}.npz"]  # no temp file left
+    with caplog.at_level(logging.INFO, logger="ttm_experiments.data.cache"):
+        first = generate_cached(spec, cache_dir=tmp_path)
+        second = generate_cached(spec, cache_dir=tmp_path)
+    assert "synthetic: built" in caplog.text and "synthetic: 20 windows from the cache" in caplog.text
+    key, _ = cache_entry(spec)
+    assert [p.name for p in (tmp_path / "synthetic").iterdir()] == [key]  # no temporary left
     np.testing.assert_array_equal(first.signals, second.signals)
     np.testing.assert_array_equal(first.labels, second.labels)
     np.testing.assert_array_equal(first.subjects, second.subjects)
@@ -123,19 +124,24 @@ def test_cache_hit_returns_identical_arrays(tmp_path, caplog):
         np.testing.assert_array_equal(first.meta[key], second.meta[key])
 
 
-def test_corrupt_cache_file_is_regenerated(tmp_path):
+def test_corrupt_cache_entry_is_regenerated(tmp_path):
     spec = dataclasses.replace(SMALL, n_subjects=1)
-    (tmp_path / f"synthetic-{spec_key(spec)}.npz").write_bytes(b"not a zip file")
-    windows = generate_cached(spec, tmp_path)
+    entry = tmp_path / "synthetic" / cache_entry(spec)[0]
+    entry.mkdir(parents=True)
+    (entry / "info.json").write_text("not json")
+    windows = generate_cached(spec, cache_dir=tmp_path)
     np.testing.assert_array_equal(windows.signals, generate(spec).signals)
 
 
-def test_spec_key_is_stable_and_spec_sensitive():
-    assert spec_key(SMALL) == spec_key(SyntheticSpec(n_subjects=8, windows_per_subject=10, seed=3))
-    assert spec_key(SMALL) == spec_key(dataclasses.replace(SMALL, duration_s=10))  # int vs float
-    assert spec_key(SMALL) != spec_key(dataclasses.replace(SMALL, seed=4))
-    assert spec_key(SMALL) != spec_key(dataclasses.replace(SMALL, label_noise=0.05))
-    assert len(spec_key(SMALL)) == 12
+def test_cache_key_is_stable_and_spec_sensitive():
+    def key(spec):
+        return cache_entry(spec)[0]
+
+    assert key(SMALL) == key(SyntheticSpec(n_subjects=8, windows_per_subject=10, seed=3))
+    assert key(SMALL) == key(dataclasses.replace(SMALL, duration_s=10))  # int vs float
+    assert key(SMALL) != key(dataclasses.replace(SMALL, seed=4))
+    assert key(SMALL) != key(dataclasses.replace(SMALL, label_noise=0.05))
+    assert len(key(SMALL)) == 16
 
 
 @pytest.mark.parametrize(
@@ -158,7 +164,7 @@ def test_invalid_spec_raises_config_error(change, field, tmp_path):
     with pytest.raises(ConfigError, match=field):
         generate(spec)
     with pytest.raises(ConfigError, match=field):
-        generate_cached(spec, tmp_path)
+        generate_cached(spec, cache_dir=tmp_path)
 
 
 def test_rate_above_sim_fs_is_rejected():

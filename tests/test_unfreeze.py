@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from conftest import backbone_conf, unfreeze_rule
 from ttm_experiments.errors import UnfreezeError
-from ttm_experiments.models.backbones import BackboneSpec, build_classifier
-from ttm_experiments.unfreeze import BlockRule, apply_stage, count_params, find_blocks, plan_stage
+from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.unfreeze import apply_stage, count_params, find_blocks, plan_stage
 
 TTM_LAYERS = r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+"
 TTM_LEVELS = r"encoder\.mlp_mixer_encoder\.mixers\.\d+"
 PATCHTST_LAYERS = r"encoder\.layers\.\d+"
-PREDECESSOR = BlockRule("depth", keywords=("layer", "block"), max_dots=1)
+PREDECESSOR = unfreeze_rule(keywords=["layer", "block"], max_dots=1)
 
 
 def ttm(context=1024, patch=64, d_model=192, levels=3, channels=1):
-    spec = BackboneSpec("ttm", context, patch, patch, d_model, 2, channels, adaptive_patching_levels=levels)
-    return build_classifier(spec, 2, 16, 0.0, True)
+    conf = backbone_conf(context_length=context, patch_length=patch, patch_stride=patch, d_model=d_model,
+                         num_layers=2, adaptive_patching_levels=levels)
+    return build_classifier(conf, num_channels=channels, num_classes=2)
 
 
 def patchtst(channels=1):
-    spec = BackboneSpec("patchtst", 128, 16, 16, 32, 3, channels, num_attention_heads=4, ffn_dim=64)
-    return build_classifier(spec, 2, 16, 0.0, True)
+    conf = backbone_conf("patchtst", context_length=128, patch_length=16, patch_stride=16, d_model=32, num_layers=3,
+                         num_attention_heads=4, ffn_dim=64)
+    return build_classifier(conf, num_channels=channels, num_classes=2)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def ttm_1024():
 
 
 def test_ttm_1024_blocks_are_the_six_mixer_layers(ttm_1024):
-    blocks = find_blocks(ttm_1024.backbone.model, BlockRule("pattern", TTM_LAYERS))
+    blocks = find_blocks(ttm_1024.backbone.model, unfreeze_rule(TTM_LAYERS))
     assert [b.name for b in blocks] == [
         f"encoder.mlp_mixer_encoder.mixers.{lvl}.mixer_layers.{layer}" for lvl in range(3) for layer in range(2)
     ]
@@ -39,14 +44,14 @@ def test_ttm_1024_blocks_are_the_six_mixer_layers(ttm_1024):
 
 
 def test_ttm_1024_levels_pattern_gives_three_blocks_with_the_predecessors_counts(ttm_1024):
-    blocks = find_blocks(ttm_1024.backbone.model, BlockRule("pattern", TTM_LEVELS))
+    blocks = find_blocks(ttm_1024.backbone.model, unfreeze_rule(TTM_LEVELS))
     assert [b.params for b in blocks] == [65_280, 104_192, 374_400]
 
 
 @pytest.mark.parametrize("last_n,expected_backbone", [(0, 0), (1, 187_200), (2, 374_400), (3, 426_496), (6, 543_872)])
 def test_last_n_unfreezes_exactly_the_expected_parameters(ttm_1024, last_n, expected_backbone):
-    rule = BlockRule("pattern", TTM_LAYERS)
-    report, _ = apply_stage(ttm_1024, ttm_1024.backbone.model, ttm_1024.head, rule, "partial", last_n, "error", "p")
+    rule = unfreeze_rule(TTM_LAYERS)
+    report, _ = apply_stage(ttm_1024, replace(rule, last_n=last_n), scope="partial", stage="p")
     trainable_backbone = count_params(ttm_1024.backbone, trainable_only=True)
     assert trainable_backbone == expected_backbone
     assert report.trainable_params == expected_backbone + count_params(ttm_1024.head)
@@ -55,10 +60,10 @@ def test_last_n_unfreezes_exactly_the_expected_parameters(ttm_1024, last_n, expe
 
 def test_distinct_last_n_give_distinct_parameter_sets(ttm_1024):
     """The predecessor's 'fix' mixed parents and children, so n=2 and n=3 trained the same 374,400."""
-    rule = BlockRule("pattern", TTM_LAYERS)
+    rule = unfreeze_rule(TTM_LAYERS)
     counts = set()
     for n in range(7):
-        report, _ = apply_stage(ttm_1024, ttm_1024.backbone.model, ttm_1024.head, rule, "partial", n, "error", "p")
+        report, _ = apply_stage(ttm_1024, replace(rule, last_n=n), scope="partial", stage="p")
         counts.add(report.trainable_params)
     assert len(counts) == 7
 
@@ -66,7 +71,7 @@ def test_distinct_last_n_give_distinct_parameter_sets(ttm_1024):
 def test_block_order_is_execution_order():
     """Registration order (what find_blocks returns) equals the order the blocks run in."""
     for model, pattern in ((ttm(128, 16, 16, 2), TTM_LAYERS), (patchtst(), PATCHTST_LAYERS)):
-        blocks = find_blocks(model.backbone.model, BlockRule("pattern", pattern))
+        blocks = find_blocks(model.backbone.model, unfreeze_rule(pattern))
         ran: list[str] = []
         hooks = [b.module.register_forward_hook(lambda m, i, o, n=b.name: ran.append(n)) for b in blocks]
         model.eval()
@@ -80,7 +85,7 @@ def test_block_order_is_execution_order():
 def test_predecessor_depth_rule_matches_nothing_on_ttm_and_fails_with_the_fix(ttm_1024):
     assert find_blocks(ttm_1024.backbone.model, PREDECESSOR) == []
     with pytest.raises(UnfreezeError) as err:
-        plan_stage(ttm_1024.backbone.model, PREDECESSOR, "partial", 2, "error", "partial")
+        plan_stage(ttm_1024.backbone.model, replace(PREDECESSOR, last_n=2), scope="partial", stage="partial")
     message = str(err.value)
     assert "matches no module" in message
     assert "encoder.mlp_mixer_encoder.mixers.2.mixer_layers.1" in message  # a candidate name
@@ -88,8 +93,8 @@ def test_predecessor_depth_rule_matches_nothing_on_ttm_and_fails_with_the_fix(tt
 
 
 def test_depth_rule_with_warn_goes_on_head_only_and_says_so(ttm_1024):
-    report, selected = apply_stage(ttm_1024, ttm_1024.backbone.model, ttm_1024.head, PREDECESSOR, "partial", 2,
-                                   "warn", "partial")
+    warn = replace(PREDECESSOR, on_empty="warn")
+    report, selected = apply_stage(ttm_1024, warn, scope="partial", stage="partial")
     assert selected == [] and report.empty
     assert report.trainable_params == count_params(ttm_1024.head)
     assert "WARNING" in report.format()
@@ -97,25 +102,26 @@ def test_depth_rule_with_warn_goes_on_head_only_and_says_so(ttm_1024):
 
 def test_pattern_that_matches_nothing_is_an_error(ttm_1024):
     with pytest.raises(UnfreezeError, match="matches no module"):
-        plan_stage(ttm_1024.backbone.model, BlockRule("pattern", r"blocks\.\d+"), "partial", 1, "error", "partial")
+        plan_stage(ttm_1024.backbone.model, unfreeze_rule(r"blocks\.\d+", last_n=1), scope="partial",
+                   stage="partial")
 
 
 def test_head_and_full_stages_do_not_need_blocks(ttm_1024):
-    rule = BlockRule("pattern", r"nothing")
-    report, _ = apply_stage(ttm_1024, ttm_1024.backbone.model, ttm_1024.head, rule, "full", 2, "error", "full")
+    rule = unfreeze_rule(r"nothing")
+    report, _ = apply_stage(ttm_1024, replace(rule, last_n=2), scope="full", stage="full")
     assert report.trainable_params == count_params(ttm_1024)
-    report, _ = apply_stage(ttm_1024, ttm_1024.backbone.model, ttm_1024.head, rule, "head", 2, "error", "head")
+    report, _ = apply_stage(ttm_1024, replace(rule, last_n=2), scope="head", stage="head")
     assert report.trainable_params == count_params(ttm_1024.head)
 
 
 @pytest.mark.parametrize("last_n", [-1, 7])
 def test_out_of_range_last_n_says_how_many_blocks_there_are(ttm_1024, last_n):
     with pytest.raises(UnfreezeError, match="has 6 blocks"):
-        plan_stage(ttm_1024.backbone.model, BlockRule("pattern", TTM_LAYERS), "partial", last_n, "error", "p")
+        plan_stage(ttm_1024.backbone.model, unfreeze_rule(TTM_LAYERS, last_n=last_n), scope="partial", stage="p")
 
 
 def test_nested_matches_are_an_error_naming_both(ttm_1024):
-    nested = BlockRule("pattern", rf"{TTM_LEVELS}(\.mixer_layers\.\d+)?")
+    nested = unfreeze_rule(rf"{TTM_LEVELS}(\.mixer_layers\.\d+)?")
     with pytest.raises(UnfreezeError) as err:
         find_blocks(ttm_1024.backbone.model, nested)
     assert "'encoder.mlp_mixer_encoder.mixers.0'" in str(err.value)
@@ -125,20 +131,20 @@ def test_nested_matches_are_an_error_naming_both(ttm_1024):
 
 def test_nested_matches_resolved_when_configured(ttm_1024):
     pattern = rf"{TTM_LEVELS}(\.mixer_layers\.\d+)?"
-    outer = find_blocks(ttm_1024.backbone.model, BlockRule("pattern", pattern, on_nested="outer"))
-    inner = find_blocks(ttm_1024.backbone.model, BlockRule("pattern", pattern, on_nested="inner"))
+    outer = find_blocks(ttm_1024.backbone.model, unfreeze_rule(pattern, on_nested="outer"))
+    inner = find_blocks(ttm_1024.backbone.model, unfreeze_rule(pattern, on_nested="inner"))
     assert [b.params for b in outer] == [65_280, 104_192, 374_400]
     assert len(inner) == 6
 
 
 def test_invalid_regex_is_a_clear_error(ttm_1024):
     with pytest.raises(UnfreezeError, match="not a valid regex"):
-        find_blocks(ttm_1024.backbone.model, BlockRule("pattern", r"encoder.(layers"))
+        find_blocks(ttm_1024.backbone.model, unfreeze_rule(r"encoder.(layers"))
 
 
 def test_patchtst_blocks_and_predecessor_rule():
     model = patchtst()
-    blocks = find_blocks(model.backbone.model, BlockRule("pattern", PATCHTST_LAYERS))
+    blocks = find_blocks(model.backbone.model, unfreeze_rule(PATCHTST_LAYERS))
     assert [b.name for b in blocks] == ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2"]
     # on PatchTST the depth rule selects the whole ModuleList as one block
     assert [b.name for b in find_blocks(model.backbone.model, PREDECESSOR)] == ["encoder.layers"]
@@ -148,8 +154,8 @@ def test_patchtst_blocks_and_predecessor_rule():
                                           (lambda: patchtst(channels=3), PATCHTST_LAYERS)])
 def test_only_trainable_parameters_receive_gradients(make, pattern):
     model = make()
-    rule = BlockRule("pattern", pattern)
-    report, selected = apply_stage(model, model.backbone.model, model.head, rule, "partial", 1, "error", "partial")
+    rule = unfreeze_rule(pattern)
+    report, selected = apply_stage(model, replace(rule, last_n=1), scope="partial", stage="partial")
     model.train()
     loss = model(torch.randn(4, 3, 128)).logsumexp(dim=1).mean()
     loss.backward()

@@ -34,7 +34,7 @@ def _template_quality(x: np.ndarray, fs: float) -> float:
         try:
             quality = nk.ppg_quality(nk.ppg_clean(x, sampling_rate=fs), sampling_rate=fs, method="templatematch")
             value = float(np.nanmean(quality))
-        except Exception:  # no detectable beat: the worst quality, not a crash
+        except (ValueError, IndexError, TypeError):  # what neurokit2 raises on a window without beats: worst quality
             value = 0.0
     return value if np.isfinite(value) else 0.0
 

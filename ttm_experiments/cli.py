@@ -1,6 +1,7 @@
 """What every command shares: the config path, schema registration, and clean user errors.
 
-Only the CLI modules (`train`, `inspect`) see a DictConfig; they turn it into typed specs at once.
+Only the CLI modules (`train`, `inspect`) see a DictConfig; they turn it into the typed config of
+`config/schema.py` at once.
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ from typing import Callable, TypeVar
 from ttm_experiments.config.schema import register_schema
 from ttm_experiments.errors import UserError
 
-# conf/ sits beside the package (editable install, as `make setup` does it)
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _shipped_config_dir() -> str:
+    """conf/ of the repository, which ships as the package `ttm_experiments.conf` (see setup.py).
+
+    After `pip install` it lies in site-packages; an editable install maps it onto the repository's folder;
+    a checkout used without installing (PYTHONPATH=.) has only the folder beside the package.
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("ttm_experiments.conf")
+    return str(Path(spec.origin).parent if spec else Path(__file__).resolve().parent.parent / "conf")
+
+
+CONFIG_DIR = _shipped_config_dir()
 CONFIG_NAME = "train"
 T = TypeVar("T")
 

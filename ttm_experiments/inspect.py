@@ -14,27 +14,23 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
-from ttm_experiments.config import spec as specs
+from ttm_experiments.cli import CONFIG_DIR, user_errors_exit
+from ttm_experiments.config.spec import to_config
 from ttm_experiments.models.backbones import build_classifier
-from ttm_experiments.unfreeze import apply_stage, count_params, find_blocks
+from ttm_experiments.unfreeze import apply_stage, count_params, describe, find_blocks
 
 NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
 
 
 def inspect_model(cfg: DictConfig) -> dict:
     """Blocks, selection and parameter counts for `unfreeze.last_n` (the partial stage)."""
-    config = specs.to_config(cfg)
-    model = build_classifier(specs.backbone_spec(config), NUM_CLASSES, config.backbone.head_hidden,
-                             config.backbone.head_dropout, config.backbone.scale_features)
-    rule = specs.block_rule(config)
-    root = model.backbone.model
-    blocks = find_blocks(root, rule)
-    report, selected = apply_stage(model, root, model.head, rule, "partial", config.unfreeze.last_n,
-                                   config.unfreeze.on_empty.value, "partial")
+    config = to_config(cfg)
+    model = build_classifier(config.backbone, num_channels=config.dataset.channels, num_classes=NUM_CLASSES)
+    blocks = find_blocks(model.backbone.model, config.unfreeze)
+    report, selected = apply_stage(model, config.unfreeze, scope="partial", stage="partial")
     return {
         "backbone": config.backbone.name,
-        "rule": rule.describe(),
+        "rule": describe(config.unfreeze),
         "last_n": config.unfreeze.last_n,
         "total_params": count_params(model),
         "backbone_params": count_params(model.backbone),
@@ -58,7 +54,7 @@ def format_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="inspect")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     info = inspect_model(cfg)

@@ -10,11 +10,13 @@ import logging
 import warnings
 
 import numpy as np
+from scipy import special
 from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    recall_score,
     roc_auc_score,
 )
 
@@ -22,19 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Recall of each class (NaN for a class absent from y_true)."""
-    out = np.full(num_classes, np.nan)
-    for k in range(num_classes):
-        mask = y_true == k
-        if mask.any():
-            out[k] = float((y_pred[mask] == k).mean())
-    return out
+    """Class probabilities [N, K] from logits [N, K]."""
+    return special.softmax(logits, axis=1)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
@@ -67,7 +58,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: t
     else:
         missing = [class_names[i] for i in range(k) if i not in present]
         log.warning("AUROC/AUPRC undefined: no sample of class(es) %s in this split; not logged", missing)
-    for name, acc in zip(class_names, per_class_accuracy(y_true, y_pred, k)):
+    # per-class accuracy is each class's recall; a class absent from y_true gets NaN and is left out
+    recalls = recall_score(y_true, y_pred, labels=list(range(k)), average=None, zero_division=np.nan)
+    for name, acc in zip(class_names, recalls):
         if not np.isnan(acc):
             out[f"acc/{name}"] = float(acc)
     return out
@@ -85,7 +78,9 @@ def confusion(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> np.nda
 def bootstrap_auroc_ci(y_true: np.ndarray, probs: np.ndarray, subjects: np.ndarray, n_boot: int = 1000,
                        seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile interval of AUROC, resampling **subjects** with replacement (windows of one subject are
-    correlated, so resampling windows would give intervals that are too narrow). None when undefined."""
+    correlated, so resampling windows would give intervals that are too narrow). None when undefined.
+
+    Hand-written: scipy's and sklearn's bootstraps resample samples, not groups of samples."""
     k = probs.shape[1]
     groups = np.unique(subjects)
     members = [np.flatnonzero(subjects == g) for g in groups]

@@ -1,28 +1,16 @@
 """`ttm-report`: compare the runs of an MLflow experiment (or of one sweep or Optuna study): a table and plots.
 
-    ttm-report                                             # the runs of experiment_name (ttm-ppg-quality)
     ttm-report report.sweep=unfreeze_lr-ttm_1024-synthetic  # one Optuna study (or a sweep folder, or part of it)
     ttm-report experiment_name=grid report.out_dir=/tmp/r   # another experiment, another folder
-    ttm-report tracking.uri=http://127.0.0.1:5000           # a tracking server
 
-Everything comes from MLflow (params, tags, metrics, per-epoch histories, stage runs), nothing from files
-beside it. Writes to `runs/reports/<experiment>[/<sweep>]/`:
-
-- `report.md`: the table, ranked by the objective (`optimized_metric` at the best epoch, val/auroc by
-  default), with test AUROC and its subject-bootstrap interval, per-class test accuracy, unfreeze strategy
-  and last_n, learning rate, the collapse flag, and whatever else varies between the runs; then the plots;
-- `runs.csv`: the same table, unrounded;
-- `auroc_heatmap.png`: mean AUROC over `unfreeze.last_n` x `optim.lr` (validation objective and test);
-- `per_class_accuracy.png`: test accuracy of each class per run;
-- `epochs.png`: validation AUROC and per-class accuracy over epochs, stages shaded, best epoch starred;
-
+Its config is `conf/report.yaml` (tracking, paths, experiment_name, report.*). Everything comes from MLflow;
+writes `report.md` (table ranked by the objective, then the plots), `runs.csv` (the table unrounded),
+`auroc_heatmap.png`, `per_class_accuracy.png` and `epochs.png` to `runs/reports/<experiment>[/<sweep>]/`,
 and logs them as a run of the experiment (tag `ttm.kind=report`).
 """
 
 from __future__ import annotations
 
-import csv
-import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
-from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
+from ttm_experiments.cli import CONFIG_DIR, user_errors_exit
+from ttm_experiments.config.schema import ReportConfig
 from ttm_experiments.errors import ConfigError, TrackingError
-
-log = logging.getLogger(__name__)
 
 # params that never describe what was trained (or are shown in their own column)
 # (schedule.stages follows schedule.name, backbone.kind and block_pattern follow backbone.name: showing the
@@ -84,6 +72,15 @@ class Row:
     def label(self) -> str:
         return f"{self.short_name} (last_n={self.last_n}, lr={_sci(self.lr)})"
 
+    @property
+    def best_text(self) -> str:
+        """The table's best-epoch cell: epoch and stage, or where a pruned run stopped."""
+        if self.state == "pruned":
+            last = max((step for step, _ in self.history.get(self.metric, [])), default=None)
+            return "pruned" if last is None else f"pruned at {last}"
+        best = self.metrics.get("best/epoch")
+        return "-" if best is None else f"{int(best)} ({self.tags.get('best.stage', '?')})"
+
 
 # -- reading MLflow -----------------------------------------------------------------------------------------------
 def _float(text: Any) -> float | None:
@@ -95,7 +92,7 @@ def _float(text: Any) -> float | None:
 
 
 def _sci(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1e}"
+    return "-" if value is None or pd.isna(value) else f"{value:.1e}"
 
 
 def _quoted(text: str) -> str:
@@ -104,19 +101,21 @@ def _quoted(text: str) -> str:
 
 def connect(uri: str, experiment: str):
     """The client and experiment id; a missing experiment lists the ones that exist."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     from ttm_experiments.tracking import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise TrackingError(f"tracking.uri={uri}: {db} does not exist; nothing has been tracked there yet. "
                             "Run ttm-train first, or point tracking.uri / paths.runs_dir at the store.")
-    from mlflow.tracking import MlflowClient
-
+    mlflow.set_tracking_uri(uri)  # mlflow.search_runs reads the global URI
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
         names = [e.name for e in client.search_experiments()] if found is None else []
-    except Exception as err:
+    except Exception as err:  # any store failure: re-raised as the user's error, with the URI
         raise TrackingError(f"tracking.uri={uri} cannot be read: {str(err).strip()[:300]}") from None
     if found is None:
         raise ConfigError(f"report.experiment={experiment!r}: no such MLflow experiment in {uri}; "
@@ -124,26 +123,20 @@ def connect(uri: str, experiment: str):
     return client, found.experiment_id
 
 
-def search(client, experiment_id: str, sweep: str | None, max_runs: int) -> list:
-    """Train runs (not stage, study or report runs) of the experiment, or of one sweep / Optuna study."""
+def search(experiment_id: str, sweep: str | None, max_runs: int) -> list:
+    """Train runs (not stage, study or report runs) of the experiment, or of one sweep / Optuna study, newest first."""
+    import mlflow
+
     queries = ["tags.schedule LIKE '%'"]
     if sweep:
         queries = [f"tags.`optuna.study` = {_quoted(sweep)}", f"tags.sweep LIKE {_quoted('%' + sweep + '%')}"]
-    runs: dict[str, Any] = {}
-    for query in queries:
-        token = None
-        while len(runs) < max_runs:
-            page = client.search_runs([experiment_id], query, max_results=min(500, max_runs),
-                                      order_by=["attributes.start_time DESC"], page_token=token)
-            for run in page:
-                tags = run.data.tags
-                if "stage" in tags or tags.get("ttm.kind") in ("study", "report") or "schedule" not in tags:
-                    continue
-                runs.setdefault(run.info.run_id, run)
-            token = page.token
-            if not token:
-                break
-    return list(runs.values())[:max_runs]
+    # Run objects, not the DataFrame: their metrics keep the logging order, which gives the class order
+    found = {run.info.run_id: run for q in queries
+             for run in mlflow.search_runs([experiment_id], q, max_results=max_runs, output_format="list",
+                                           order_by=["attributes.start_time DESC"])}
+    train = [run for run in found.values() if "stage" not in run.data.tags and "schedule" in run.data.tags
+             and run.data.tags.get("ttm.kind") not in ("study", "report")]
+    return train[:max_runs]
 
 
 def to_row(run) -> Row:
@@ -153,23 +146,21 @@ def to_row(run) -> Row:
         state = "finished"
     elif tags.get("optuna.state") == "PRUNED" or "pruned" in tags:
         state = "pruned"
-    elif status == "RUNNING":
-        state = "running"
     else:
-        state = "failed"
-    metric = params.get("optimized_metric", "val/auroc")
-    return Row(run.info.run_id, tags.get("mlflow.runName", run.info.run_id[:8]), state, params, tags, metrics, metric)
+        state = "running" if status == "RUNNING" else "failed"
+    return Row(run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_id[:8]), state=state,
+               params=params, tags=tags, metrics=metrics, metric=params.get("optimized_metric", "val/auroc"))
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def load_details(client, experiment_id: str, row: Row, classes: list[str]) -> None:
     """Per-epoch validation history (parent run, step = epoch across stages) and the stage boundaries."""
-    keys = ["val/auroc", *[f"val/acc/{c}" for c in classes]]
-    if row.metric not in keys:
-        keys.append(row.metric)
-    for key in keys:
-        row.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, key))
-    children = client.search_runs([experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{row.run_id}'", max_results=100)
+    keys = dict.fromkeys(["val/auroc", *[f"val/acc/{c}" for c in classes], row.metric])
+    row.history.update({key: _history(client, row.run_id, key) for key in keys})
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{row.run_id}'", max_results=100)
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/auroc")]
         if not steps:  # an SSL stage logs other metrics
@@ -179,9 +170,13 @@ def load_details(client, experiment_id: str, row: Row, classes: list[str]) -> No
     row.stages.sort(key=lambda s: s[1])
 
 
+def _uses_best_auroc(row: Row) -> bool:
+    return row.metric == "val/auroc" and row.state == "finished" and "best/val_auroc" in row.metrics
+
+
 def objective(row: Row, maximize: bool) -> float | None:
     """`optimized_metric` at the best epoch; for a pruned run, the best value it reached before it stopped."""
-    if row.metric == "val/auroc" and row.state == "finished" and "best/val_auroc" in row.metrics:
+    if _uses_best_auroc(row):
         return row.metrics["best/val_auroc"]
     history = row.history.get(row.metric)
     if not history:
@@ -195,43 +190,35 @@ def objective(row: Row, maximize: bool) -> float | None:
 
 
 def classes_of(rows: list[Row]) -> list[str]:
-    seen: list[str] = []
-    for r in rows:
-        for key in r.metrics:
-            m = re.fullmatch(r"(?:test|val)/acc/(.+)", key)
-            if m and m.group(1) not in seen:
-                seen.append(m.group(1))
-    return seen
+    found = (re.fullmatch(r"(?:test|val)/acc/(.+)", key) for r in rows for key in r.metrics)
+    return list(dict.fromkeys(m.group(1) for m in found if m))
+
+
+def _maximize(row: Row) -> bool:
+    return row.params.get("search.direction", "maximize") != "minimize"
 
 
 def collect(client, experiment_id: str, sweep: str | None, max_runs: int) -> tuple[list[Row], list[str]]:
-    rows = [to_row(r) for r in search(client, experiment_id, sweep, max_runs)]
-    classes = classes_of(rows)
+    """The runs as rows, best first (finished, then pruned, running, failed), and the class names they log."""
+    rows = [to_row(run) for run in search(experiment_id, sweep, max_runs)]
     if len({r.tags.get("optuna.study") for r in rows}) > 1:  # trial-3 of which study
         for r in rows:
             if r.tags.get("optuna.study"):
                 r.name = f"{r.tags['optuna.study']}/{r.name}"
     for row in rows:
-        maximize = row.params.get("search.direction", "maximize") != "minimize"
-        if not (row.metric == "val/auroc" and row.state == "finished" and "best/val_auroc" in row.metrics):
-            row.history[row.metric] = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, row.metric))
-        row.objective = objective(row, maximize)
-    maximize = not rows or rows[0].params.get("search.direction", "maximize") != "minimize"
-    rows.sort(key=lambda r: (STATE_ORDER.get(r.state, 9), r.objective is None,
-                             -(r.objective or 0.0) if maximize else (r.objective or 0.0)))
-    return rows, classes
+        if not _uses_best_auroc(row):
+            row.history[row.metric] = _history(client, row.run_id, row.metric)
+        row.objective = objective(row, _maximize(row))
+    sign = -1.0 if not rows or _maximize(rows[0]) else 1.0
+    rows.sort(key=lambda r: (STATE_ORDER.get(r.state, 9), r.objective is None, sign * (r.objective or 0.0)))
+    return rows, classes_of(rows)
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
 def varied_params(rows: list[Row]) -> list[str]:
     keys = sorted({k for r in rows for k in r.params})
-    out = []
-    for key in keys:
-        if key.startswith(_NOT_VARIED) or key in _NOT_VARIED:
-            continue
-        if len({r.params.get(key) for r in rows}) > 1:
-            out.append(key)
-    return out
+    return [k for k in keys if not (k.startswith(_NOT_VARIED) or k in _NOT_VARIED)
+            and len({r.params.get(k) for r in rows}) > 1]
 
 
 def _short(text: str) -> str:
@@ -242,52 +229,55 @@ def _short(text: str) -> str:
 
 
 def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def table(rows: list[Row], classes: list[str]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
-    """Header, formatted cells (Markdown), raw records (CSV)."""
+def records(rows: list[Row], classes: list[str]) -> pd.DataFrame:
+    """One unrounded record per run, best first: the content of runs.csv."""
     varied = varied_params(rows)
-    metric = rows[0].metric if rows else "val/auroc"
-    header = ["#", "run", "state", "strategy", "last_n", "lr", f"{metric} (objective)", "best epoch",
-              "test AUROC [95% CI]", *[f"test acc {c}" for c in classes], "test bal. acc", "collapse"]
-    if varied:
-        header.append("other params that vary")
-    cells, records = [], []
-    for i, r in enumerate(rows, 1):
+
+    def record(rank: int, r: Row) -> dict[str, Any]:
         m = r.metrics
-        auroc, low, high = m.get("test/auroc"), m.get("test/auroc_ci_low"), m.get("test/auroc_ci_high")
-        test_text = _num(auroc) + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
-        best = m.get("best/epoch")
-        best_text = "-" if best is None else f"{int(best)} ({r.tags.get('best.stage', '?')})"
-        if r.state == "pruned":
-            last = max((s for s, _ in r.history.get(r.metric, [])), default=None)
-            best_text = f"pruned at {last}" if last is not None else "pruned"
-        row = [str(i), r.name, r.state, r.strategy, r.last_n, _sci(r.lr), _num(r.objective), best_text, test_text,
-               *[_num(m.get(f"test/acc/{c}")) for c in classes], _num(m.get("test/balanced_acc")),
-               "**yes**" if r.collapse else "no"]
-        if varied:
-            row.append(" ".join(f"{k}={_short(r.params.get(k, '-'))}" for k in varied))
-        cells.append(row)
-        record = {"rank": i, "run_id": r.run_id, "run": r.name, "state": r.state, "strategy": r.strategy,
-                  "last_n": r.last_n, "lr": r.lr, "objective": r.objective, "metric": r.metric,
-                  "best_epoch": best, "best_stage": r.tags.get("best.stage"), "test_auroc": auroc,
-                  "test_auroc_ci_low": low, "test_auroc_ci_high": high,
-                  **{f"test_acc_{c}": m.get(f"test/acc/{c}") for c in classes},
-                  "test_balanced_acc": m.get("test/balanced_acc"), "mode_collapse": r.collapse,
-                  "optuna_study": r.tags.get("optuna.study"), "optuna_trial": r.tags.get("optuna.trial"),
-                  "sweep": r.tags.get("sweep"), **{k: r.params.get(k) for k in varied}}
-        records.append(record)
-    return header, cells, records
+        return {"rank": rank, "run_id": r.run_id, "run": r.name, "state": r.state, "strategy": r.strategy,
+                "last_n": r.last_n, "lr": r.lr, "objective": r.objective, "metric": r.metric,
+                "best_epoch": m.get("best/epoch"), "best_stage": r.tags.get("best.stage"),
+                "test_auroc": m.get("test/auroc"), "test_auroc_ci_low": m.get("test/auroc_ci_low"),
+                "test_auroc_ci_high": m.get("test/auroc_ci_high"),
+                **{f"test_acc_{c}": m.get(f"test/acc/{c}") for c in classes},
+                "test_balanced_acc": m.get("test/balanced_acc"), "mode_collapse": r.collapse,
+                "optuna_study": r.tags.get("optuna.study"), "optuna_trial": r.tags.get("optuna.trial"),
+                "sweep": r.tags.get("sweep"), **{k: r.params.get(k) for k in varied}}
+
+    return pd.DataFrame([record(rank, r) for rank, r in enumerate(rows, 1)])
 
 
-def markdown_table(header: list[str], cells: list[list[str]]) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
+def display_table(rows: list[Row], table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The records formatted for report.md, under the headers a reader sees."""
+    def num(column: str) -> pd.Series:
+        return table[column].map(_num)
 
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in cells]
-    return "\n".join(lines)
+    interval = [f" [{lo:.3f}, {hi:.3f}]" if not (pd.isna(lo) or pd.isna(hi)) else ""
+                for lo, hi in zip(table["test_auroc_ci_low"], table["test_auroc_ci_high"])]
+    shown = pd.DataFrame({
+        "#": table["rank"].astype(str), "run": table["run"], "state": table["state"], "strategy": table["strategy"],
+        "last_n": table["last_n"], "lr": table["lr"].map(_sci), f"{rows[0].metric} (objective)": num("objective"),
+        "best epoch": [r.best_text for r in rows], "test AUROC [95% CI]": num("test_auroc") + interval,
+        **{f"test acc {c}": num(f"test_acc_{c}") for c in classes}, "test bal. acc": num("test_balanced_acc"),
+        "collapse": table["mode_collapse"].map({True: "**yes**", False: "no"})})
+    varied = varied_params(rows)
+    if varied:
+        shown["other params that vary"] = [" ".join(f"{k}={_short(r.params.get(k, '-'))}" for k in varied)
+                                           for r in rows]
+    return shown
+
+
+def markdown_table(shown: pd.DataFrame) -> str:
+    # DataFrame.to_markdown needs the optional `tabulate`; a pipe table is three lines
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(shown.columns), "|" + "|".join("---" for _ in shown.columns) + "|",
+                      *(line(row) for row in shown.itertuples(index=False))])
 
 
 # -- the plots ------------------------------------------------------------------------------------------------------
@@ -313,54 +303,62 @@ def _lr_axis(rows: list[Row]) -> tuple[list[str], Any, bool]:
     return labels, lambda lr: int(min(np.searchsorted(edges, lr, side="right") - 1, len(labels) - 1)), True
 
 
-def heatmap_figure(rows: list[Row], classes: list[str]):
-    """Mean AUROC per (strategy, last_n) x learning rate: the validation objective next to the test AUROC."""
+def _cell_means(done: list[Row], ys: list[tuple[str, str]], x_of, n_x: int, value_of):
+    """Mean of `value_of(run)` per (strategy, last_n) x learning-rate cell (NaN where no run), and the counts."""
     import numpy as np
 
+    sums = np.zeros((len(ys), n_x))
+    counts = np.zeros_like(sums)
+    for r in done:
+        value, x = value_of(r), x_of(r.lr)
+        if value is not None and x is not None:
+            y = ys.index((r.strategy, r.last_n))
+            sums[y, x] += value
+            counts[y, x] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / np.where(counts == 0, np.nan, counts), counts
+
+
+def _heatmap_panel(fig, ax, grid, counts, cmap) -> None:
+    """One panel: the cells coloured on the panel's own scale, each cell's mean (and n) written in it."""
+    import numpy as np
+
+    finite = grid[np.isfinite(grid)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.5, 1.0)
+    if vmax - vmin < 0.02:  # a flat panel would divide by ~0 in the text colour below
+        vmin, vmax = vmin - 0.01, vmax + 0.01
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for (y, x), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            bright = (value - vmin) / (vmax - vmin) > 0.6
+            text = f"{value:.3f}" + (f"\nn={int(counts[y, x])}" if counts[y, x] > 1 else "")
+            ax.text(x, y, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
+        else:
+            ax.text(x, y, "no run", ha="center", va="center", fontsize=7, color="#888888")
+    fig.colorbar(im, ax=ax, label="AUROC", shrink=0.9, pad=0.02)
+
+
+def heatmap_figure(rows: list[Row]):
+    """Mean AUROC per (strategy, last_n) x learning rate: the validation objective next to the test AUROC."""
     plt = _plt()
     done = [r for r in rows if r.state == "finished" and r.lr is not None]
     if not done:
         return None
     strategies = sorted({r.strategy for r in done})
     ys = sorted({(r.strategy, r.last_n) for r in done}, key=lambda k: (k[0], _float(k[1]) or 0))
-    y_labels = [f"{s}, last_n={n}" if len(strategies) > 1 else f"last_n={n}" for s, n in ys]
     x_labels, x_of, binned = _lr_axis(done)
     panels = [("validation " + done[0].metric + " at the best epoch (the objective)", lambda r: r.objective),
               ("test AUROC of the best checkpoint", lambda r: r.metrics.get("test/auroc"))]
     width = max(3.2, 1.15 * len(x_labels) + 1.0)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 3.4, 0.6 * len(ys) + 2.4), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 3.4, 0.6 * len(ys) + 2.4), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis").copy()
     cmap.set_bad("#eeeeee")
-    for ax, (title, get) in zip(axes[0], panels):
-        sums = np.zeros((len(ys), len(x_labels)))
-        counts = np.zeros_like(sums)
-        for r in done:
-            value, x = get(r), x_of(r.lr)
-            if value is None or x is None:
-                continue
-            y = ys.index((r.strategy, r.last_n))
-            sums[y, x] += value
-            counts[y, x] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            grid = sums / np.where(counts == 0, np.nan, counts)
-        finite = grid[np.isfinite(grid)]
-        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.5, 1.0)
-        if vmax - vmin < 0.02:
-            vmin, vmax = vmin - 0.01, vmax + 0.01
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for ax, (title, value_of) in zip(axes[0], panels):
+        _heatmap_panel(fig, ax, *_cell_means(done, ys, x_of, len(x_labels), value_of), cmap)
         ax.set_xticks(range(len(x_labels)), x_labels, fontsize=8)
         ax.set_xlabel("optim.lr" + (" (log-spaced bins of the sampled values)" if binned else ""))
         ax.set_title(title, fontsize=10)
-        for (y, x), value in np.ndenumerate(grid):
-            if np.isfinite(value):
-                bright = (value - vmin) / (vmax - vmin) > 0.6
-                text = f"{value:.3f}" + (f"\nn={int(counts[y, x])}" if counts[y, x] > 1 else "")
-                ax.text(x, y, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
-            else:
-                ax.text(x, y, "no run", ha="center", va="center", fontsize=7, color="#888888")
-        fig.colorbar(im, ax=ax, label="AUROC", shrink=0.9, pad=0.02)
-    axes[0][0].set_yticks(range(len(ys)), y_labels)
+    axes[0][0].set_yticks(range(len(ys)), [f"{s}, last_n={n}" if len(strategies) > 1 else f"last_n={n}" for s, n in ys])
     axes[0][0].set_ylabel("blocks unfrozen in the partial stage")
     fig.suptitle(f"AUROC over unfreeze.last_n x learning rate: mean of the {len(done)} finished runs per cell "
                  "(each panel has its own colour scale)", fontsize=10)
@@ -369,7 +367,7 @@ def heatmap_figure(rows: list[Row], classes: list[str]):
     return fig
 
 
-def per_class_figure(rows: list[Row], classes: list[str], threshold: float = 0.05, limit: int = 24):
+def per_class_figure(rows: list[Row], classes: list[str], *, threshold: float = 0.05, limit: int = 24):
     """Test accuracy of each class per run (best first), balanced accuracy as a mark, collapse flagged."""
     import numpy as np
 
@@ -408,49 +406,42 @@ def per_class_figure(rows: list[Row], classes: list[str], threshold: float = 0.0
     return fig
 
 
-def epochs_figure(rows: list[Row], classes: list[str], threshold: float = 0.05, ranks: dict[str, int] | None = None):
-    """Validation AUROC and per-class accuracy over epochs for the drawn runs; stages shaded, best epoch starred."""
+def _stage_starts(row: Row) -> list[int]:
+    return [first for _, first, _ in row.stages]
+
+
+def _shade_stages(axes, reference: Row) -> None:
+    """The reference run's stages as alternating bands, named above the top panel."""
+    for ax in axes:
+        for i, (_, first, last) in enumerate(reference.stages):
+            ax.axvspan(first - 0.5, last + 0.5, color="#e3ecf7" if i % 2 == 0 else "#f4f4f4", zorder=0)
+    for name, first, last in reference.stages:
+        axes[0].text((first + last) / 2, 1.01, name, transform=axes[0].get_xaxis_transform(), ha="center",
+                     va="bottom", fontsize=9, color="#333333")
+
+
+def _plot_run(axes, keys: list[str], row: Row, *, color, label: str, own_stages: bool) -> None:
+    """One run's curves: pruned runs end in a cross, the best epoch is starred."""
+    best = row.metrics.get("best/epoch")
+    for ax, key in zip(axes, keys):
+        points = row.history.get(key, [])
+        if not points:
+            continue
+        steps, values = zip(*points)
+        ax.plot(steps, values, color=color, lw=1.6, marker="o", ms=3, label=label)
+        if row.state == "pruned":
+            ax.plot(steps[-1], values[-1], marker="x", ms=10, color=color, mew=2.2, zorder=4)
+        if best is not None and int(best) in steps:
+            ax.plot(int(best), values[steps.index(int(best))], marker="*", ms=13, color=color, mec="black",
+                    mew=0.6, zorder=5)
+        if own_stages:  # this run's schedule differs from the shaded one: its stage starts, in its colour
+            for first in _stage_starts(row)[1:]:
+                ax.axvline(first - 0.5, color=color, lw=1.0, ls="--", alpha=0.7, zorder=1)
+
+
+def _label_epoch_axes(axes, classes: list[str], threshold: float) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
-    ranks = ranks or {r.run_id: i + 1 for i, r in enumerate(rows)}
-    drawn = [r for r in rows if r.history.get("val/auroc")]
-    if not drawn:
-        return None
-    keys = ["val/auroc", *[f"val/acc/{c}" for c in classes]]
-    fig, axes = plt.subplots(len(keys), 1, figsize=(10.5, 2.2 * len(keys) + 0.9), sharex=True, squeeze=False)
-    axes = axes[:, 0]
-    colors = plt.get_cmap("tab10")
-    reference = next((r for r in drawn if r.stages), None)
-    starts = (lambda r: [first for _, first, _ in r.stages])  # a pruned run has a prefix of the stages
-    if reference is not None:
-        for ax in axes:
-            for i, (name, first, last) in enumerate(reference.stages):
-                ax.axvspan(first - 0.5, last + 0.5, color="#e3ecf7" if i % 2 == 0 else "#f4f4f4", zorder=0)
-        for name, first, last in reference.stages:
-            axes[0].text((first + last) / 2, 1.01, name, transform=axes[0].get_xaxis_transform(), ha="center",
-                         va="bottom", fontsize=9, color="#333333")
-    other_stages = False
-    for i, r in enumerate(drawn):
-        color = colors(i % 10)
-        differs = reference is not None and r.stages and starts(r) != starts(reference)[:len(r.stages)]
-        other_stages |= bool(differs)
-        for ax, key in zip(axes, keys):
-            points = r.history.get(key, [])
-            if not points:
-                continue
-            steps, values = zip(*points)
-            ax.plot(steps, values, color=color, lw=1.6, marker="o", ms=3,
-                    label=f"#{ranks[r.run_id]} {r.label}" + (" - pruned" if r.state == "pruned" else ""))
-            if r.state == "pruned":
-                ax.plot(steps[-1], values[-1], marker="x", ms=10, color=color, mew=2.2, zorder=4)
-            best = r.metrics.get("best/epoch")
-            if best is not None and int(best) in steps:
-                ax.plot(int(best), values[steps.index(int(best))], marker="*", ms=13, color=color, mec="black",
-                        mew=0.6, zorder=5)
-            if differs:  # this run's own stage starts, in its colour
-                for first in starts(r)[1:]:
-                    ax.axvline(first - 0.5, color=color, lw=1.0, ls="--", alpha=0.7, zorder=1)
     axes[0].set_ylabel("val AUROC")
     for ax, c in zip(axes[1:], classes):
         ax.set_ylabel(f"val accuracy of\nclass {c}")
@@ -460,50 +451,73 @@ def epochs_figure(rows: list[Row], classes: list[str], threshold: float = 0.05, 
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("epoch (counted across stages)")
+
+
+def epochs_figure(rows: list[Row], classes: list[str], *, threshold: float = 0.05,
+                  ranks: dict[str, int] | None = None):
+    """Validation AUROC and per-class accuracy over epochs for the drawn runs; stages shaded, best epoch starred."""
+    plt = _plt()
+    ranks = ranks or {r.run_id: i + 1 for i, r in enumerate(rows)}
+    drawn = [r for r in rows if r.history.get("val/auroc")]
+    if not drawn:
+        return None
+    keys = ["val/auroc", *[f"val/acc/{c}" for c in classes]]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10.5, 2.2 * len(keys) + 0.9), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    reference = next((r for r in drawn if r.stages), None)
+    if reference is not None:
+        _shade_stages(axes, reference)
+    other_stages = False
+    for i, r in enumerate(drawn):
+        # a pruned run has a prefix of the stages: only another schedule counts as different
+        differs = bool(reference is not None and r.stages
+                       and _stage_starts(r) != _stage_starts(reference)[:len(r.stages)])
+        other_stages |= differs
+        label = f"#{ranks[r.run_id]} {r.label}" + (" - pruned" if r.state == "pruned" else "")
+        _plot_run(axes, keys, r, color=plt.get_cmap("tab10")(i % 10), label=label, own_stages=differs)
+    _label_epoch_axes(axes, classes, threshold)
     notes = [f"shading: stages of run #{ranks[reference.run_id]}" if reference is not None else "",
              "dashed: stage starts of runs with another schedule" if other_stages else "",
              "* best epoch (tested checkpoint)", "x pruned", f"red line: collapse threshold {threshold:g}"]
     fig.suptitle("Validation AUROC and per-class accuracy per epoch", fontsize=11)
     axes[0].set_title("; ".join(n for n in notes if n), fontsize=8, pad=16, color="#444444")
     handles, labels = axes[0].get_legend_handles_labels()
-    n_rows = math.ceil(len(labels) / 2)
-    fig.tight_layout(rect=(0, 0.026 * n_rows + 0.012, 1, 1))
+    fig.tight_layout(rect=(0, 0.026 * math.ceil(len(labels) / 2) + 0.012, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     plt.close(fig)
     return fig
 
 
 # -- the report -----------------------------------------------------------------------------------------------------
+CAPTIONS = {"auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean over runs per cell)",
+            "per_class_accuracy.png": "Per-class test accuracy per run",
+            "epochs.png": "Validation AUROC and per-class accuracy over epochs (top {drawn} runs)"}
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "sweep"
 
 
-def build_report(uri: str, experiment: str, sweep: str | None, out_dir: Path, max_runs: int = 500, top: int = 8,
-                 threshold: float = 0.05) -> dict[str, Any]:
-    """Read the runs, write table and plots to `out_dir`; returns what was written (paths, counts)."""
-    client, experiment_id = connect(uri, experiment)
-    rows, classes = collect(client, experiment_id, sweep, max_runs)
-    if not rows:
-        where = f"sweep/study {sweep!r} of " if sweep else ""
-        raise ConfigError(f"no ttm-train runs in {where}experiment {experiment!r} ({uri}); "
-                          "report.sweep filters on the sweep folder or the Optuna study name")
-    drawn = [r for r in rows if r.state in ("finished", "pruned")][:top]
-    for row in drawn:
-        load_details(client, experiment_id, row, classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    header, cells, records = table(rows, classes)
-    with open(out_dir / "runs.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    figures = {"auroc_heatmap.png": heatmap_figure(rows, classes),
-               "per_class_accuracy.png": per_class_figure(rows, classes, threshold),
-               "epochs.png": epochs_figure(drawn, classes, threshold, {r.run_id: i + 1 for i, r in enumerate(rows)})}
-    written = [out_dir / "runs.csv"]
+def _collapse_threshold(rows: list[Row]) -> float:
+    """The threshold the runs flagged collapse with (their `trainer.collapse_threshold`; 0.05 by default)."""
+    value = _float(rows[0].params.get("trainer.collapse_threshold"))
+    return 0.05 if value is None else value
+
+
+def _save_figures(out_dir: Path, rows: list[Row], drawn: list[Row], classes: list[str], threshold: float) -> list[str]:
+    """The plots that have something to show, saved in `out_dir`; returns their file names."""
+    ranks = {r.run_id: i + 1 for i, r in enumerate(rows)}
+    figures = {"auroc_heatmap.png": heatmap_figure(rows),
+               "per_class_accuracy.png": per_class_figure(rows, classes, threshold=threshold),
+               "epochs.png": epochs_figure(drawn, classes, threshold=threshold, ranks=ranks)}
     for name, fig in figures.items():
         if fig is not None:
             fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
-            written.append(out_dir / name)
+    return [name for name, fig in figures.items() if fig is not None]
+
+
+def _markdown(*, uri: str, experiment: str, sweep: str | None, rows: list[Row], table: str, figures: list[str],
+              drawn: int, threshold: float) -> str:
     counts = {s: sum(r.state == s for r in rows) for s in STATE_ORDER}
     best = rows[0]
     title = f"ttm-report: experiment `{experiment}`" + (f", sweep/study `{sweep}`" if sweep else "")
@@ -517,17 +531,37 @@ def build_report(uri: str, experiment: str, sweep: str | None, out_dir: Path, ma
         lines += [f"Best: **{best.name}** (`{best.run_id}`), {best.metric} = {_num(best.objective)}, "
                   f"test AUROC {_num(best.metrics.get('test/auroc'))}, unfreeze {best.strategy} "
                   f"last_n={best.last_n}, lr={_sci(best.lr)}.", ""]
-    lines += [markdown_table(header, cells), ""]
-    captions = {"auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean over runs per cell)",
-                "per_class_accuracy.png": "Per-class test accuracy per run",
-                "epochs.png": f"Validation AUROC and per-class accuracy over epochs (top {len(drawn)} runs)"}
-    for name, caption in captions.items():
-        if (out_dir / name).exists() and figures[name] is not None:
-            lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    (out_dir / "report.md").write_text("\n".join(lines))
-    written.insert(0, out_dir / "report.md")
-    return {"rows": rows, "classes": classes, "files": written, "table": markdown_table(header, cells),
-            "experiment_id": experiment_id, "client": client, "counts": counts}
+    lines += [table, ""]
+    for name in figures:
+        caption = CAPTIONS[name].format(drawn=drawn)
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    return "\n".join(lines)
+
+
+def build_report(*, uri: str, experiment: str, sweep: str | None, out_dir: Path, max_runs: int = 500,
+                 top: int = 8) -> dict[str, Any]:
+    """Read the runs, write table and plots to `out_dir`; returns the rows, the Markdown table and the files."""
+    client, experiment_id = connect(uri, experiment)
+    rows, classes = collect(client, experiment_id, sweep, max_runs)
+    if not rows:
+        where = f"sweep/study {sweep!r} of " if sweep else ""
+        raise ConfigError(f"no ttm-train runs in {where}experiment {experiment!r} ({uri}); "
+                          "report.sweep filters on the sweep folder or the Optuna study name")
+    drawn = [r for r in rows if r.state in ("finished", "pruned")][:top]
+    for row in drawn:
+        load_details(client, experiment_id, row, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = records(rows, classes)
+    table.to_csv(out_dir / "runs.csv", index=False, lineterminator="\r\n")  # as the csv module writes it
+    threshold = _collapse_threshold(rows)
+    figures = _save_figures(out_dir, rows, drawn, classes, threshold)
+    markdown = markdown_table(display_table(rows, table, classes))
+    (out_dir / "report.md").write_text(_markdown(uri=uri, experiment=experiment, sweep=sweep, rows=rows,
+                                                 table=markdown, figures=figures, drawn=len(drawn),
+                                                 threshold=threshold))
+    files = [out_dir / "report.md", out_dir / "runs.csv", *(out_dir / name for name in figures)]
+    return {"rows": rows, "classes": classes, "files": files, "table": markdown,
+            "counts": {s: sum(r.state == s for r in rows) for s in STATE_ORDER}}
 
 
 def log_report(uri: str, experiment: str, sweep: str | None, result: dict[str, Any]) -> str:
@@ -546,27 +580,23 @@ def log_report(uri: str, experiment: str, sweep: str | None, result: dict[str, A
     return str(tracker.run_id)
 
 
-def out_dir_for(runs_dir: str, experiment: str, sweep: str | None, out_dir: str | None) -> Path:
-    if out_dir:
-        return Path(out_dir)
-    base = Path(runs_dir) / "reports" / _slug(experiment)
-    return base / _slug(sweep) if sweep else base
-
-
 def report(cfg: DictConfig) -> dict[str, Any]:
-    r = cfg.report
+    """`ttm-report` on a composed `conf/report.yaml`: the report, and the MLflow run it was logged as."""
+    conf: ReportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    r = conf.report
     if r.max_runs < 1 or r.top < 0:
         raise ConfigError(f"report.max_runs={r.max_runs} must be >= 1 and report.top={r.top} >= 0")
-    experiment = r.experiment or cfg.experiment_name
-    uri = str(cfg.tracking.uri)
-    out = out_dir_for(str(cfg.paths.runs_dir), experiment, r.sweep, r.out_dir)
-    result = build_report(uri, experiment, r.sweep, out, r.max_runs, r.top, float(cfg.trainer.collapse_threshold))
+    experiment = r.experiment or conf.experiment_name
+    default = Path(conf.paths.runs_dir) / "reports" / _slug(experiment)
+    out = Path(r.out_dir) if r.out_dir else default / _slug(r.sweep) if r.sweep else default
+    result = build_report(uri=conf.tracking.uri, experiment=experiment, sweep=r.sweep, out_dir=out,
+                          max_runs=r.max_runs, top=r.top)
     if r.log_to_mlflow:
-        result["run_id"] = log_report(uri, experiment, r.sweep, result)
+        result["run_id"] = log_report(conf.tracking.uri, experiment, r.sweep, result)
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     result = report(cfg)

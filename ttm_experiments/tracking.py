@@ -8,7 +8,6 @@ any long work starts: an unreachable server fails fast, with the URI and the fix
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -16,31 +15,17 @@ from typing import Any, Callable, Protocol, TypeVar
 
 from ttm_experiments.errors import TrackingError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class Tracker(Protocol):
-    def start_run(self, run_name: str | None, tags: dict[str, str]) -> str: ...
-    def attach(self, run_id: str, stage_run_id: str | None) -> None:
-        """Continue existing runs (resume): mark them RUNNING again instead of creating new ones."""
-        self.run_id, self.stage_run_id = run_id, stage_run_id
-        for rid in filter(None, (run_id, stage_run_id)):
-            _retry_locked(lambda: self.client.update_run(rid, status="RUNNING"))
-
-    def has_metric_step(self, key: str, step: int) -> bool:
-        history = _retry_locked(lambda: self.client.get_metric_history(self.run_id, key))
-        return any(m.step == step for m in history)
+    """What the training loop logs through (`MlflowTracker` implements it; tests and benchmarks stub it)."""
 
     def start_stage(self, name: str, tags: dict[str, str]) -> str: ...
     def end_stage(self, status: str = "FINISHED") -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, str], stage: bool = False) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str, stage: bool = False) -> None: ...
-    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
-    def log_artifact(self, path: Path) -> None: ...
-    def end_run(self, status: str = "FINISHED") -> None: ...
 
 
 def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:

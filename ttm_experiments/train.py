@@ -50,13 +50,16 @@ def run_info(cfg: DictConfig) -> RunInfo:
 
 
 def train(cfg: DictConfig) -> float:
-    """Run one configuration and return its objective (best `val/auroc`) for sweeps and Optuna."""
+    """Run one configuration and return its objective (best `val/auroc`) for sweeps and Optuna.
+
+    A baseline backbone (`backbone=baseline_sqi`, `baseline_site`) runs the baseline recipe."""
     from ttm_experiments.config.spec import to_config
-    from ttm_experiments.training.recipe import recipe_for
+    from ttm_experiments.training.baseline import BASELINE_KINDS, BaselineRecipe
+    from ttm_experiments.training.recipe import TrainRecipe, run_recipe
 
     config = to_config(cfg)
-    outcome = recipe_for(config, run_info(cfg)).run()
-    return outcome.objective
+    recipe = BaselineRecipe if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe
+    return run_recipe(recipe(config, run_info(cfg))).objective
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)

@@ -2,11 +2,8 @@
 
 One function, `find_blocks`, turns any `nn.Module` into an ordered, non-overlapping list of blocks
 (input to output). Unfreezing, layer-wise learning-rate decay and `ttm-inspect` all read that one list,
-so what `ttm-inspect` shows is exactly what training unfreezes.
-
-The predecessor's rule ("name contains layer/block and has at most one dot") matched nothing on TTM and
-training went on with a frozen encoder. Here a stage that asks for blocks and gets none is an error
-(`on_empty=error`) raised before any training, naming the candidate modules and the override that fixes it.
+so what `ttm-inspect` shows is exactly what training unfreezes. A stage that asks for blocks and gets none
+stops before training (`unfreeze.on_empty=error`), naming the candidate modules and the fix.
 """
 
 from __future__ import annotations
@@ -14,31 +11,26 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from torch import nn
 
+from ttm_experiments.config.schema import OnEmpty, OnNested, UnfreezeConf, UnfreezeStrategy
 from ttm_experiments.errors import UnfreezeError
+
+if TYPE_CHECKING:
+    from ttm_experiments.models.backbones import Classifier
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["head", "partial", "full"]
 
 
-@dataclass(frozen=True)
-class BlockRule:
-    """How blocks are found: a regex (`pattern`) or the predecessor's depth rule (`depth`)."""
-
-    strategy: Literal["pattern", "depth"]
-    pattern: str | None = None
-    keywords: tuple[str, ...] = ("layer", "block")
-    max_dots: int = 1
-    on_nested: Literal["error", "outer", "inner"] = "error"
-
-    def describe(self) -> str:
-        if self.strategy == "pattern":
-            return f"pattern '{self.pattern}'"
-        return f"depth rule (keywords {list(self.keywords)}, max_dots {self.max_dots})"
+def describe(rule: UnfreezeConf) -> str:
+    """How blocks are found, in words: the regex or the predecessor's depth rule."""
+    if rule.strategy == UnfreezeStrategy.pattern:
+        return f"pattern '{rule.pattern}'"
+    return f"depth rule (keywords {list(rule.keywords)}, max_dots {rule.max_dots})"
 
 
 @dataclass(frozen=True)
@@ -55,24 +47,24 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def _matches(rule: BlockRule, name: str) -> bool:
-    if rule.strategy == "pattern":
+def _matches(rule: UnfreezeConf, name: str) -> bool:
+    if rule.strategy == UnfreezeStrategy.pattern:
         if rule.pattern is None:
             raise UnfreezeError("unfreeze.strategy=pattern needs unfreeze.pattern (a regex); it is null")
         return re.fullmatch(rule.pattern, name) is not None
     return any(k in name for k in rule.keywords) and name.count(".") <= rule.max_dots
 
 
-def compile_rule(rule: BlockRule) -> None:
+def compile_rule(rule: UnfreezeConf) -> None:
     """Fail early, with the key's name, when the rule's regex does not compile."""
-    if rule.strategy == "pattern" and rule.pattern is not None:
+    if rule.strategy == UnfreezeStrategy.pattern and rule.pattern is not None:
         try:
             re.compile(rule.pattern)
         except re.error as err:
             raise UnfreezeError(f"unfreeze.pattern={rule.pattern!r} is not a valid regex: {err}") from None
 
 
-def find_blocks(root: nn.Module, rule: BlockRule) -> list[Block]:
+def find_blocks(root: nn.Module, rule: UnfreezeConf) -> list[Block]:
     """The blocks of `root`, ordered input to output, with nested matches resolved by `rule.on_nested`.
 
     Names are relative to `root`. Order is module registration order, which is the order in which
@@ -88,17 +80,17 @@ def find_blocks(root: nn.Module, rule: BlockRule) -> list[Block]:
     ]
     if not nested:
         return matched
-    if rule.on_nested == "error":
+    if rule.on_nested == OnNested.error:
         outer, inner = nested[0]
         raise UnfreezeError(
-            f"unfreeze {rule.describe()} selects both {outer!r} and its child {inner!r} "
+            f"unfreeze {describe(rule)} selects both {outer!r} and its child {inner!r} "
             f"({len(nested)} nested pair(s)), so 'last n blocks' is ill-defined. Fix: make the pattern match "
             "one level only, or set unfreeze.on_nested=outer (keep parents) or unfreeze.on_nested=inner "
             "(keep children)."
         )
     inner_names = {i for _, i in nested}
     outer_names = {o for o, _ in nested}
-    drop = inner_names if rule.on_nested == "outer" else outer_names
+    drop = inner_names if rule.on_nested == OnNested.outer else outer_names
     return [b for b in matched if b.name not in drop]
 
 
@@ -170,16 +162,9 @@ class UnfreezeReport:
         }
 
 
-def plan_stage(
-    backbone_root: nn.Module,
-    rule: BlockRule,
-    scope: Scope,
-    last_n: int,
-    on_empty: Literal["error", "warn"],
-    stage: str,
-    blocks: list[Block] | None = None,
-) -> tuple[list[Block], bool]:
-    """The blocks a stage unfreezes, and whether it asked for blocks and got none.
+def plan_stage(backbone_root: nn.Module, rule: UnfreezeConf, *, scope: Scope, stage: str,
+               blocks: list[Block] | None = None) -> tuple[list[Block], bool]:
+    """The blocks a stage unfreezes (the last `rule.last_n`), and whether it asked for blocks and got none.
 
     Raises before any training when a `partial` stage would unfreeze nothing (on_empty=error). `blocks` is
     `find_blocks(backbone_root, rule)` when the caller already has it.
@@ -188,56 +173,45 @@ def plan_stage(
         return [], False
     if blocks is None:
         blocks = find_blocks(backbone_root, rule)
-    if last_n == 0:
+    if rule.last_n == 0:
         return [], False
     if not blocks:
         message = (
-            f"stage {stage!r} asks for the last {last_n} blocks, but unfreeze {rule.describe()} matches no "
+            f"stage {stage!r} asks for the last {rule.last_n} blocks, but unfreeze {describe(rule)} matches no "
             f"module of the backbone ({type(backbone_root).__name__}), so the encoder would stay frozen. "
             f"Candidate modules: {', '.join(candidate_modules(backbone_root))}. Fix: unfreeze=pattern "
             "(the backbone's block pattern), or unfreeze.pattern='<regex over those names>'; "
             "unfreeze.on_empty=warn trains the head only on purpose."
         )
-        if on_empty == "error":
+        if rule.on_empty == OnEmpty.error:
             raise UnfreezeError(message)
         log.warning(message)
         return [], True
-    return select_last(blocks, last_n), False
+    return select_last(blocks, rule.last_n), False
 
 
-def apply_stage(
-    model: nn.Module,
-    backbone_root: nn.Module,
-    head: nn.Module,
-    rule: BlockRule,
-    scope: Scope,
-    last_n: int,
-    on_empty: Literal["error", "warn"],
-    stage: str,
-) -> tuple[UnfreezeReport, list[Block]]:
+def apply_stage(model: Classifier, rule: UnfreezeConf, *, scope: Scope, stage: str
+                ) -> tuple[UnfreezeReport, list[Block]]:
     """Set `requires_grad` on `model` for one stage: the head always, plus the selected backbone part."""
+    root = model.backbone.model
     try:
-        blocks = find_blocks(backbone_root, rule)
+        blocks = find_blocks(root, rule)
     except UnfreezeError:
         if scope == "partial":
             raise
         blocks = []  # a head or full stage does not depend on the rule
-    selected, empty = plan_stage(backbone_root, rule, scope, last_n, on_empty, stage, blocks)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
+    selected, empty = plan_stage(root, rule, scope=scope, stage=stage, blocks=blocks)
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
     if scope == "full":
-        for p in backbone_root.parameters():
-            p.requires_grad_(True)
+        root.requires_grad_(True)
     for block in selected:
-        for p in block.module.parameters():
-            p.requires_grad_(True)
+        block.module.requires_grad_(True)
     found = [b.name for b in blocks]
     report = UnfreezeReport(
         stage=stage,
         scope=scope,
-        rule=rule.describe(),
+        rule=describe(rule),
         blocks_found=found,
         blocks_unfrozen=found if scope == "full" else [b.name for b in selected],
         total_params=count_params(model),

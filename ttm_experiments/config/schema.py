@@ -1,8 +1,9 @@
 """The typed schema every composed config is validated against.
 
-Hydra merges the YAML files of `conf/` into these dataclasses (registered as `train_schema` in the
-ConfigStore), so an unknown key or a value of the wrong type fails at compose time with the key's name.
-Only the CLI layer sees these objects as a DictConfig; `to_spec` turns them into plain dataclasses once.
+Hydra merges the YAML files of `conf/` into these dataclasses (registered as `train_schema` and
+`inspect_schema` in the ConfigStore), so an unknown key or a value of the wrong type fails at compose time
+with the key's name. `OmegaConf.to_object` turns the composed config into these typed objects, which the
+builders receive; nothing below the CLI sees a DictConfig. This module sits at the bottom of the package.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from enum import Enum
 from typing import List, Optional
 
 from omegaconf import MISSING
+
+from ttm_experiments.errors import ConfigError  # a leaf module: no import circle
 
 
 class BackboneKind(str, Enum):
@@ -205,7 +208,7 @@ class InspectConf:
 
 @dataclass
 class ReportConf:
-    """`ttm-report`: which MLflow runs to compare and where the table and plots go."""
+    """The `report.*` node of `ttm-report`: which MLflow runs to compare and where the table and plots go."""
 
     experiment: Optional[str] = None  # MLflow experiment; null = experiment_name
     sweep: Optional[str] = None  # only the runs of one sweep (its `sweep` tag: the output folder) or Optuna study
@@ -213,6 +216,16 @@ class ReportConf:
     max_runs: int = 500  # newest runs read from MLflow
     top: int = 8  # runs drawn in the per-epoch curves (best first)
     log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of the experiment
+
+
+@dataclass
+class ReportConfig:
+    """`ttm-report`'s own config (`conf/report.yaml`): the store to read and the report settings, nothing of training."""
+
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+    report: ReportConf = field(default_factory=ReportConf)
+    experiment_name: str = "ttm-ppg-quality"
 
 
 @dataclass
@@ -236,9 +249,7 @@ class TrainConfig:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
-    inspect: InspectConf = field(default_factory=InspectConf)
     search: SearchConf = field(default_factory=SearchConf)
-    report: ReportConf = field(default_factory=ReportConf)
     # the value a sweep or an Optuna study optimises: a per-epoch metric, taken at the best epoch
     optimized_metric: str = "val/auroc"
     # continue a killed run: its output directory or MLflow run id
@@ -248,8 +259,28 @@ class TrainConfig:
     run_name: Optional[str] = None
 
 
+@dataclass
+class InspectConfig(TrainConfig):
+    """`ttm-inspect`: the training config plus how to print; `ttm-train` has no `inspect` key."""
+
+    inspect: InspectConf = field(default_factory=InspectConf)
+
+
+METRIC_SPLITS = ("train", "val")  # the per-epoch metrics: what best-epoch selection, pruning and sweeps read
+
+
+def parse_metric(name: str) -> tuple[str, str]:
+    """`optimized_metric` -> (split, key), e.g. 'val/auroc' -> ('val', 'auroc'); only per-epoch metrics."""
+    split, _, key = name.partition("/")
+    if split not in METRIC_SPLITS or not key:
+        raise ConfigError(f"optimized_metric={name!r} must be a per-epoch metric such as 'val/auroc'")
+    return split, key
+
+
 def register_schema() -> None:
-    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
+    ConfigStore.instance().store(name="report_schema", node=ReportConfig)

@@ -1,4 +1,4 @@
-"""The in-memory form every dataset loader produces, and subject-wise splitting."""
+"""The in-memory form every dataset loader produces."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ttm_experiments.errors import DataError
+
+# meta["split"] of a dataset that brings its own split (the `windows` format): codes index these names
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass

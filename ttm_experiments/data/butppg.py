@@ -6,47 +6,18 @@ Layout read (the PhysioNet download, unchanged)::
     <root>/subject-info.csv          ID,Gender,Age [years],...,Ear/finger,Motion,...   (one row per record)
     <root>/100001/100001_PPG.hea     WFDB header: 3 signals (R, G, B camera channels), 30 Hz, 300 samples
     <root>/100001/100001_PPG.dat
-    (<root>/100001/100001_ECG.*, _ACC.* are not read)
 
-``ttm-train dataset=butppg dataset.root=/data/butppg`` gives one window per record (more when
-``dataset.duration_s`` is shorter than a record): ``dataset.ppg_channels`` (R, G, B or several; the count must
-equal ``dataset.channels``) resampled from the record's rate (30 Hz) to ``window_length / duration_s`` with
-``scipy.signal.resample_poly`` (polyphase FIR with a Kaiser anti-aliasing window, ``padtype="line"`` so that
-the record's edges do not ring; the ratio is exact, e.g. 300 -> 1024 samples is up 256 / down 75).
+Each record gives ``duration_s`` windows of ``dataset.ppg_channels``, resampled to ``window_length`` samples
+with ``scipy.signal.resample_poly`` (``padtype="line"``: no ringing at the edges). Subject = the first three
+digits of the record ID. Labels: ``Quality`` (``task=quality``) or the ``Motion`` code 0..7 (``task=motion``;
+the names in MOTION_CLASSES follow the database's description, only 0 = rest and 1 = pressure are confirmed).
+``meta["site"]`` comes from ``Ear/finger`` (SOURCE_SITE_CODES; a warning says when the ear looks better than
+the finger, i.e. when the coding seems reversed).
 
-Decisions, documented here because the data's own documentation does not settle them:
-
-- **Subject** = the first three digits of the record ID (PhysioNet's definition).
-- **Labels**: ``dataset.task=quality`` (default): ``Quality`` of quality-hr-ann.csv, 0 = poor, 1 = good.
-  ``dataset.task=motion``: ``Motion`` of subject-info.csv, an integer code 0..7. The names in
-  MOTION_CLASSES are an assumption: the order of the recording conditions in the database's description
-  (rest, then higher pressure on the camera, motion of the finger/ear on the camera, walking, coughing,
-  laughing, changing ambient light, talking). Public code that reads the release confirms only that 0 is
-  the resting condition and 1 the higher-pressure one. The integer codes are what the model learns; the
-  names only label metrics (``acc/<name>``). With ``task=motion`` a code outside 0..7 stops the load with
-  the codes found; with ``task=quality`` it only becomes -1 in ``meta["motion"]`` (logged).
-- **Site** (``meta["site"]``: 0 finger, 1 ear, -1 unknown) from the ``Ear/finger`` column: the words
-  ``ear``/``finger`` (or ``E``/``F``) are read as such; numeric codes as 0 = ear, 1 = finger (SOURCE_SITE_CODES,
-  as public code for this release reads them). The report gives the good fraction per site: the ear must be
-  the worse site (the database's description), and a warning says so when it is not, i.e. when the coding is
-  the other way round.
-- **Release-1 records with a transposed header** (100001..111004): the header declares one signal per
-  *sample* and one or three samples per signal, so ``wfdb.rdrecord`` returns ``p_signal`` of shape (1, 300)
-  (or (3, 300)) instead of (300, C). Rule (ORIENTATION_RULE): a PPG header with more signals than samples per
-  signal and at most 3 samples per signal is transposed; it is repaired by transposing (three rows are R, G,
-  B; one row is one PPG channel of unknown colour). A header that declares one signal of exactly 3 x
-  (fs x duration) samples is read as R, G, B frames interleaved into one signal and repaired by reshaping.
-  Both are counted in the report. A one-channel record (named no colour) is used when exactly one channel
-  is asked for (counted as ``single_channel_used``) and excluded, counted, when more are.
-- **Never silently dropped**: records without the task's label, unreadable, without the asked channels or
-  shorter than ``duration_s`` are excluded and counted by reason (log and ``report["excluded"]``, with
-  example IDs). Records longer than ``duration_s`` are cut into consecutive windows and the leftover tail is
-  counted. Windows holding NaN follow ``dataset.nonfinite``: ``error`` (default) stops with the record IDs,
-  ``drop`` excludes and counts them.
-- **An annotated record whose folder is missing**: ``dataset.missing_records=error`` (default) stops before
-  reading anything, with the count and the first IDs (a wrong root or an incomplete download is the usual
-  cause); ``dataset.missing_records=skip`` skips them and counts them.
-- Record folders that no CSV row mentions are not read; their count is in the report.
+Release-1 records (100001..111004) have a transposed header: ``wfdb.rdrecord`` returns [channels, time]; they
+are repaired by ORIENTATION_RULE and counted. Nothing is dropped silently: records without the label,
+unreadable, without the asked channels or too short are excluded and counted by reason; NaN windows follow
+``dataset.nonfinite``, missing record folders ``dataset.missing_records``.
 """
 
 from __future__ import annotations
@@ -56,13 +27,14 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from ttm_experiments.config.schema import DatasetConf
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
 from ttm_experiments.errors import ConfigError, DataError
@@ -96,6 +68,8 @@ _EXAMPLES = 8  # example IDs kept per exclusion reason
 
 @dataclass(frozen=True)
 class Settings:
+    """What shapes the windows, besides the source files: exactly the settings the cache key holds."""
+
     task: str
     colours: tuple[str, ...]
     window_length: int
@@ -103,45 +77,36 @@ class Settings:
     nonfinite: str
     missing_records: str
 
-    def as_dict(self) -> dict:
-        return {"task": self.task, "colours": list(self.colours), "window_length": self.window_length,
-                "duration_s": float(self.duration_s), "nonfinite": self.nonfinite,
-                "missing_records": self.missing_records}
 
-
-def settings(spec) -> Settings:
-    """The loader's settings from a DatasetSpec, checked; ConfigError names the key and the fix."""
-    if spec.task not in TASKS:
-        raise ConfigError(f"dataset.task={spec.task!r} is not a BUT-PPG task: choose one of {sorted(TASKS)}")
-    colours = tuple(str(c).strip().upper() for c in spec.ppg_channels)
+def settings(conf: DatasetConf) -> Settings:
+    """The loader's settings (the part of the config that shapes the windows), checked."""
+    if conf.task not in TASKS:
+        raise ConfigError(f"dataset.task={conf.task!r} is not a BUT-PPG task: choose one of {sorted(TASKS)}")
+    colours = tuple(str(c).strip().upper() for c in conf.ppg_channels)
     bad = [c for c in colours if c not in COLOURS]
     if bad or not colours or len(set(colours)) != len(colours):
-        raise ConfigError(f"dataset.ppg_channels={list(spec.ppg_channels)} is invalid: give distinct camera "
+        raise ConfigError(f"dataset.ppg_channels={list(conf.ppg_channels)} is invalid: give distinct camera "
                           f"channels out of {list(COLOURS)}, e.g. dataset.ppg_channels=[R] or [R,G,B]")
-    if len(colours) != spec.channels:
+    if len(colours) != conf.channels:
         raise ConfigError(f"dataset.ppg_channels={list(colours)} selects {len(colours)} channel(s) but "
-                          f"dataset.channels={spec.channels}: they must agree (the model's input channels). "
+                          f"dataset.channels={conf.channels}: they must agree (the model's input channels). "
                           f"Fix: dataset.channels={len(colours)}")
-    if spec.missing_records not in ("error", "skip"):
-        raise ConfigError(f"dataset.missing_records={spec.missing_records!r} must be 'error' or 'skip'")
-    if spec.nonfinite not in ("error", "drop"):
-        raise ConfigError(f"dataset.nonfinite={spec.nonfinite!r} must be 'error' or 'drop'")
-    return Settings(spec.task, colours, int(spec.window_length), float(spec.duration_s), spec.nonfinite,
-                    spec.missing_records)
+    if conf.missing_records not in ("error", "skip"):
+        raise ConfigError(f"dataset.missing_records={conf.missing_records!r} must be 'error' or 'skip'")
+    if conf.nonfinite not in ("error", "drop"):
+        raise ConfigError(f"dataset.nonfinite={conf.nonfinite!r} must be 'error' or 'drop'")
+    return Settings(conf.task, colours, int(conf.window_length), float(conf.duration_s), conf.nonfinite,
+                    conf.missing_records)
 
 
-def load(spec, cache_dir: Path) -> WindowSet:
-    """The `dataset=butppg` entry of the LOADERS registry."""
-    return load_butppg(spec, cache_dir).windows
-
-
-def load_butppg(spec, cache_dir: Path) -> Cached:
+def load_butppg(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     """Windows, labels, subjects and meta of a BUT-PPG v2 download, through the cache; see the module doc."""
-    s = settings(spec)
-    root = source_root(spec.root, "butppg", [ANNOTATION_FILE, SUBJECT_FILE], LAYOUT)
+    s = settings(conf)
+    root = source_root(conf.root, "butppg", [ANNOTATION_FILE, SUBJECT_FILE], LAYOUT)
     sources = [root / ANNOTATION_FILE, root / SUBJECT_FILE, *root.glob("*/*_PPG.hea"), *root.glob("*/*_PPG.dat")]
-    key, manifest = cache_key("butppg", LOADER_VERSION, s.as_dict(), root, sources)
-    result = load_or_build(Path(cache_dir), "butppg", key, manifest, lambda w: _build(root, s, w))
+    key, manifest = cache_key(loader="butppg", version=LOADER_VERSION, settings=asdict(s), root=root, files=sources)
+    result = load_or_build(cache_dir=cache_dir, loader="butppg", key=key, manifest=manifest,
+                           build=lambda w: _build(root, s, w))
     log_report("butppg", result.report)
     return result
 
@@ -286,26 +251,78 @@ def _select(x: np.ndarray, colours: list[str | None], wanted: tuple[str, ...]) -
 # --------------------------------------------------------------------------------------------------------
 
 
+class _Exclusions:
+    """Excluded records (or windows) counted per reason, with a few example IDs each."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, reason: str, rid: str, n: int = 1) -> None:
+        self.counts[reason] += n
+        if len(self.examples[reason]) < _EXAMPLES:
+            self.examples[reason].append(rid)
+
+
+@dataclass
+class _Tables:
+    """The two CSVs, by record ID, and the integer codes read from them."""
+
+    ann: dict[str, dict[str, str]]
+    info: dict[str, dict[str, str]]
+    quality: dict[str, int | None]
+    motion: dict[str, int | None]
+
+    def labels(self, task: str) -> dict[str, int | None]:
+        return self.quality if task == "quality" else self.motion
+
+
+@dataclass
+class _Collected:
+    """What the record loop gathers: resampled windows per record, one row per window, the repair counts."""
+
+    windows: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    repaired: Counter = field(default_factory=Counter)
+    nonfinite_ids: list[str] = field(default_factory=list)
+    tails: int = 0
+
+
 def _build(root: Path, s: Settings, writer: CacheWriter) -> BuildInfo:
+    tables = _read_tables(root, s.task)
+    ids = sorted(set(tables.ann) | set(tables.info))
+    excluded, got = _Exclusions(), _Collected()
+    for rid in _present_records(root, s, labels=tables.labels(s.task), ids=ids, excluded=excluded):
+        _add_record(got, root=root, rid=rid, s=s, excluded=excluded)
+    if got.nonfinite_ids and s.nonfinite == "error":
+        raise DataError(
+            f"{len(got.nonfinite_ids)} BUT-PPG record(s) hold NaN/Inf samples, e.g. {got.nonfinite_ids[:8]}. "
+            "Fix: dataset.nonfinite=drop to exclude their windows (they are counted in the report).")
+    if not got.windows:
+        raise DataError(f"no usable BUT-PPG record under {root}: excluded {dict(excluded.counts)}. "
+                        f"Expected layout: {LAYOUT}")
+    windows = _window_set(tables, got, s)
+    writer.save_windows(windows)
+    report = _report(root, s, ids=ids, windows=windows, got=got, excluded=excluded)
+    _check_sites(report["sites"])
+    return BuildInfo(TASKS[s.task], windows.fs, report)
+
+
+def _read_tables(root: Path, task: str) -> _Tables:
     ann = _read_table(root / ANNOTATION_FILE, ("ID", "Quality", "HR"))
     info = _read_table(root / SUBJECT_FILE, ("ID", "Ear/finger", "Motion"))
-    quality = _codes(ann, "Quality", range(2), root / ANNOTATION_FILE, strict=s.task == "quality")
-    motion = _codes(info, "Motion", range(len(MOTION_CLASSES)), root / SUBJECT_FILE, strict=s.task == "motion")
-    labels_of = quality if s.task == "quality" else motion
-    ids = sorted(set(ann) | set(info))
+    quality = _codes(ann, "Quality", range(2), root / ANNOTATION_FILE, strict=task == "quality")
+    motion = _codes(info, "Motion", range(len(MOTION_CLASSES)), root / SUBJECT_FILE, strict=task == "motion")
+    return _Tables(ann, info, quality, motion)
 
-    excluded: Counter = Counter()
-    examples: dict[str, list[str]] = defaultdict(list)
 
-    def exclude(reason: str, rid: str, n: int = 1) -> None:
-        excluded[reason] += n
-        if len(examples[reason]) < _EXAMPLES:
-            examples[reason].append(rid)
-
+def _present_records(root: Path, s: Settings, *, labels: dict[str, int | None], ids: list[str],
+                     excluded: _Exclusions) -> list[str]:
+    """The labelled records whose folder exists; a missing folder stops the load or is skipped and counted."""
     labelled = []
     for rid in ids:
-        if labels_of.get(rid) is None:
-            exclude(f"no {s.task} label", rid)
+        if labels.get(rid) is None:
+            excluded.add(f"no {s.task} label", rid)
         else:
             labelled.append(rid)
     missing = [rid for rid in labelled if not (root / rid / f"{rid}_PPG.hea").is_file()]
@@ -315,106 +332,104 @@ def _build(root: Path, s: Settings, writer: CacheWriter) -> BuildInfo:
             f"{', '.join(str(root / r / f'{r}_PPG.hea') for r in missing[:3])}. Fix: point dataset.root at the "
             "folder that holds quality-hr-ann.csv and the record folders, complete the download, or "
             f"dataset.missing_records=skip to skip them (they are counted). Expected layout: {LAYOUT}")
-    missing_set = set(missing)
     for rid in missing:
-        exclude("record folder missing", rid)
+        excluded.add("record folder missing", rid)
+    return [rid for rid in labelled if rid not in set(missing)]
 
-    span_s = s.duration_s
-    repaired: Counter = Counter()
-    rows: list[dict] = []
-    windows: list[np.ndarray] = []
-    nonfinite_ids: list[str] = []
-    tails = 0
-    for rid in labelled:
-        if rid in missing_set:
-            continue
-        try:
-            p_signal, names, fs, n_sig, sig_len = read_record(root / rid / f"{rid}_PPG")
-        except Exception as err:  # wfdb raises many kinds; the record is counted and named, never lost silently
-            exclude("unreadable", f"{rid} ({type(err).__name__}: {err})"[:200])
-            continue
-        expected = int(round(fs * span_s))
-        x, colours, kind = orient(p_signal, names, n_sig, sig_len, expected)
-        if kind != "ok":
-            repaired[kind] += 1
-        x, single = _select(x, colours, s.colours)
-        if x is None:
-            exclude("lacks the asked channels", f"{rid} (has {colours})")
-            continue
-        if single:
-            repaired["single_channel_used"] += 1
-        n_win = x.shape[0] // expected if expected > 0 else 0
-        if n_win == 0:
-            exclude(f"shorter than duration_s={span_s:g} s", f"{rid} ({x.shape[0]} samples at {fs:g} Hz)")
-            continue
-        if x.shape[0] % expected:
-            tails += 1
-        segs = x[: n_win * expected].T.reshape(x.shape[1], n_win, expected).transpose(1, 0, 2)  # [n_win, C, L]
-        finite = np.isfinite(segs).all(axis=(1, 2))
-        offsets = np.arange(n_win)
-        if not finite.all():
-            nonfinite_ids.append(rid)
-            if s.nonfinite == "drop":
-                exclude("windows with NaN/Inf (dataset.nonfinite=drop)", rid, int((~finite).sum()))
-                segs, offsets = segs[finite], offsets[finite]
-        if len(segs) == 0:
-            continue
-        up, down = Fraction(s.window_length, expected).as_integer_ratio()
-        res = resample_poly(segs, up, down, axis=2, padtype="line") if (up, down) != (1, 1) else segs
-        windows.append(res.astype(np.float32))
-        for w in offsets:
-            rows.append({"rid": rid, "fs": fs, "repaired": kind != "ok" or single, "offset": int(w)})
-    if nonfinite_ids and s.nonfinite == "error":
-        raise DataError(
-            f"{len(nonfinite_ids)} BUT-PPG record(s) hold NaN/Inf samples, e.g. {nonfinite_ids[:8]}. "
-            "Fix: dataset.nonfinite=drop to exclude their windows (they are counted in the report).")
-    if not windows:
-        raise DataError(f"no usable BUT-PPG record under {root}: excluded {dict(excluded)}. Expected layout: {LAYOUT}")
 
-    signals = np.concatenate(windows)
-    rid_arr = [r["rid"] for r in rows]
-    labels = np.array([labels_of[r] for r in rid_arr], dtype=np.int64)
-    hr_values = [_number(ann.get(r, {}).get("HR", "")) for r in rid_arr]
+def _read_oriented(base: Path, *, rid: str, s: Settings, excluded: _Exclusions, got: _Collected
+                   ) -> tuple[np.ndarray, float, int, bool] | None:
+    """One record as [time, asked channels], its rate, samples per window and whether it was repaired."""
+    try:
+        p_signal, names, fs, n_sig, sig_len = read_record(base)
+    except Exception as err:  # wfdb raises many kinds; the record is counted and named, never lost silently
+        excluded.add("unreadable", f"{rid} ({type(err).__name__}: {err})"[:200])
+        return None
+    expected = int(round(fs * s.duration_s))
+    x, colours, kind = orient(p_signal, names, n_sig, sig_len, expected)
+    if kind != "ok":
+        got.repaired[kind] += 1
+    x, single = _select(x, colours, s.colours)
+    if x is None:
+        excluded.add("lacks the asked channels", f"{rid} (has {colours})")
+        return None
+    if single:
+        got.repaired["single_channel_used"] += 1
+    return x, fs, expected, kind != "ok" or single
+
+
+def _add_record(got: _Collected, *, root: Path, rid: str, s: Settings, excluded: _Exclusions) -> None:
+    """Cut one record into consecutive windows of duration_s, resampled to window_length samples."""
+    read = _read_oriented(root / rid / f"{rid}_PPG", rid=rid, s=s, excluded=excluded, got=got)
+    if read is None:
+        return
+    x, fs, expected, repaired = read
+    n_win = x.shape[0] // expected if expected > 0 else 0
+    if n_win == 0:
+        excluded.add(f"shorter than duration_s={s.duration_s:g} s", f"{rid} ({x.shape[0]} samples at {fs:g} Hz)")
+        return
+    if x.shape[0] % expected:
+        got.tails += 1
+    segs = x[: n_win * expected].T.reshape(x.shape[1], n_win, expected).transpose(1, 0, 2)  # [n_win, C, L]
+    finite = np.isfinite(segs).all(axis=(1, 2))
+    offsets = np.arange(n_win)
+    if not finite.all():
+        got.nonfinite_ids.append(rid)
+        if s.nonfinite == "drop":
+            excluded.add("windows with NaN/Inf (dataset.nonfinite=drop)", rid, int((~finite).sum()))
+            segs, offsets = segs[finite], offsets[finite]
+    if len(segs) == 0:
+        return
+    up, down = Fraction(s.window_length, expected).as_integer_ratio()
+    res = resample_poly(segs, up, down, axis=2, padtype="line") if (up, down) != (1, 1) else segs
+    got.windows.append(res.astype(np.float32))
+    got.rows.extend({"rid": rid, "fs": fs, "repaired": repaired, "offset": int(w)} for w in offsets)
+
+
+def _window_set(t: _Tables, got: _Collected, s: Settings) -> WindowSet:
+    rids = [r["rid"] for r in got.rows]
+    hr_values = [_number(t.ann.get(r, {}).get("HR", "")) for r in rids]
     meta = {
-        "record_id": np.array([int(r) for r in rid_arr], dtype=np.int64),
-        "site": np.array([_site(info.get(r, {}).get("Ear/finger", "")) for r in rid_arr], dtype=np.int64),
+        "record_id": np.array([int(r) for r in rids], dtype=np.int64),
+        "site": np.array([_site(t.info.get(r, {}).get("Ear/finger", "")) for r in rids], dtype=np.int64),
         "hr": np.array([np.nan if v is None else v for v in hr_values], dtype=np.float64),
-        "quality": np.array([-1 if quality.get(r) is None else quality[r] for r in rid_arr], dtype=np.int64),
-        "motion": np.array([-1 if motion.get(r) is None else motion[r] for r in rid_arr], dtype=np.int64),
-        "repaired": np.array([r["repaired"] for r in rows], dtype=bool),
-        "window_index": np.array([r["offset"] for r in rows], dtype=np.int64),
+        "quality": np.array([-1 if t.quality.get(r) is None else t.quality[r] for r in rids], dtype=np.int64),
+        "motion": np.array([-1 if t.motion.get(r) is None else t.motion[r] for r in rids], dtype=np.int64),
+        "repaired": np.array([r["repaired"] for r in got.rows], dtype=bool),
+        "window_index": np.array([r["offset"] for r in got.rows], dtype=np.int64),
     }
-    fs_out = s.window_length / s.duration_s
-    windows_set = WindowSet(signals=signals, labels=labels,
-                            subjects=np.array([int(r[:3]) for r in rid_arr], dtype=np.int64),
-                            class_names=TASKS[s.task], fs=fs_out, meta=meta)
-    writer.save_windows(windows_set)
+    labels = t.labels(s.task)
+    return WindowSet(signals=np.concatenate(got.windows), labels=np.array([labels[r] for r in rids], dtype=np.int64),
+                     subjects=np.array([int(r[:3]) for r in rids], dtype=np.int64),
+                     class_names=TASKS[s.task], fs=s.window_length / s.duration_s, meta=meta)
 
+
+def _report(root: Path, s: Settings, *, ids: list[str], windows: WindowSet, got: _Collected,
+            excluded: _Exclusions) -> dict:
+    """What was used, repaired and excluded (logged, and stored with the cache entry)."""
     folders = {p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"\d{6}", p.name)}
-    report = {
+    return {
         "counts": {
             "records_listed": len(ids),
-            "records_used": len(set(rid_arr)),
-            "windows": len(signals),
-            "subjects": int(len(np.unique(windows_set.subjects))),
-            **{f"n_{name}": n for name, n in windows_set.class_counts().items()},
-            "transposed_repaired": repaired["transposed"],
-            "interleaved_repaired": repaired["interleaved"],
-            "single_channel_used": repaired["single_channel_used"],
-            "records_with_tail_discarded": tails,
+            "records_used": len({r["rid"] for r in got.rows}),
+            "windows": len(windows),
+            "subjects": int(len(np.unique(windows.subjects))),
+            **{f"n_{name}": n for name, n in windows.class_counts().items()},
+            "transposed_repaired": got.repaired["transposed"],
+            "interleaved_repaired": got.repaired["interleaved"],
+            "single_channel_used": got.repaired["single_channel_used"],
+            "records_with_tail_discarded": got.tails,
             "folders_without_csv_row": len(folders - set(ids)),
         },
-        "excluded": dict(excluded),
-        "examples": {k: v for k, v in examples.items()},
-        "sites": _site_summary(meta["site"], meta["quality"]),
+        "excluded": dict(excluded.counts),
+        "examples": dict(excluded.examples),
+        "sites": _site_summary(windows.meta["site"], windows.meta["quality"]),
         "notes": [
-            f"task={s.task}, channels {list(s.colours)}, resampled {sorted({r['fs'] for r in rows})} Hz x "
-            f"{s.duration_s:g} s -> {s.window_length} samples ({fs_out:g} Hz) with scipy.signal.resample_poly",
+            f"task={s.task}, channels {list(s.colours)}, resampled {sorted({r['fs'] for r in got.rows})} Hz x "
+            f"{s.duration_s:g} s -> {s.window_length} samples ({windows.fs:g} Hz) with scipy.signal.resample_poly",
             f"release-1 header rule: {ORIENTATION_RULE}",
         ],
     }
-    _check_sites(report["sites"])
-    return BuildInfo(TASKS[s.task], fs_out, report)
 
 
 def _site_summary(site: np.ndarray, quality: np.ndarray) -> dict:

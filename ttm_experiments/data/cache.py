@@ -1,22 +1,12 @@
-"""On-disk cache of loaded real datasets, keyed by the loader's settings and its source files.
+"""On-disk cache of loaded datasets, keyed by the loader's settings and its source files.
 
-A loader describes what determines its output: its name and version, the settings that change the windows
-(window length, channels, task, ...) and the list of source files. The key is the sha1 of a manifest of all
-of that, with every source file's path (relative to the root), size and modification time (ns). Touching or
-replacing any source file, or changing a setting, gives another key, so a stale entry is never read; the
-second run with unchanged sources only stats the files and reads the arrays back.
-
-An entry is a directory ``<cache_dir>/<loader>/<key>/`` holding one ``.npy`` per array (``signals``,
+The key is the sha1 of a manifest: loader name and version, the settings that change the windows, and every
+source file's relative path, size and mtime (ns), so a changed setting or a touched file gives a new entry and
+a stale one is never read. An entry is ``<cache_dir>/<loader>/<key>/``: one ``.npy`` per array (``signals``,
 ``labels``, ``subjects``, ``meta__<name>``), ``info.json`` (class names, rate, the loader's report) and
-``manifest.json`` (what the key was computed from, for humans). It is written into a temporary directory
-beside it and moved into place with one ``os.replace``, so concurrent runs never see half an entry; when
-two runs build the same entry at once, the second one keeps the first one's. ``signals.npy`` can be
-written incrementally (:meth:`CacheWriter.open_signals`) and read back memory-mapped, so corpora larger than
-memory pass through it. Old entries are never deleted automatically: ``rm -r <cache_dir>/<loader>`` frees
-the space.
-
-Also here: :func:`source_root`, the check every real loader starts with (the root exists and holds the
-files its layout needs), because the source files are what the cache is keyed on.
+``manifest.json`` (for humans). It is stored atomically (:func:`ttm_experiments.files.atomic_directory`);
+``signals.npy`` can be filled piece by piece and read memory-mapped, for corpora larger than memory. Old
+entries are never deleted: ``rm -r <cache_dir>/<loader>`` frees the space.
 """
 
 from __future__ import annotations
@@ -24,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -36,6 +25,7 @@ import numpy as np
 
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import DataError
+from ttm_experiments.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +71,19 @@ def source_manifest(root: Path, files: Iterable[Path]) -> list[list]:
     return rows
 
 
-def cache_key(loader: str, version: str, settings: Mapping, root: Path, files: Iterable[Path]) -> tuple[str, dict]:
-    """The key of an entry (sha1 of the manifest, 16 hex digits) and the manifest itself."""
+def cache_key(*, loader: str, version: str, settings: Mapping, root: Path | None = None,
+              files: Iterable[Path] = ()) -> tuple[str, dict]:
+    """The key of an entry (sha1 of the manifest, 16 hex digits) and the manifest itself.
+
+    ``root`` and ``files`` are the source files; a generated dataset (synthetic) has none.
+    """
     manifest = {
         "format": CACHE_FORMAT,
         "loader": loader,
         "version": version,
         "settings": dict(settings),
-        "root": str(root.resolve()),
-        "sources": source_manifest(root, files),
+        "root": None if root is None else str(root.resolve()),
+        "sources": [] if root is None else source_manifest(root, files),
     }
     payload = json.dumps(manifest, sort_keys=True, default=str).encode()
     return hashlib.sha1(payload).hexdigest()[:16], manifest
@@ -147,65 +141,67 @@ class CacheWriter:
         for name, array in windows.meta.items():
             self.save_meta(name, array)
 
-    def close(self) -> None:
+    def finish(self, info: BuildInfo, manifest: dict) -> None:
+        """Flush the memory-mapped arrays and write ``info.json`` and ``manifest.json``: the entry is complete."""
         for mm in self._memmaps:
             mm.flush()
         self._memmaps.clear()
+        (self.dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        (self.dir / "info.json").write_text(json.dumps({
+            "class_names": list(info.class_names),
+            "fs": float(info.fs),
+            "meta": self.meta,
+            "report": info.report,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=1, default=str))
 
 
-def load_or_build(cache_dir: Path, loader: str, key: str, manifest: dict, build: Callable[[CacheWriter], BuildInfo],
-                  mmap: bool = False) -> Cached:
+def load_or_build(*, cache_dir: Path, loader: str, key: str, manifest: dict,
+                  build: Callable[[CacheWriter], BuildInfo], mmap: bool = False) -> Cached:
     """Read the entry ``key`` of ``loader``, or build it with ``build(writer)`` and store it first.
 
     ``mmap=True`` returns ``signals`` as a read-only ``np.memmap`` (for corpora larger than memory).
     An entry that cannot be read is rebuilt. Errors raised by ``build`` leave nothing behind.
     """
-    base = Path(cache_dir) / loader
-    path = base / key
-    if path.is_dir():
-        start = time.perf_counter()
-        try:
-            windows, report = _read_entry(path, mmap)
-        except (OSError, ValueError, KeyError, DataError) as err:
-            log.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            log.info("%s: %d windows from the cache %s in %.2f s", loader, len(windows), path,
-                     time.perf_counter() - start)
-            return Cached(windows, report, True, path)
-
+    path = Path(cache_dir) / loader / key
+    cached = _read_existing(path, loader, mmap)
+    if cached is not None:
+        return cached
     start = time.perf_counter()
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{key}-"))
-    except OSError as err:
-        raise DataError(f"cannot write the {loader} cache below {base}: {err}. Set paths.cache_dir (or "
-                        "paths.runs_dir) to a writable directory.") from err
-    try:
-        writer = CacheWriter(tmp)
-        info = build(writer)
-        writer.close()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        (tmp / "info.json").write_text(json.dumps({
-            "class_names": list(info.class_names),
-            "fs": float(info.fs),
-            "meta": writer.meta,
-            "report": info.report,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=1, default=str))
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / "info.json").is_file():
-                raise
-            log.info("%s: another process stored the same cache entry first; using it", loader)
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _store(path, loader, manifest, build)
     windows, report = _read_entry(path, mmap)
     log.info("%s: built %d windows in %.1f s, cached at %s", loader, len(windows), time.perf_counter() - start, path)
     return Cached(windows, report, False, path)
+
+
+def _read_existing(path: Path, loader: str, mmap: bool) -> Cached | None:
+    """The entry at ``path``; None when there is none, or when it is unreadable (then it is removed)."""
+    if not path.is_dir():
+        return None
+    start = time.perf_counter()
+    try:
+        windows, report = _read_entry(path, mmap)
+    except (OSError, ValueError, KeyError, DataError) as err:
+        log.warning("cache entry %s is unreadable (%s); rebuilding it", path, err)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    log.info("%s: %d windows from the cache %s in %.2f s", loader, len(windows), path, time.perf_counter() - start)
+    return Cached(windows, report, True, path)
+
+
+def _store(path: Path, loader: str, manifest: dict, build: Callable[[CacheWriter], BuildInfo]) -> None:
+    try:
+        with ExitStack() as stack:
+            try:
+                tmp = stack.enter_context(atomic_directory(path))
+            except OSError as err:
+                raise DataError(f"cannot write the {loader} cache below {path.parent}: {err}. Set paths.cache_dir "
+                                "(or paths.runs_dir) to a writable directory.") from err
+            writer = CacheWriter(tmp)
+            writer.finish(build(writer), manifest)
+    except FileExistsError:
+        # two runs built the same entry at once: the same content by construction, keep the first
+        log.info("%s: another process stored the same cache entry first; using it", loader)
 
 
 def _read_entry(path: Path, mmap: bool) -> tuple[WindowSet, dict]:

@@ -1,4 +1,4 @@
-"""From a dataset spec to checked, subject-wise train/val/test splits.
+"""From a dataset config to checked, subject-wise train/val/test splits.
 
 Every check runs before the model is built: a window length that differs from the backbone's context,
 NaN or constant windows, a fold out of range, a split without a class. Nothing is padded, cropped or
@@ -8,87 +8,44 @@ dropped silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ttm_experiments.data.base import WindowSet
+from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.data.base import SPLIT_NAMES, WindowSet
+from ttm_experiments.data.butppg import load_butppg
+from ttm_experiments.data.synthetic import SyntheticSpec, generate_cached
+from ttm_experiments.data.vitaldb import load_vitaldb
+from ttm_experiments.data.windows import load_windows_dir
 from ttm_experiments.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    window_length: int
-    duration_s: float
-    channels: int
-    fold: int
-    n_folds: int
-    seed: int
-    nonfinite: Literal["error", "drop"]
-    root: str | None = None
-    n_subjects: int = 60
-    windows_per_subject: int = 40
-    good_fraction: float = 0.21
-    label_noise: float = 0.03
-    # real datasets (see ttm_experiments.data.butppg / windows / vitaldb)
-    task: str = "quality"
-    ppg_channels: tuple[str, ...] = ("R",)
-    missing_records: str = "error"
-    track: str = "SNUADC/PLETH"
+def _synthetic(conf: DatasetConf, seed: int, cache_dir: Path) -> WindowSet:
+    # the settings both share, plus the seed; the generator's own knobs (sim_fs) keep their defaults
+    shared = {f.name: getattr(conf, f.name) for f in fields(SyntheticSpec) if hasattr(conf, f.name)}
+    return generate_cached(SyntheticSpec(**shared, seed=seed), cache_dir=cache_dir)
 
 
-def _load_synthetic(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
-    from ttm_experiments.data.synthetic import SyntheticSpec, generate_cached
-
-    synthetic = SyntheticSpec(
-        n_subjects=spec.n_subjects,
-        windows_per_subject=spec.windows_per_subject,
-        window_length=spec.window_length,
-        duration_s=spec.duration_s,
-        channels=spec.channels,
-        good_fraction=spec.good_fraction,
-        label_noise=spec.label_noise,
-        seed=spec.seed,
-    )
-    return generate_cached(synthetic, cache_dir / "synthetic")
-
-
-def _load_butppg(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
-    from ttm_experiments.data.butppg import load
-
-    return load(spec, cache_dir)
-
-
-def _load_windows(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
-    from ttm_experiments.data.windows import load
-
-    return load(spec, cache_dir)
-
-
-def _load_vitaldb(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
-    from ttm_experiments.data.vitaldb import load
-
-    return load(spec, cache_dir)
-
-
-LOADERS: dict[str, Callable[[DatasetSpec, Path], WindowSet]] = {
-    "synthetic": _load_synthetic,
-    "butppg": _load_butppg,
-    "windows": _load_windows,
-    "vitaldb": _load_vitaldb,
+# name -> loader(conf, seed, cache_dir); the seed only matters to generated data
+LOADERS: dict[str, Callable[[DatasetConf, int, Path], WindowSet]] = {
+    "synthetic": _synthetic,
+    "butppg": lambda conf, seed, cache_dir: load_butppg(conf, cache_dir=cache_dir).windows,
+    "windows": lambda conf, seed, cache_dir: load_windows_dir(conf, cache_dir=cache_dir).windows,
+    "vitaldb": lambda conf, seed, cache_dir: load_vitaldb(conf, cache_dir=cache_dir).windows,
 }
 
 
-def load_windows(spec: DatasetSpec, cache_dir: Path) -> WindowSet:
-    if spec.name not in LOADERS:
-        raise DataError(f"dataset={spec.name!r} has no loader; available: {sorted(LOADERS)}")
-    return LOADERS[spec.name](spec, cache_dir)
+def load_windows(conf: DatasetConf, *, seed: int, cache_dir: Path) -> WindowSet:
+    """The windows of the dataset ``conf`` names (``dataset.name``), through the cache below ``cache_dir``."""
+    if conf.name not in LOADERS:
+        raise DataError(f"dataset={conf.name!r} has no loader; available: {sorted(LOADERS)}")
+    return LOADERS[conf.name](conf, seed, Path(cache_dir))
 
 
 def check_windows(windows: WindowSet, context_length: int, num_channels: int,
@@ -163,10 +120,6 @@ class Splits:
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
-
-
-# meta["split"] of a dataset that comes with its own split (the `windows` format): codes index these names
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -> Splits:

@@ -16,24 +16,16 @@ Artifacts are recorded in ``meta["artifact"]`` as a bit mask over :data:`ARTIFAC
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import logging
-import os
-import pathlib
-import tempfile
-import time
-import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage, signal, stats
 
 from ttm_experiments.data.base import WindowSet
+from ttm_experiments.data.cache import BuildInfo, CacheWriter, cache_key, load_or_build
 from ttm_experiments.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 # Bump whenever the generator's output for a given spec changes: it is part of the cache key.
 GENERATOR_VERSION = "1"
@@ -86,7 +78,6 @@ class SyntheticSpec:
     label_noise: float = 0.03  # fraction of labels flipped (expert disagreement)
     sim_fs: int = 1000  # rate neurokit2 simulates at before resampling
     seed: int = 0
-    unlabeled: bool = False  # reserved for self-supervised use; labels are still returned
 
     @property
     def fs(self) -> float:
@@ -106,7 +97,6 @@ def generate(spec: SyntheticSpec) -> WindowSet:
     ``artifact`` (bit mask over ARTIFACT_NAMES), ``severity``, ``hr_bpm`` (nominal heart rate),
     ``true_label`` (before label noise), ``label_flipped``, ``perfusion`` (the subject's pulse amplitude in
     raw units, before any low-perfusion artifact) and ``window_index`` (position in the subject's recording).
-    ``spec.unlabeled`` does not change the output; it only separates cache entries.
     """
     validate_spec(spec)
     # Stream 0 draws data-set-level quantities; stream s + 1 belongs to subject s alone, so a subject's
@@ -135,8 +125,8 @@ def generate(spec: SyntheticSpec) -> WindowSet:
     )
 
 
-def spec_key(spec: SyntheticSpec) -> str:
-    """A short stable hash of ``spec`` and GENERATOR_VERSION, used to name cache files."""
+def cache_entry(spec: SyntheticSpec) -> tuple[str, dict]:
+    """The cache key of ``spec`` and the manifest it is computed from (GENERATOR_VERSION is part of it)."""
     fields = {}
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
@@ -144,39 +134,20 @@ def spec_key(spec: SyntheticSpec) -> str:
         if f.type in ("float", float) and not isinstance(value, bool):
             value = float(value)
         fields[f.name] = value
-    payload = json.dumps({"fields": fields, "generator_version": GENERATOR_VERSION}, sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()[:12]
+    return cache_key(loader="synthetic", version=GENERATOR_VERSION, settings=fields)
 
 
-def generate_cached(spec: SyntheticSpec, cache_dir: pathlib.Path) -> WindowSet:
-    """Load the data set for ``spec`` from ``cache_dir``, or generate it and store it there.
-
-    The file is ``synthetic-<spec_key>.npz``. It is written to a temporary file and moved into place, so
-    concurrent runs never see half a file. An unreadable cache file is regenerated.
-    """
+def generate_cached(spec: SyntheticSpec, *, cache_dir: Path) -> WindowSet:
+    """The data set for ``spec`` from the dataset cache below ``cache_dir``, generated and stored on a miss."""
     validate_spec(spec)
-    cache_dir = pathlib.Path(cache_dir)
-    path = cache_dir / f"synthetic-{spec_key(spec)}.npz"
-    if path.exists():
-        start = time.perf_counter()
-        try:
-            windows = _load_npz(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            log.warning("synthetic cache file %s is unreadable (%s); regenerating it", path, err)
-        else:
-            log.info("loaded from cache %s (%d windows) in %.2f s", path, len(windows), time.perf_counter() - start)
-            return windows
 
-    start = time.perf_counter()
-    windows = generate(spec)
-    elapsed = time.perf_counter() - start
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _save_npz_atomic(windows, path)
-    except OSError as err:
-        raise DataError(f"cannot write the synthetic-data cache {path}: {err}; set a writable cache_dir") from err
-    log.info("generated %d synthetic windows in %.1f s, cached at %s", len(windows), elapsed, path)
-    return windows
+    def build(writer: CacheWriter) -> BuildInfo:
+        windows = generate(spec)
+        writer.save_windows(windows)
+        return BuildInfo(windows.class_names, windows.fs, report={})
+
+    key, manifest = cache_entry(spec)
+    return load_or_build(cache_dir=cache_dir, loader="synthetic", key=key, manifest=manifest, build=build).windows
 
 
 def validate_spec(spec: SyntheticSpec) -> None:
@@ -205,8 +176,6 @@ def validate_spec(spec: SyntheticSpec) -> None:
     channels = spec.channels
     if not isinstance(channels, (int, np.integer)) or isinstance(channels, bool) or channels not in (1, 3):
         raise ConfigError(f"synthetic.channels={spec.channels!r} is invalid: use 1 (red-like) or 3 (R, G, B)")
-    if not isinstance(spec.unlabeled, bool):
-        raise ConfigError(f"synthetic.unlabeled={spec.unlabeled!r} is invalid: use true or false")
     # The pulse needs a few harmonics below Nyquist, and resampling must not go up.
     if not 8.0 <= spec.fs <= spec.sim_fs:
         raise ConfigError(
@@ -239,7 +208,7 @@ def _generate_subject(spec: SyntheticSpec, good_propensity: float, rng: np.rando
     severity = np.zeros(n_win)
     for w in range(n_win):
         kinds, sev = _draw_artifacts(bool(true_labels[w]), rng)
-        out[w] = _render_window(pulse[w], t, fs, phys, kinds, sev, rng)
+        out[w] = _render_window(pulse[w], t=t, fs=fs, phys=phys, kinds=kinds, severity=sev, rng=rng)
         artifact[w] = sum(ARTIFACT_BITS[k] for k in kinds)
         severity[w] = sev
     return {
@@ -405,27 +374,29 @@ def _draw_artifacts(good: bool, rng: np.random.Generator) -> tuple[list[str], fl
     return [ARTIFACT_NAMES[i] for i in sorted(picks)], float(sev)
 
 
-def _render_window(
-    pulse: np.ndarray,
-    t: np.ndarray,
-    fs: float,
-    phys: dict,
-    kinds: list[str],
-    severity: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _render_window(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, kinds: list[str], severity: float,
+                   rng: np.random.Generator) -> np.ndarray:
     """One window [C, T]: pulse, baseline and noise as a camera records them, then the artifacts.
 
     The order follows the physics: pressure and perfusion change the pulsatile (AC) part, motion, bursts and
     drift add to it, the illumination level (DC) and light changes multiply everything, dropout replaces
     samples and the sensor's saturation clips last.
     """
-    n_ch = len(phys["dc"])
-    amp = phys["amplitude"]
     # Each artifact gets the window severity with a little jitter, so two artifacts differ in strength.
     sev = {k: severity * rng.uniform(0.75, 1.0) for k in kinds}
+    ac = _pulsatile(pulse, t=t, fs=fs, phys=phys, sev=sev, rng=rng)
+    x = _camera(ac, t=t, fs=fs, phys=phys, sev=sev, rng=rng)
+    if "dropout" in sev:
+        x = _dropout(x, phys["dc"], sev["dropout"], rng)
+    if "clipping" in sev:
+        x = _clip(x, sev["clipping"], rng)
+    return x
 
-    # Pulsatile part, shared by all channels up to a gain: slow vasomotor amplitude change + respiration.
+
+def _pulsatile(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float],
+               rng: np.random.Generator) -> np.ndarray:
+    """The AC part shared by all channels: the pulse with vasomotion, respiration, pressure and drift."""
+    amp = phys["amplitude"]
     ac = pulse * (1.0 + 0.1 * _band_noise(rng, t, 0.03, 0.15)) * amp
     ac = ac + amp * phys["resp_depth"] * np.sin(2 * np.pi * phys["resp_hz"] * t + rng.uniform(0, 2 * np.pi))
     if "pressure" in sev:
@@ -433,13 +404,18 @@ def _render_window(
     if "low_perfusion" in sev:
         # Tiny pulse relative to a sensor noise floor that does not shrink with it.
         ac = ac * (1.0 - 0.92 * sev["low_perfusion"])
-    ac = ac + amp * rng.uniform(0.0, 0.25) * _band_noise(rng, t, 0.02, 0.12)  # slow drift, every window
+    return ac + amp * rng.uniform(0.0, 0.25) * _band_noise(rng, t, 0.02, 0.12)  # slow drift, every window
 
-    x = np.empty((n_ch, len(t)))
+
+def _camera(ac: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float],
+            rng: np.random.Generator) -> np.ndarray:
+    """Each channel [C, T]: its gain of the AC part, motion and bursts, sensor noise, on its DC level."""
+    amp = phys["amplitude"]
+    x = np.empty((len(phys["dc"]), len(t)))
     motion = _motion(t, amp, sev["motion"], rng) if "motion" in sev else None
     burst = _bursts(t, fs, amp, sev["burst"], rng) if "burst" in sev else None
     light = _light_gain(t, fs, sev["light"], rng) if "light" in sev else 1.0
-    for c in range(n_ch):
+    for c in range(len(x)):
         xc = ac * phys["pulse_gain"][c]
         # Motion and bursts hit every channel with its own coupling to the lens.
         if motion is not None:
@@ -448,10 +424,6 @@ def _render_window(
             xc = xc + burst * rng.uniform(0.5, 1.5)
         xc = xc + rng.normal(0.0, phys["noise_sigma"] * phys["noise_gain"][c], len(t))
         x[c] = (phys["dc"][c] + xc) * light  # a change of illumination scales the whole channel
-    if "dropout" in sev:
-        x = _dropout(x, phys["dc"], sev["dropout"], rng)
-    if "clipping" in sev:
-        x = _clip(x, sev["clipping"], rng)
     return x
 
 
@@ -529,41 +501,3 @@ def _clip(x: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     upper = hi - depth * span
     lower = lo + depth * span * 0.5 if rng.random() < 0.3 else lo
     return np.clip(x, lower, upper)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Cache files
-# --------------------------------------------------------------------------------------------------------
-
-
-def _save_npz_atomic(windows: WindowSet, path: pathlib.Path) -> None:
-    """Write ``windows`` to ``path`` via a temporary file in the same directory and os.replace."""
-    arrays = {
-        "signals": windows.signals,
-        "labels": windows.labels,
-        "subjects": windows.subjects,
-        "fs": np.float64(windows.fs),
-        "class_names": np.array(windows.class_names),
-    }
-    arrays.update({f"meta__{k}": v for k, v in windows.meta.items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load_npz(path: pathlib.Path) -> WindowSet:
-    """Read a WindowSet written by _save_npz_atomic."""
-    with np.load(path, allow_pickle=False) as data:
-        return WindowSet(
-            signals=data["signals"],
-            labels=data["labels"],
-            subjects=data["subjects"],
-            class_names=tuple(str(c) for c in data["class_names"]),
-            fs=float(data["fs"]),
-            meta={k[len("meta__") :]: data[k] for k in data.files if k.startswith("meta__")},
-        )

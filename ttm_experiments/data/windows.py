@@ -8,24 +8,14 @@ Layout::
 
 or all files directly in ``<root>/window_*.npz`` (no split on disk).
 
-- **Labels**: the scalar key named by ``dataset.task`` (default ``quality``). ``quality`` gives the classes
-  ("poor", "good"), ``motion`` BUT-PPG's eight motion classes, any other key classes "0".."K-1". A key that
-  holds non-integer values (``hr``) is not a class label: ConfigError. Windows whose label is NaN are
-  excluded and counted.
-- **Split**: when ``train/``, ``val/`` or ``test/`` exist, the split on disk is used as it is:
-  ``meta["split"]`` holds codes into :data:`ttm_experiments.data.prepare.SPLIT_NAMES` and
-  ``split_subject_wise`` honours it (``dataset.fold`` is then ignored and the log says so). A record id found
-  in two splits stops the load with the overlapping ids. A subject found in two splits is only a warning
-  (the predecessor split per recording, which is what subject-wise evaluation exists to avoid). Without split
-  folders the suite's subject-wise cross-validation applies.
-- **Subject**: ``subject`` or ``subject_id`` when the files carry one; else, for a BUT-PPG record id (six
-  digits), its first three digits; else the record id itself (each record its own group). Subjects are
-  numbered: numeric ones keep their number, others are numbered in sorted order.
-- **Window length**: the windows must reach the model with ``window_length`` samples. Windows of another
-  length T are resampled explicitly with ``scipy.signal.resample_poly`` (the whole window kept: the rate
-  becomes ``fs * window_length / T``), logged as a warning and noted in the report; never padded or cropped.
-  All files must share one shape and one ``fs`` (an error lists what differs).
-- Errors: an ``.npz`` without ``signal`` (or without the task's key, or ``record_id``) lists the keys it has.
+- Labels: the scalar key ``dataset.task``; ``quality`` and ``motion`` get BUT-PPG's class names, other keys
+  "0".."K-1"; a non-integer key (``hr``) is a ConfigError; NaN labels are excluded and counted.
+- Split folders are used as they are (``meta["split"]``, codes into SPLIT_NAMES; ``dataset.fold`` is then
+  ignored); a record in two splits is an error, a subject in two splits a warning. Without them the suite's
+  subject-wise cross-validation applies.
+- Subject: ``subject``/``subject_id``, else the first three digits of a BUT-PPG record id, else the record id.
+- Windows of another length are resampled (the whole window kept, logged), never padded or cropped; all files
+  share one shape and one ``fs``.
 """
 
 from __future__ import annotations
@@ -41,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
-from ttm_experiments.data.base import WindowSet
+from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.data.base import SPLIT_NAMES, WindowSet
 from ttm_experiments.data.butppg import MOTION_CLASSES, QUALITY_CLASSES
 from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
-from ttm_experiments.data.prepare import SPLIT_NAMES  # codes of meta["split"]
 from ttm_experiments.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,18 +47,14 @@ KNOWN_CLASSES = {"quality": QUALITY_CLASSES, "motion": MOTION_CLASSES}
 RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
 
 
-def load(spec, cache_dir: Path) -> WindowSet:
-    """The `dataset=windows` entry of the LOADERS registry."""
-    return load_windows_dir(spec, cache_dir).windows
-
-
-def load_windows_dir(spec, cache_dir: Path) -> Cached:
-    root = source_root(spec.root, "windows", [], LAYOUT)
+def load_windows_dir(conf: DatasetConf, *, cache_dir: Path) -> Cached:
+    root = source_root(conf.root, "windows", [], LAYOUT)
     files = find_files(root)
-    settings = {"task": spec.task, "window_length": int(spec.window_length), "duration_s": float(spec.duration_s)}
-    key, manifest = cache_key("windows", LOADER_VERSION, settings, root, [f for _, f in files])
-    result = load_or_build(Path(cache_dir), "windows", key, manifest,
-                           lambda w: _build(files, spec, w))
+    settings = {"task": conf.task, "window_length": int(conf.window_length), "duration_s": float(conf.duration_s)}
+    key, manifest = cache_key(loader="windows", version=LOADER_VERSION, settings=settings, root=root,
+                              files=[f for _, f in files])
+    result = load_or_build(cache_dir=cache_dir, loader="windows", key=key, manifest=manifest,
+                           build=lambda w: _build(files, writer=w, **settings))
     log_report("windows", result.report)
     return result
 
@@ -167,11 +153,48 @@ def _numbered(names: list[str]) -> tuple[np.ndarray, list[str] | None]:
     return np.array([index[n] for n in names], dtype=np.int64), unique
 
 
-def _build(files: list[tuple[str | None, Path]], spec, writer: CacheWriter) -> BuildInfo:
-    task = spec.task
-    items = [(split, path, _read(path, task)) for split, path in files]
+# (split or None, path, what _read found) of one window file
+_Item = tuple[str | None, Path, dict]
 
-    # a record in two splits would leak between train and evaluation
+
+def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: int, duration_s: float,
+           writer: CacheWriter) -> BuildInfo:
+    items = [(split, path, _read(path, task)) for split, path in files]
+    _check_splits_disjoint(items)
+    length, fs_in = _common_shape_and_rate(items, duration_s)
+    unlabeled = [p for _, p, it in items if not _has_label(it["label"])]
+    kept = [(split, p, it) for split, p, it in items if _has_label(it["label"])]
+    if not kept:
+        raise DataError(f"none of the {len(items)} window files has a `{task}` label (all NaN)")
+    class_names = _classes(task, [float(it["label"]) for _, _, it in kept])
+    signals = np.stack([it["signal"] for _, _, it in kept]).astype(np.float32)
+    notes = []
+    fs_out = fs_in
+    if length != window_length:
+        up, down = Fraction(int(window_length), int(length)).as_integer_ratio()
+        signals = resample_poly(signals, up, down, axis=2, padtype="line").astype(np.float32)
+        fs_out = fs_in * window_length / length
+        note = (f"the windows have {length} samples at {fs_in:g} Hz; resampled explicitly to {window_length} "
+                f"samples ({fs_out:g} Hz, the whole window kept) with scipy.signal.resample_poly")
+        log.warning("windows: %s", note)
+        notes.append(note)
+    span = window_length / fs_out
+    if not math.isclose(span, duration_s, rel_tol=1e-3):
+        notes.append(f"the windows span {span:g} s; dataset.duration_s={duration_s:g} is not used for them")
+    subjects, meta, names = _meta(kept, task)
+    windows = WindowSet(signals=signals, labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
+                        subjects=subjects, class_names=class_names, fs=float(fs_out), meta=meta)
+    writer.save_windows(windows)
+    report = _report(items, kept, task=task, windows=windows, unlabeled=unlabeled, notes=notes)
+    return BuildInfo(class_names, float(fs_out), {**report, **names})
+
+
+def _has_label(label) -> bool:
+    return not (isinstance(label, float) and math.isnan(label))
+
+
+def _check_splits_disjoint(items: list[_Item]) -> None:
+    """A record in two splits would leak between training and evaluation."""
     where: dict[str, set[str]] = defaultdict(set)
     for split, _, item in items:
         if split is not None:
@@ -184,6 +207,9 @@ def _build(files: list[tuple[str | None, Path]], spec, writer: CacheWriter) -> B
                         "split. Fix: regenerate the split, or put all files in one folder so that the suite splits "
                         "subject-wise itself.")
 
+
+def _common_shape_and_rate(items: list[_Item], duration_s: float) -> tuple[int, float]:
+    """The one window length T of all files and their rate (T / duration_s when the files carry no fs)."""
     shapes = Counter(item["signal"].shape for _, _, item in items)
     if len(shapes) > 1:
         example = {shape: next(str(p) for _, p, it in items if it["signal"].shape == shape) for shape in shapes}
@@ -192,35 +218,13 @@ def _build(files: list[tuple[str | None, Path]], spec, writer: CacheWriter) -> B
     rates = Counter(item["fs"] for _, _, item in items)
     if len(rates) > 1:
         raise DataError(f"the window files have different sampling rates `fs` {dict(rates)}; one dataset has one")
-    (channels, length), = shapes
-    fs_in = next(iter(rates)) or length / spec.duration_s
+    (_, length), = shapes
+    return length, next(iter(rates)) or length / duration_s
 
-    def has_label(label) -> bool:
-        return not (isinstance(label, float) and math.isnan(label))
 
-    unlabeled = [p for _, p, it in items if not has_label(it["label"])]
-    kept = [(split, p, it) for split, p, it in items if has_label(it["label"])]
-    if not kept:
-        raise DataError(f"none of the {len(items)} window files has a `{task}` label (all NaN)")
-    class_names = _classes(task, [float(it["label"]) for _, _, it in kept])
-
-    signals = np.stack([it["signal"] for _, _, it in kept]).astype(np.float32)
-    notes = []
-    fs_out = fs_in
-    if length != spec.window_length:
-        up, down = Fraction(int(spec.window_length), int(length)).as_integer_ratio()
-        signals = resample_poly(signals, up, down, axis=2, padtype="line").astype(np.float32)
-        fs_out = fs_in * spec.window_length / length
-        note = (f"the windows have {length} samples at {fs_in:g} Hz; resampled explicitly to {spec.window_length} "
-                f"samples ({fs_out:g} Hz, the whole window kept) with scipy.signal.resample_poly")
-        log.warning("windows: %s", note)
-        notes.append(note)
-    span = spec.window_length / fs_out
-    if not math.isclose(span, spec.duration_s, rel_tol=1e-3):
-        notes.append(f"the windows span {span:g} s; dataset.duration_s={spec.duration_s:g} is not used for them")
-
-    rids = [it["rid"] for _, _, it in kept]
-    record_ids, record_names = _numbered(rids)
+def _meta(kept: list[_Item], task: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[str]]]:
+    """Numbered subjects, per-window meta, and the names behind the numbers of ids that are not numeric."""
+    record_ids, record_names = _numbered([it["rid"] for _, _, it in kept])
     subjects, subject_names = _numbered([_subject(it["rid"], it["subject"]) for _, _, it in kept])
     meta = {"record_id": record_ids}
     if any(split is not None for split, _, _ in kept):
@@ -228,26 +232,24 @@ def _build(files: list[tuple[str | None, Path]], spec, writer: CacheWriter) -> B
     common = set.intersection(*(set(it["extra"]) for _, _, it in kept)) - {task}
     for k in sorted(common):
         meta[k] = np.array([it["extra"][k] for _, _, it in kept], dtype=np.float64)
+    # meta["record_id"] and the subjects index these lists when the ids are not numbers
+    names = {"record_names": record_names, "subject_names": subject_names}
+    return subjects, meta, {k: v for k, v in names.items() if v is not None}
 
-    windows = WindowSet(signals=signals, labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
-                        subjects=subjects, class_names=class_names, fs=float(fs_out), meta=meta)
-    writer.save_windows(windows)
-    split_counts = Counter(split for split, _, _ in kept)
-    report = {
+
+def _report(items: list[_Item], kept: list[_Item], *, task: str, windows: WindowSet, unlabeled: list[Path],
+            notes: list[str]) -> dict:
+    split_counts = Counter(split for split, _, _ in kept) if "split" in windows.meta else None
+    return {
         "counts": {
             "files": len(items),
             "windows": len(windows),
-            "records": len(set(rids)),
-            "subjects": int(len(np.unique(subjects))),
+            "records": len({it["rid"] for _, _, it in kept}),
+            "subjects": int(len(np.unique(windows.subjects))),
             **{f"n_{name}": n for name, n in windows.class_counts().items()},
-            **({f"split_{s}": split_counts[s] for s in SPLIT_NAMES} if "split" in meta else {}),
+            **({f"split_{s}": split_counts[s] for s in SPLIT_NAMES} if split_counts else {}),
         },
         "excluded": {f"no {task} label (NaN)": len(unlabeled)},
         "examples": {f"no {task} label (NaN)": [str(p) for p in unlabeled[:8]]},
-        "notes": notes + [f"task={task}; split on disk: {'yes' if 'split' in meta else 'no (subject-wise CV)'}"],
+        "notes": notes + [f"task={task}; split on disk: {'yes' if split_counts else 'no (subject-wise CV)'}"],
     }
-    if record_names is not None:
-        report["record_names"] = record_names  # meta["record_id"] indexes this list
-    if subject_names is not None:
-        report["subject_names"] = subject_names
-    return BuildInfo(class_names, float(fs_out), report)

@@ -8,116 +8,104 @@ scaler removed. `granite-tsfm` and `transformers` are imported only when a backb
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ttm_experiments.config.schema import BackboneConf, BackboneKind
 from ttm_experiments.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """The architecture: everything that decides the shapes of the backbone's parameters."""
-
-    kind: str
-    context_length: int
-    patch_length: int
-    patch_stride: int
-    d_model: int
-    num_layers: int
-    num_channels: int
-    adaptive_patching_levels: int = 0
-    expansion_factor: int = 2
-    num_attention_heads: int = 4
-    ffn_dim: int = 256
-    dropout: float = 0.0
-
-    def architecture(self) -> dict:
-        """The fields a checkpoint must agree on (dropout may differ)."""
-        arch = asdict(self)
-        arch.pop("dropout")
-        return arch
+# the fields that decide the shapes of the backbone's parameters (dropout does not): a checkpoint must agree on them
+ARCHITECTURE_KEYS = ("context_length", "patch_length", "patch_stride", "d_model", "num_layers",
+                     "adaptive_patching_levels", "expansion_factor", "num_attention_heads", "ffn_dim")
 
 
 class Backbone(nn.Module):
     """An encoder: `forward(x [B, C, T]) -> (hidden [B, C, P, D], loc [B, C], scale [B, C])`."""
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module):
+    def __init__(self, conf: BackboneConf, num_channels: int, model: nn.Module):
         super().__init__()
-        self.spec = spec
+        self.conf = conf
+        self.num_channels = num_channels
         self.model = model
+
+    def architecture(self) -> dict:
+        """What a checkpoint records and must match (adaptive patching exists only in TTM)."""
+        arch = {"kind": self.conf.kind.value, "num_channels": self.num_channels,
+                **{k: getattr(self.conf, k) for k in ARCHITECTURE_KEYS}}
+        if self.conf.kind != BackboneKind.ttm:
+            arch["adaptive_patching_levels"] = 0
+        return arch
 
     def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`observed` [B, C, T] (bool) hides samples from the scaler's statistics (masked pre-training)."""
-        if x.shape[-1] != self.spec.context_length or x.shape[1] != self.spec.num_channels:
+        if x.shape[-1] != self.conf.context_length or x.shape[1] != self.num_channels:
             raise ValueError(
                 f"input shape {tuple(x.shape)} does not fit the backbone "
-                f"[batch, {self.spec.num_channels}, {self.spec.context_length}]"
+                f"[batch, {self.num_channels}, {self.conf.context_length}]"
             )
         mask = None if observed is None else observed.transpose(1, 2).to(x.dtype)
         out = self.model(past_values=x.transpose(1, 2), past_observed_mask=mask)
         return out.last_hidden_state, out.loc.squeeze(1), out.scale.squeeze(1)
 
 
-def _build_ttm(spec: BackboneSpec) -> nn.Module:
+def _shared(conf: BackboneConf, num_channels: int) -> dict:
+    """The Hugging Face config arguments TTM and PatchTST name alike."""
+    return {"context_length": conf.context_length, "patch_length": conf.patch_length,
+            "patch_stride": conf.patch_stride, "num_input_channels": num_channels, "d_model": conf.d_model,
+            "dropout": conf.dropout, "scaling": "std"}
+
+
+def _build_ttm(conf: BackboneConf, num_channels: int) -> nn.Module:
     from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerModel
 
-    if spec.patch_length != spec.patch_stride:
+    if conf.patch_length != conf.patch_stride:
         raise ConfigError("TTM needs backbone.patch_stride == backbone.patch_length")
-    num_patches = spec.context_length // spec.patch_length
-    if spec.context_length % spec.patch_length or num_patches % (2 ** max(spec.adaptive_patching_levels - 1, 0)):
+    num_patches = conf.context_length // conf.patch_length
+    if conf.context_length % conf.patch_length or num_patches % (2 ** max(conf.adaptive_patching_levels - 1, 0)):
         raise ConfigError(
-            f"backbone.context_length={spec.context_length} must be a multiple of backbone.patch_length="
-            f"{spec.patch_length}, with a patch count divisible by 2^(adaptive_patching_levels-1)"
+            f"backbone.context_length={conf.context_length} must be a multiple of backbone.patch_length="
+            f"{conf.patch_length}, with a patch count divisible by 2^(adaptive_patching_levels-1)"
         )
-    config = TinyTimeMixerConfig(
-        context_length=spec.context_length,
-        patch_length=spec.patch_length,
-        patch_stride=spec.patch_stride,
-        num_input_channels=spec.num_channels,
-        d_model=spec.d_model,
-        num_layers=spec.num_layers,
-        adaptive_patching_levels=spec.adaptive_patching_levels,
-        expansion_factor=spec.expansion_factor,
-        dropout=spec.dropout,
-        scaling="std",
+    return TinyTimeMixerModel(TinyTimeMixerConfig(
+        **_shared(conf, num_channels), num_layers=conf.num_layers,
+        adaptive_patching_levels=conf.adaptive_patching_levels, expansion_factor=conf.expansion_factor,
         mode="common_channel",
-    )
-    return TinyTimeMixerModel(config)
+    ))
 
 
-def _build_patchtst(spec: BackboneSpec) -> nn.Module:
+def _build_patchtst(conf: BackboneConf, num_channels: int) -> nn.Module:
     from transformers import PatchTSTConfig, PatchTSTModel
 
-    config = PatchTSTConfig(
-        num_input_channels=spec.num_channels,
-        context_length=spec.context_length,
-        patch_length=spec.patch_length,
-        patch_stride=spec.patch_stride,
-        d_model=spec.d_model,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_attention_heads,
-        ffn_dim=spec.ffn_dim,
-        dropout=spec.dropout,
-        scaling="std",
-        do_mask_input=False,
-    )
-    return PatchTSTModel(config)
+    return PatchTSTModel(PatchTSTConfig(
+        **_shared(conf, num_channels), num_hidden_layers=conf.num_layers,
+        num_attention_heads=conf.num_attention_heads, ffn_dim=conf.ffn_dim, do_mask_input=False,
+    ))
 
 
-BUILDERS: dict[str, Callable[[BackboneSpec], nn.Module]] = {"ttm": _build_ttm, "patchtst": _build_patchtst}
+BUILDERS: dict[str, Callable[[BackboneConf, int], nn.Module]] = {"ttm": _build_ttm, "patchtst": _build_patchtst}
 
 
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    """Build a randomly initialised backbone from its spec (weights are loaded separately)."""
-    if spec.kind not in BUILDERS:
-        raise ConfigError(f"backbone.kind={spec.kind!r} is unknown; choose one of {sorted(BUILDERS)}")
-    return Backbone(spec, BUILDERS[spec.kind](spec))
+def build_backbone(conf: BackboneConf, *, num_channels: int) -> Backbone:
+    """Build a randomly initialised backbone (weights are loaded separately)."""
+    kind = conf.kind.value
+    if kind not in BUILDERS:
+        raise ConfigError(f"backbone.kind={kind!r} is unknown; choose one of {sorted(BUILDERS)}")
+    return Backbone(conf, num_channels, BUILDERS[kind](conf, num_channels))
+
+
+def pool_patches(hidden: torch.Tensor) -> torch.Tensor:
+    """Mean and max over patches, per channel: [B, C, P, D] -> [B, C * 2D]."""
+    return torch.cat([hidden.mean(dim=2), hidden.amax(dim=2)], dim=-1).flatten(1)
+
+
+def amplitude_features(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The window's location and log-scale, which the backbone's scaler removed: [B, 2C]."""
+    return torch.cat([loc, torch.log(scale.clamp_min(1e-8))], dim=-1)
 
 
 class ClassificationHead(nn.Module):
@@ -144,10 +132,9 @@ class ClassificationHead(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([hidden.mean(dim=2), hidden.amax(dim=2)], dim=-1).flatten(1)
+        pooled = pool_patches(hidden)
         if self.scale_features:
-            extra = torch.cat([loc, torch.log(scale.clamp_min(1e-8))], dim=-1)
-            pooled = torch.cat([pooled, self.scale_norm(extra)], dim=-1)
+            pooled = torch.cat([pooled, self.scale_norm(amplitude_features(loc, scale))], dim=-1)
         return self.mlp(pooled)
 
 
@@ -163,9 +150,9 @@ class Classifier(nn.Module):
         return self.head(*self.backbone(x))
 
 
-def build_classifier(spec: BackboneSpec, num_classes: int, head_hidden: int, head_dropout: float,
-                     scale_features: bool) -> Classifier:
-    backbone = build_backbone(spec)
-    head = ClassificationHead(spec.num_channels, spec.d_model, num_classes, head_hidden, head_dropout,
-                              scale_features)
+def build_classifier(conf: BackboneConf, *, num_channels: int, num_classes: int) -> Classifier:
+    """The backbone of `conf` and its classification head (`conf.head_*`, `conf.scale_features`)."""
+    backbone = build_backbone(conf, num_channels=num_channels)  # first: the random draws keep their order
+    head = ClassificationHead(num_channels, conf.d_model, num_classes, conf.head_hidden, conf.head_dropout,
+                              conf.scale_features)
     return Classifier(backbone, head)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ttm_experiments.errors import CheckpointError
+from ttm_experiments.files import atomic_file
 from ttm_experiments.models.backbones import Backbone, Classifier
 
 log = logging.getLogger(__name__)
@@ -36,22 +35,15 @@ _HF_KEYS = {
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """torch.save, atomically: a crash or a full disk never leaves half a file."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(obj, tmp)
     except OSError as err:  # a full disk or a quota: the previous file at `path` is still intact
-        Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(
             f"cannot write {path}: {err}. Fix: free disk space, or paths.runs_dir=<a disk with space>; the previous "
             f"{path.name} (if any) is unchanged."
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_classifier(path: Path, model: Classifier, stage: str, class_names: tuple[str, ...]) -> None:
@@ -59,7 +51,7 @@ def save_classifier(path: Path, model: Classifier, stage: str, class_names: tupl
     atomic_save(
         {
             "format": FORMAT,
-            "architecture": model.backbone.spec.architecture(),
+            "architecture": model.backbone.architecture(),
             "stage": stage,
             "class_names": list(class_names),
             "backbone": model.backbone.model.state_dict(),
@@ -131,11 +123,12 @@ def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
             f"backbone.pretrained_path={pretrained_path} does not exist. Fix: give a checkpoint file written by "
             "ttm-train (runs/.../best.pt) or a local model directory, or backbone.pretrained_path=null."
         )
-    expected = backbone.spec.architecture()
+    expected = backbone.architecture()
+    kind = expected["kind"]
     if path.is_dir():
         config, state = _read_hf_directory(path)
         found = {ours: config[theirs] for theirs, ours in _HF_KEYS.items() if theirs in config}
-        _compare(backbone.spec.kind, expected, found, f"backbone.pretrained_path={path}")
+        _compare(kind, expected, found, f"backbone.pretrained_path={path}")
         _load_strict(backbone, _backbone_keys(state, backbone), f"backbone.pretrained_path={path}")
         log.info("loaded pretrained backbone weights from %s", path)
         return "pretrained"
@@ -147,11 +140,11 @@ def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
         raise CheckpointError(
             f"backbone.pretrained_path={path} is not a ttm-experiments checkpoint (no format {FORMAT!r} marker)"
         )
-    _compare(backbone.spec.kind, expected, ckpt["architecture"], f"backbone.pretrained_path={path}")
-    if ckpt["architecture"].get("kind") != backbone.spec.kind:
+    _compare(kind, expected, ckpt["architecture"], f"backbone.pretrained_path={path}")
+    if ckpt["architecture"].get("kind") != kind:
         raise CheckpointError(
             f"backbone.pretrained_path={path} is a {ckpt['architecture'].get('kind')} checkpoint; "
-            f"the configured backbone is {backbone.spec.kind}"
+            f"the configured backbone is {kind}"
         )
     _load_strict(backbone, ckpt["backbone"], f"backbone.pretrained_path={path}")
     log.info("loaded backbone weights from %s (written by stage %r)", path, ckpt.get("stage"))

@@ -13,7 +13,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Callable
 
-from ttm_experiments.config.schema import SearchConf
+from ttm_experiments.config.schema import SearchConf, parse_metric
 from ttm_experiments.errors import ConfigError, Pruned
 from ttm_experiments.search.storage import display_storage, load_study, normalize_storage, open_storage, trial_id
 
@@ -67,10 +67,8 @@ class TrialReporter:
         import optuna
 
         self.study_name, self.storage_url, self.number = _check(search)
-        split, _, self.key = metric.partition("/")
-        if split not in ("train", "val") or not self.key:
-            raise ConfigError(f"optimized_metric={metric!r} must be a per-epoch metric such as 'val/auroc'")
-        self.split, self.metric, self.tracker = split, metric, tracker
+        (split, self.key), self.metric, self.tracker = parse_metric(metric), metric, tracker
+        self.split = split
         self.pruner = search.pruner or "none"
         self.study = load_study(self.study_name, self.storage_url, self.pruner)
         if self.study.direction.name.lower() != str(search.direction).lower():

@@ -126,8 +126,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def _from_override(name: str, override, origin: str, int_key: bool):
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    """A sweep override (`choice`, `range`, `interval`, optionally `tag(log, ...)`) as an Optuna distribution."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
     value = override.value()
     text = override.input_line.split("=", 1)[1] if override.input_line else str(value)
@@ -140,41 +140,60 @@ def _from_override(name: str, override, origin: str, int_key: bool):
     log = "log" in tags
     try:
         if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
-            if log:
-                raise ValueError("tag(log, ...) applies to interval(...) and range(...), not to a choice")
-            choices = list(override.sweep_iterator(transformer=Transformer.encode))
-            for choice in choices:
-                if not (choice is None or isinstance(choice, (str, int, float, bool))):
-                    raise ValueError(f"choice {choice!r} is a {type(choice).__name__}; choices must be numbers, "
-                                     "strings, booleans or null")
-            if len(set(map(repr, choices))) != len(choices):
-                raise ValueError("the choices repeat a value")
-            return CategoricalDistribution(choices)
+            return _choice(override, log)
         if isinstance(value, RangeSweep):
-            start, stop, step = value.start, value.stop, value.step if value.step is not None else 1
-            if step <= 0:
-                raise ValueError(f"step={step} must be > 0")
-            if stop < start:
-                raise ValueError(f"the range is empty: stop {stop} < start {start}")
-            if all(isinstance(v, int) for v in (start, stop, step)):
-                if log and step != 1:
-                    raise ValueError("tag(log, range(...)) needs step 1")
-                return IntDistribution(int(start), int(stop), step=int(step), log=log)
-            if log:
-                raise ValueError("tag(log, range(...)) needs integers; use tag(log, interval(low, high)) for floats")
-            return FloatDistribution(float(start), float(stop), step=float(step))
+            return _range(value, log)
         if isinstance(value, IntervalSweep):
-            low, high = float(value.start), float(value.end)
-            if int_key:
-                lo, hi = math.ceil(low), math.floor(high)
-                if lo > hi:
-                    raise ValueError(f"no integer lies in [{low}, {high}]")
-                return IntDistribution(lo, hi, log=log)
-            return FloatDistribution(low, high, log=log)
+            return _interval(value, log, int_key)
     except ValueError as err:
         raise SearchSpaceError(f"{where}: invalid distribution '{text}': {err}") from None
     raise SearchSpaceError(f"{where}: '{text}' is not a search space; use choice(...), range(...), "
                            "interval(...) or tag(log, interval(...))")
+
+
+def _choice(override, log: bool):
+    from hydra.core.override_parser.types import Transformer
+    from optuna.distributions import CategoricalDistribution
+
+    if log:
+        raise ValueError("tag(log, ...) applies to interval(...) and range(...), not to a choice")
+    choices = list(override.sweep_iterator(transformer=Transformer.encode))
+    for choice in choices:
+        if not (choice is None or isinstance(choice, (str, int, float, bool))):
+            raise ValueError(f"choice {choice!r} is a {type(choice).__name__}; choices must be numbers, "
+                             "strings, booleans or null")
+    if len(set(map(repr, choices))) != len(choices):
+        raise ValueError("the choices repeat a value")
+    return CategoricalDistribution(choices)
+
+
+def _range(value, log: bool):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    start, stop, step = value.start, value.stop, value.step if value.step is not None else 1
+    if step <= 0:
+        raise ValueError(f"step={step} must be > 0")
+    if stop < start:
+        raise ValueError(f"the range is empty: stop {stop} < start {start}")
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        if log and step != 1:
+            raise ValueError("tag(log, range(...)) needs step 1")
+        return IntDistribution(int(start), int(stop), step=int(step), log=log)
+    if log:
+        raise ValueError("tag(log, range(...)) needs integers; use tag(log, interval(low, high)) for floats")
+    return FloatDistribution(float(start), float(stop), step=float(step))
+
+
+def _interval(value, log: bool, int_key: bool):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    low, high = float(value.start), float(value.end)
+    if not int_key:
+        return FloatDistribution(low, high, log=log)
+    lo, hi = math.ceil(low), math.floor(high)  # integers on an integer key
+    if lo > hi:
+        raise ValueError(f"no integer lies in [{low}, {high}]")
+    return IntDistribution(lo, hi, log=log)
 
 
 def _from_dict(name: str, spec: Mapping[str, Any]):

@@ -66,8 +66,12 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(url))
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as err:  # a missing driver, an unreachable server, a read-only directory
+        fix = ("install the driver: pip install 'ttm-experiments[postgres]'" if isinstance(err, ImportError) else
+               "start the database server or fix hydra.sweeper.storage (host, port, user, password, database)"
+               if "://" in url and not url.startswith("sqlite") else "point hydra.sweeper.storage at a writable file")
         raise ConfigError(f"the Optuna storage {display_storage(url)} cannot be opened: "
-                          f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__}") from None
+                          f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__}; "
+                          f"{fix}") from None
 
 
 def pruner_spec(value: Any) -> str:

@@ -1,20 +1,9 @@
 """The Optuna sweeper behind `hydra/sweeper: optuna` (registered by `hydra_plugins.ttm_optuna_sweeper`).
 
-One `ttm-train -m hparams_search=<name>` call:
-
-1. reads the search space (`hydra.sweeper.params` plus the command line), and checks it before anything
-   runs: every distribution is valid, every key exists in the config, every probe value composes and
-   passes the job's own validation; an error names the key;
-2. creates or loads the study (`load_if_exists`: the same study name on the same storage resumes it, and
-   two sweepers on one storage share it), and the study's parent run in MLflow (this also creates the
-   MLflow store and experiment before any job starts);
-3. asks `n_jobs` trials at a time and hands them to the configured launcher (basic, joblib, submitit);
-   each job gets its trial as `search.*` overrides and reports to the storage itself (see `pruning`);
-4. after each batch reads every trial's state back from the storage: a job that pruned itself has
-   already marked its trial PRUNED; a returned objective makes it COMPLETE; a failed job makes it FAIL
-   and the study goes on;
-5. at the end prints and logs the best value, the best trial as a ready-to-run command, and parameter
-   importances, and writes `optimization_results.yaml` in the sweep folder.
+It checks the search space against the config before anything runs, creates or resumes the study
+(`load_if_exists`), launches `n_jobs` trials at a time through the configured launcher (each job reports to
+the storage itself and prunes itself, see `pruning`), reads every trial's state back from the storage (a
+failed job is a FAIL trial and the study goes on), and ends with the best trial as a ready-to-run command.
 """
 
 from __future__ import annotations
@@ -25,6 +14,7 @@ import math
 import shlex
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -45,6 +35,23 @@ log = logging.getLogger(__name__)
 
 # task keys that do not change what a job trains: left out when the best trial is turned into a command
 _NEUTRAL_KEYS = ("optimized_metric", "run_name")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A sweep's settings once checked: what `_sweep` and its steps share."""
+
+    space: SearchSpace
+    direction: str
+    pruner: str
+    storage_url: str
+    metric: str
+    sampler: Any
+    n_trials: int
+
+    @property
+    def storage_shown(self) -> str:
+        return display_storage(self.storage_url)
 
 
 class OptunaSweeperImpl(Sweeper):
@@ -197,20 +204,14 @@ class OptunaSweeperImpl(Sweeper):
         except UserError as err:  # a setting the user can fix: the message, without a traceback
             raise SweepError(f"error: {err}") from None
 
-    def _sweep(self, arguments: list[str]) -> Any:
-        import optuna
-
-        assert self.config is not None and self.launcher is not None
-        t0 = time.perf_counter()
+    def _plan(self, arguments: list[str]) -> "_Plan":
+        """Everything the sweep needs, checked before the study is touched: space, direction, storage, sampler."""
         cfg = self.config
         space = parse(self.params, self.search_space, arguments, int_keys=functools.partial(_is_int_key, cfg))
         if not space.distributions and not self.custom_search_space:
             raise SearchSpaceError("the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "
                                    "tag(log, interval(1e-5, 3e-3))) or use hparams_search=<name>")
-        direction = self._direction()
-        pruner = pruner_spec(self.pruner)
-        storage_url = self._storage_url()
-        storage_shown = display_storage(storage_url)
+        direction, pruner, storage_url = self._direction(), pruner_spec(self.pruner), self._storage_url()
         self.pass_trial = self._trial_node_ok()
         self.add_run_name = (OmegaConf.select(cfg, "run_name", default="missing") is None
                              and not any(k.lstrip("+~") == "run_name" for k in (*space.fixed, *space.distributions)))
@@ -221,74 +222,94 @@ class OptunaSweeperImpl(Sweeper):
         n_trials = self.n_trials if grid_size is None else min(self.n_trials, grid_size)
         if n_trials < 1 or self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} and n_jobs={self.n_jobs} must be >= 1")
-        self.validate(space, self._search_overrides("validation", storage_url, 0, pruner, direction))
+        return _Plan(space=space, direction=direction, pruner=pruner, storage_url=storage_url, metric=metric,
+                     sampler=sampler, n_trials=n_trials)
+
+    def _open_study(self, plan: "_Plan"):
+        """Create or resume the study; a resumed one must keep its direction and distributions."""
+        import optuna
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(study_name=self.study_name, storage=open_storage(storage_url),
-                                        sampler=sampler, direction=direction, load_if_exists=True)
-            if study.direction.name.lower() != direction:
-                raise ConfigError(f"study '{study.study_name}' in {storage_shown} is to "
-                                  f"{study.direction.name.lower()}, but hydra.sweeper.direction={direction}")
+            study = optuna.create_study(study_name=self.study_name, storage=open_storage(plan.storage_url),
+                                        sampler=plan.sampler, direction=plan.direction, load_if_exists=True)
+            if study.direction.name.lower() != plan.direction:
+                raise ConfigError(f"study '{study.study_name}' in {plan.storage_shown} is to "
+                                  f"{study.direction.name.lower()}, but hydra.sweeper.direction={plan.direction}")
             if not study.metric_names:
-                study.set_metric_names([metric])
-        self._check_against_study(study, space)
+                study.set_metric_names([plan.metric])
+        self._check_against_study(study, plan.space)
         before = len(study.get_trials(deepcopy=False))
         if before:
-            log.info("study '%s' in %s resumes with %d trials", study.study_name, storage_shown, before)
-            if hasattr(sampler, "reseed_rng"):
-                sampler.reseed_rng()  # a seeded sampler would otherwise repeat the first run's trials
-        study.set_user_attr("optimized_metric", metric)
+            log.info("study '%s' in %s resumes with %d trials", study.study_name, plan.storage_shown, before)
+            if hasattr(plan.sampler, "reseed_rng"):
+                plan.sampler.reseed_rng()  # a seeded sampler would otherwise repeat the first run's trials
+        study.set_user_attr("optimized_metric", plan.metric)
+        return study
+
+    def _sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        t0 = time.perf_counter()
+        plan = self._plan(arguments)
+        self.validate(plan.space, self._search_overrides("validation", plan.storage_url, 0, plan.pruner, plan.direction))
+        study = self._open_study(plan)
         log.info("Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s", study.study_name,
-                 storage_shown, n_trials, self.n_jobs, type(sampler).__name__, pruner, direction, metric)
-        log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in space.distributions.items()))
-
-        study_run = self._study_run(study.study_name, storage_shown, direction, metric, sampler, pruner)
+                 plan.storage_shown, plan.n_trials, self.n_jobs, type(plan.sampler).__name__, plan.pruner,
+                 plan.direction, plan.metric)
+        log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in plan.space.distributions.items()))
+        study_run = self._study_run(study.study_name, plan.storage_shown, plan.direction, plan.metric, plan.sampler,
+                                    plan.pruner)
         asked: list[int] = []
-        new_failures: list[str] = []
+        failures: list[str] = []
         try:
-            job_idx, left = 0, n_trials
-            while left > 0:
-                batch = min(left, self.n_jobs)
-                trials, overrides = [], []
-                for _ in range(batch):
-                    trial = self._ask(study, storage_url, space)
-                    if self.custom_search_space:
-                        from hydra.utils import get_method
-
-                        get_method(self.custom_search_space)(cfg, trial)
-                    job = space.overrides(trial.params) + self._search_overrides(
-                        study.study_name, storage_url, trial.number, pruner, direction)
-                    if self.add_run_name:
-                        job.append(f"run_name=trial-{trial.number}")
-                    trial.set_user_attr(ATTR_OVERRIDES, job)
-                    if study_run is not None:
-                        trial.set_user_attr(ATTR_PARENT_RUN, study_run.run_id)
-                    trials.append(trial)
-                    overrides.append(tuple(job))
-                    asked.append(trial.number)
-                self.validate_batch_is_legal(overrides)
-                launch_error: Optional[BaseException] = None
-                try:
-                    returns = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
-                except Exception as err:  # e.g. a submitit job killed by the system: the whole batch failed
-                    log.error("the launcher failed on trials %s: %s", [t.number for t in trials], err)
-                    returns, launch_error = [None] * batch, err
-                job_idx += batch
-                for trial, ret in zip(trials, returns):
-                    failure = self._record(study, storage_url, trial, ret, launch_error, metric, study_run)
-                    if failure:
-                        new_failures.append(failure)
-                left -= batch
+            for job_idx in range(0, plan.n_trials, self.n_jobs):
+                batch = min(plan.n_trials - job_idx, self.n_jobs)
+                failures += self._run_batch(study, plan, study_run, batch=batch, job_idx=job_idx, asked=asked)
         except BaseException:
-            self._fail_running(study, storage_url, asked)
+            self._fail_running(study, plan.storage_url, asked)
             if study_run is not None:
                 study_run.end("KILLED")
             raise
-        results = self._finish(study, storage_url, asked, metric, direction, study_run, time.perf_counter() - t0)
-        if asked and len(new_failures) == len(asked):
-            raise SweepError(f"all {len(asked)} trials of this run failed; the first: {new_failures[0]}")
+        results = self._finish(study, plan.storage_url, asked, plan.metric, plan.direction, study_run,
+                               time.perf_counter() - t0)
+        if asked and len(failures) == len(asked):
+            raise SweepError(f"all {len(asked)} trials of this run failed; the first: {failures[0]}")
         return results
+
+    def _job_overrides(self, study, plan: "_Plan", trial, study_run) -> list[str]:
+        """One trial's job: its sampled overrides, where to report, and its run name."""
+        if self.custom_search_space:
+            from hydra.utils import get_method
+
+            get_method(self.custom_search_space)(self.config, trial)
+        job = plan.space.overrides(trial.params) + self._search_overrides(
+            study.study_name, plan.storage_url, trial.number, plan.pruner, plan.direction)
+        if self.add_run_name:
+            job.append(f"run_name=trial-{trial.number}")
+        trial.set_user_attr(ATTR_OVERRIDES, job)
+        if study_run is not None:
+            trial.set_user_attr(ATTR_PARENT_RUN, study_run.run_id)
+        return job
+
+    def _run_batch(self, study, plan: "_Plan", study_run, *, batch: int, job_idx: int, asked: list[int]) -> list[str]:
+        """Ask `batch` trials, launch them together, record each; returns the failure messages."""
+        trials, overrides = [], []
+        for _ in range(batch):
+            trial = self._ask(study, plan.storage_url, plan.space)
+            overrides.append(tuple(self._job_overrides(study, plan, trial, study_run)))
+            trials.append(trial)
+            asked.append(trial.number)
+        self.validate_batch_is_legal(overrides)
+        launch_error: Optional[BaseException] = None
+        try:
+            returns = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
+        except Exception as err:  # e.g. a submitit job killed by the system: the whole batch failed, recorded as FAIL
+            log.error("the launcher failed on trials %s: %s", [t.number for t in trials], err)
+            returns, launch_error = [None] * batch, err
+        failures = [self._record(study, trial, ret, storage_url=plan.storage_url, launch_error=launch_error,
+                                 metric=plan.metric, study_run=study_run)
+                    for trial, ret in zip(trials, returns)]
+        return [f for f in failures if f]
 
     def _ask(self, study, storage_url: str, space: SearchSpace):
         known = {t.number for t in study.get_trials(deepcopy=False)}
@@ -334,7 +355,8 @@ class OptunaSweeperImpl(Sweeper):
             "optuna.direction": direction, "optuna.metric": metric, "optuna.sampler": type(sampler).__name__,
             "optuna.pruner": pruner, "sweep": str(self.config.hydra.sweep.dir)})
 
-    def _record(self, study, storage_url: str, trial, ret, launch_error, metric: str, study_run) -> Optional[str]:
+    def _record(self, study, trial, ret, *, storage_url: str, launch_error: Optional[BaseException], metric: str,
+                study_run) -> Optional[str]:
         """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
         import optuna
         from hydra.core.utils import JobStatus
@@ -343,7 +365,7 @@ class OptunaSweeperImpl(Sweeper):
         storage = open_storage(storage_url)
         tid = trial_id(storage_url, study.study_name, trial.number)
         frozen = storage.get_trial(tid)
-        failure, value = None, None
+        failure = None
         if frozen.state.is_finished():  # the job pruned itself (or another process finished it)
             pass
         elif ret is not None and ret.status == JobStatus.COMPLETED:
@@ -362,7 +384,12 @@ class OptunaSweeperImpl(Sweeper):
             self._tell(study, trial, state=TrialState.FAIL)
             if not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
                 log.error("trial %d failed", trial.number, exc_info=err)
-        frozen = storage.get_trial(tid)
+        self._log_trial(study, storage.get_trial(tid), failure=failure, metric=metric, study_run=study_run)
+        return failure
+
+    @staticmethod
+    def _log_trial(study, frozen, *, failure: Optional[str], metric: str, study_run) -> None:
+        """One line per finished trial (state, value or reason, params, MLflow run), and the study run's update."""
         state = frozen.state.name
         trials = study.get_trials(deepcopy=False)
         best = summary.best_value_so_far(trials, study.direction.name == "MAXIMIZE")
@@ -375,15 +402,14 @@ class OptunaSweeperImpl(Sweeper):
             detail = f"at epoch {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last else ""
         else:
             detail = failure or frozen.user_attrs.get("fail_reason", "")
-        log.info("trial %d %-8s %s | %s%s", trial.number, state, detail, params,
+        log.info("trial %d %-8s %s | %s%s", frozen.number, state, detail, params,
                  f" | MLflow run {run_id}" if run_id else "")
         if study_run is not None:
             try:
-                study_run.trial_finished(trial.number, state, frozen.value if state == "COMPLETE" else None,
+                study_run.trial_finished(frozen.number, state, frozen.value if state == "COMPLETE" else None,
                                          run_id, best, summary.counts(trials))
-            except Exception:
-                log.exception("could not record trial %d in MLflow", trial.number)
-        return failure
+            except Exception:  # MLflow is the record, the storage is the truth: the study goes on
+                log.exception("could not record trial %d in MLflow", frozen.number)
 
     @staticmethod
     def _tell(study, trial, **kwargs) -> None:

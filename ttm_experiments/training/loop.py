@@ -14,70 +14,26 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ttm_experiments.config.schema import CollapseAction, LossKind, OptimConf, TrainerConf, UnfreezeConf
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.metrics import classification_metrics, collapsed_classes, softmax
-from ttm_experiments.models.backbones import Classifier
+from ttm_experiments.models.backbones import Backbone, Classifier
 from ttm_experiments.tracking import Tracker
-from ttm_experiments.training.ssl import SSLSettings
-from ttm_experiments.unfreeze import Block, BlockRule, UnfreezeReport, apply_stage, find_blocks
+from ttm_experiments.training.optim import autocast, make_optimizer, warmup_cosine
+from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
+from ttm_experiments.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    name: str
-    scope: Literal["head", "partial", "full"]
-    epochs: int
-    head_lr: float
-    backbone_lr: float
-    last_n: int
-    kind: Literal["supervised", "ssl_masked", "ssl_contrastive"] = "supervised"
-    data: Literal["target", "pretrain"] = "target"
-    ssl: SSLSettings | None = None
-
-    @property
-    def supervised(self) -> bool:
-        return self.kind == "supervised"
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    batch_size: int
-    eval_batch_size: int
-    weight_decay: float
-    warmup_frac: float
-    grad_clip: float
-    loss: Literal["weighted_ce", "ce", "focal"]
-    focal_gamma: float
-    balanced_sampler: bool
-    layer_decay: float
-    device: torch.device
-    amp: bool
-    progress: bool
-    collapse_threshold: float
-    max_batches: int
-    seed: int
-    collapse_action: Literal["warn", "stop"] = "warn"
-    compile: bool = False  # torch.compile the model for the training and evaluation steps
-
 
 # The backbone's outputs of a head-only stage are cached up to this size (train + val: ~80k ttm_1024 windows);
 # above it the frozen backbone runs per batch instead (the same values: evaluation mode, no autograd).
 FEATURE_CACHE_BYTES = 1 << 30
-
-
-def make_optimizer(groups: list[dict], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel where PyTorch has one (CPU, CUDA): one kernel for all parameters instead of
-    a Python loop over ~100 tensors (5.6 -> 1.1 ms per step on 2 CPU cores for ttm_1024)."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
 
 
 @dataclass
@@ -146,16 +102,20 @@ class FocalLoss(nn.Module):
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, normalised to mean 1 over the samples (training split only)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    """scikit-learn's 'balanced' weights, n / (num_classes * count), of the training split. A class the split
+    lacks (no target carries it, so its weight is never used) gets n / num_classes."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.flatnonzero(np.bincount(labels, minlength=num_classes))
+    weights = np.full(num_classes, len(labels) / num_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels) * (len(present) / num_classes)
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def build_loss(settings: LoopSettings, train_labels: np.ndarray, num_classes: int) -> nn.Module:
-    weight = class_weights(train_labels, num_classes) if settings.loss != "ce" else None
-    if settings.loss == "focal":
-        return FocalLoss(weight, settings.focal_gamma)
+def build_loss(optim: OptimConf, train_labels: np.ndarray, num_classes: int) -> nn.Module:
+    weight = class_weights(train_labels, num_classes) if optim.loss != LossKind.ce else None
+    if optim.loss == LossKind.focal:
+        return FocalLoss(weight, optim.focal_gamma)
     return nn.CrossEntropyLoss(weight=weight)
 
 
@@ -176,18 +136,6 @@ def param_groups(model: Classifier, stage: StagePlan, selected: list[Block], all
     return groups
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
-    warmup = max(1, int(total_steps * warmup_frac))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 class FrozenFeatures:
     """The frozen backbone's outputs `(hidden, loc, scale)` for the rows of `x`, in a head-only stage.
 
@@ -204,10 +152,10 @@ class FrozenFeatures:
         self.store: tuple[torch.Tensor, ...] = ()
 
     @staticmethod
-    def bytes_needed(backbone: nn.Module, rows: int) -> int:
-        spec = backbone.spec
-        patches = spec.context_length // spec.patch_stride + 1
-        return rows * spec.num_channels * (patches * spec.d_model + 2) * 4
+    def bytes_needed(backbone: Backbone, rows: int) -> int:
+        conf = backbone.conf
+        patches = conf.context_length // conf.patch_stride + 1
+        return rows * backbone.num_channels * (patches * conf.d_model + 2) * 4
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -243,21 +191,19 @@ class FrozenFeatures:
 class Trainer:
     """Runs the stages of a schedule on one model and keeps the best checkpoint by `val/auroc`."""
 
-    def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, settings: LoopSettings,
-                 rule: BlockRule, on_empty: Literal["error", "warn"], tracker: Tracker,
+    def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, *, optim: OptimConf,
+                 trainer: TrainerConf, unfreeze: UnfreezeConf, device: torch.device, seed: int, tracker: Tracker,
                  epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = ()):
-        self.model = model.to(settings.device)
-        self.settings = settings
-        self.rule = rule
-        self.on_empty = on_empty
+        self.model = model.to(device)
+        self.optim, self.conf, self.unfreeze, self.device = optim, trainer, unfreeze, device
         self.tracker = tracker
         # called after every epoch with its record (e.g. Optuna pruning, which raises errors.Pruned)
         self.epoch_hooks = epoch_hooks
         self.class_names = train.class_names
         self.x_train, self.y_train = self.tensors(train)
         self.x_val, self.y_val = self.tensors(val)
-        self.loss_fn = build_loss(settings, train.labels, len(self.class_names)).to(settings.device)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.loss_fn = build_loss(optim, train.labels, len(self.class_names)).to(device)
+        self.generator = torch.Generator().manual_seed(seed)
         self.best_state: dict[str, torch.Tensor] | None = None
         # the model the steps call: the model itself, or compiled anew for each stage (trainer.compile)
         self.step_model: nn.Module = self.model
@@ -265,27 +211,26 @@ class Trainer:
         self.frozen: tuple[FrozenFeatures, FrozenFeatures] | None = None
 
     def tensors(self, ws: WindowSet) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(ws.signals).to(self.settings.device), torch.from_numpy(ws.labels).to(self.settings.device)
+        return torch.from_numpy(ws.signals).to(self.device), torch.from_numpy(ws.labels).to(self.device)
 
     def _autocast(self):
-        enabled = self.settings.amp and self.settings.device.type == "cuda"
-        return torch.autocast(device_type=self.settings.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.device, self.conf.amp)
 
     def steps_per_epoch(self) -> int:
-        n, size = len(self.y_train), self.settings.batch_size
+        n, size = len(self.y_train), self.optim.batch_size
         count = math.ceil(n / size)
         if count > 1 and n % size == 1:  # BatchNorm cannot train on a last batch of one: drop it
             count -= 1
-        return min(count, self.settings.max_batches) if self.settings.max_batches else count
+        return min(count, self.conf.max_batches) if self.conf.max_batches else count
 
     def _batches(self) -> list[torch.Tensor]:
         n = len(self.y_train)
-        if self.settings.balanced_sampler:
+        if self.optim.balanced_sampler:
             weights = class_weights(self.y_train.cpu().numpy(), len(self.class_names))[self.y_train.cpu()]
             order = torch.multinomial(weights, n, replacement=True, generator=self.generator)
         else:
             order = torch.randperm(n, generator=self.generator)
-        return list(order.split(self.settings.batch_size))[: self.steps_per_epoch()]  # on the CPU
+        return list(order.split(self.optim.batch_size))[: self.steps_per_epoch()]  # on the CPU
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> np.ndarray:
@@ -293,7 +238,7 @@ class Trainer:
         self.model.eval()
         out = []
         with self._autocast():
-            for chunk in x.split(self.settings.eval_batch_size):
+            for chunk in x.split(self.optim.eval_batch_size):
                 out.append(self.step_model(chunk).float())
         return torch.cat(out).cpu().numpy()  # one device sync, not one per chunk
 
@@ -302,7 +247,7 @@ class Trainer:
         """Logits from the frozen backbone's outputs: the head alone, in evaluation mode."""
         self.model.eval()
         with self._autocast():
-            out = [self.model.head(*parts).float() for parts in features.chunks(self.settings.eval_batch_size)]
+            out = [self.model.head(*parts).float() for parts in features.chunks(self.optim.eval_batch_size)]
         return torch.cat(out).cpu().numpy()
 
     def _frozen_backbone(self) -> bool:
@@ -310,7 +255,7 @@ class Trainer:
 
     def _loss_value(self, logits: np.ndarray, labels: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(self.loss_fn(torch.from_numpy(logits).to(self.settings.device), labels))
+            return float(self.loss_fn(torch.from_numpy(logits).to(self.device), labels))
 
     def train_epoch(self, optimizer, scheduler, desc: str, check_gradients: bool = False) -> dict[str, float]:
         """One pass over the training split. Raises NonFiniteLoss at the first NaN/Inf loss (checked every
@@ -321,12 +266,12 @@ class Trainer:
         if self.frozen is not None:
             self.model.backbone.eval()  # frozen: no dropout; its outputs come from the stage's cache
         logits_all, labels_all, losses = [], [], []
-        per_step_check = self.settings.device.type == "cpu"
+        per_step_check = self.device.type == "cpu"
         batches = self._batches()
         # the epoch's order goes to the device in one copy; the CPU batches index the frozen-backbone cache
-        on_device = torch.cat(batches).to(self.settings.device).split([len(b) for b in batches])
+        on_device = torch.cat(batches).to(self.device).split([len(b) for b in batches])
         for step, (rows, index) in enumerate(zip(tqdm(batches, desc=desc, leave=False,
-                                                      disable=not self.settings.progress), on_device)):
+                                                      disable=not self.conf.progress), on_device)):
             y = self.y_train[index]
             with self._autocast():
                 if self.frozen is not None:
@@ -340,9 +285,9 @@ class Trainer:
             loss.backward()
             if check_gradients and step == 0:
                 check_trainable_gradients(self.model, desc)
-            if self.settings.grad_clip > 0:
+            if self.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], self.settings.grad_clip
+                    [p for g in optimizer.param_groups for p in g["params"]], self.optim.grad_clip
                 )
             optimizer.step()
             scheduler.step()
@@ -373,30 +318,19 @@ class Trainer:
         metrics = classification_metrics(y.cpu().numpy(), softmax(logits), self.class_names)
         return {"loss": self._loss_value(logits, y), **metrics}
 
-    def run(self, stages: list[StagePlan]) -> LoopResult:
-        """All stages in order, epochs counted across them."""
-        result = LoopResult()
-        epoch = 0
-        for stage in stages:
-            epoch = self.run_stage(stage, result, epoch)
-        return result
-
-    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int, resume: dict | None = None,
-                  on_epoch_end: Callable[..., None] | None = None) -> int:
+    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int, *, resume: dict | None = None,
+                  on_epoch_end: OnEpochEnd | None = None) -> int:
         """One supervised stage in its own nested run; returns the last epoch number (across stages).
 
         `resume` (from a checkpoint) restores the optimizer and scheduler and skips the epochs already done;
-        `on_epoch_end(stage_epoch, optimizer, scheduler, record)` writes the per-epoch checkpoint.
+        `on_epoch_end` writes the per-epoch checkpoint.
         """
-        report, selected = apply_stage(
-            self.model, self.model.backbone.model, self.model.head, self.rule, stage.scope, stage.last_n,
-            self.on_empty, stage.name,
-        )
+        report, selected = apply_stage(self.model, self.unfreeze, scope=stage.scope, stage=stage.name)
         self.model.zero_grad(set_to_none=True)  # no stale gradients from an earlier stage
-        all_blocks = find_blocks(self.model.backbone.model, self.rule) if stage.scope == "full" else selected
-        groups = param_groups(self.model, stage, selected, all_blocks, self.settings.layer_decay)
-        optimizer = make_optimizer(groups, self.settings.weight_decay, self.settings.device)
-        scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.settings.warmup_frac)
+        all_blocks = find_blocks(self.model.backbone.model, self.unfreeze) if stage.scope == "full" else selected
+        groups = param_groups(self.model, stage, selected, all_blocks, self.optim.layer_decay)
+        optimizer = make_optimizer(groups, weight_decay=self.optim.weight_decay, device=self.device)
+        scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.optim.warmup_frac)
         done = 0
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
@@ -411,10 +345,11 @@ class Trainer:
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
         self.frozen = self._frozen_features() if self._frozen_backbone() else None
-        if self.settings.compile and self.frozen is None:
+        if self.conf.compile and self.frozen is None:
             self.step_model = compile_model(self.model)
         try:
-            return self._run_epochs(stage, result, epoch, done, optimizer, scheduler, on_epoch_end)
+            return self._run_epochs(stage, result, epoch, done=done, optimizer=optimizer, scheduler=scheduler,
+                                    on_epoch_end=on_epoch_end)
         finally:
             self.frozen = None
 
@@ -428,14 +363,14 @@ class Trainer:
         return (FrozenFeatures(self.model.backbone, self.x_train, self._autocast, cache),
                 FrozenFeatures(self.model.backbone, self.x_val, self._autocast, cache))
 
-    def _run_epochs(self, stage: StagePlan, result: LoopResult, epoch: int, done: int, optimizer, scheduler,
-                    on_epoch_end) -> int:
+    def _run_epochs(self, stage: StagePlan, result: LoopResult, epoch: int, *, done: int, optimizer, scheduler,
+                    on_epoch_end: OnEpochEnd | None) -> int:
         for stage_epoch in range(done + 1, stage.epochs + 1):
             epoch += 1
             desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
             train_metrics = self.train_epoch(optimizer, scheduler, desc, check_gradients=stage_epoch == 1)
             val_metrics = self.evaluate_val()
-            collapsed = collapsed_classes(val_metrics, self.class_names, self.settings.collapse_threshold)
+            collapsed = collapsed_classes(val_metrics, self.class_names, self.conf.collapse_threshold)
             record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
             result.history.append(record)
             if collapsed:
@@ -445,13 +380,13 @@ class Trainer:
                 result.best_epoch, result.best_stage = epoch, stage.name
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             if on_epoch_end is not None:  # the checkpoint is written before the epoch's metrics are logged
-                on_epoch_end(stage_epoch, optimizer, scheduler, epoch, self.epoch_metrics(record), {})
+                on_epoch_end(EpochEnd(stage_epoch, epoch, optimizer, scheduler, self.epoch_metrics(record)))
             self._log_epoch(record, desc)
             if collapsed:
                 self._warn_collapse(record)
             for hook in self.epoch_hooks:
                 hook(record)
-            if collapsed and self.settings.collapse_action == "stop":
+            if collapsed and self.conf.collapse_action == CollapseAction.stop:
                 log.warning("[%s] stopping the stage at epoch %d (trainer.collapse_action=stop)", stage.name, epoch)
                 self.tracker.set_tags({"collapse_stop": f"{stage.name}@{epoch}:{','.join(collapsed)}"}, stage=True)
                 break
@@ -483,7 +418,7 @@ class Trainer:
             "MODE COLLAPSE at epoch %d (stage %s): validation accuracy of %s is below %.2f; the model has "
             "(almost) stopped predicting that class. Check the learning rate, the class weights "
             "(optim.loss) and what this stage unfreezes.",
-            record.epoch, record.stage, rates, self.settings.collapse_threshold,
+            record.epoch, record.stage, rates, self.conf.collapse_threshold,
         )
         self.tracker.set_tags({"mode_collapse": "true"}, stage=True)
         self.tracker.set_tags({"mode_collapse": "true"})

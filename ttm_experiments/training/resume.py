@@ -1,4 +1,5 @@
-"""Per-epoch resume state: written atomically after every epoch, read back by `resume=<dir or run id>`.
+"""Per-epoch resume state: written atomically after every epoch, read back by `resume=<dir or run id>`;
+and the recipe's wiring to it (find the state, save an epoch, mark the run finished, re-attach MLflow).
 
 The state holds everything the next epoch depends on (model, optimizer, scheduler, every random generator,
 the stage and epoch, the results so far, the best checkpoint) plus the MLflow run ids, so a resumed run
@@ -17,6 +18,7 @@ import torch
 
 from ttm_experiments.errors import CheckpointError, ConfigError
 from ttm_experiments.models.checkpoint import atomic_save
+from ttm_experiments.training.stages import EpochEnd
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +98,59 @@ def check_config(state: dict[str, Any], current: dict[str, Any], path: Path) -> 
             + "\n  ".join(diffs)
             + "\nFix: resume with the original overrides, or start a new run (without resume=)."
         )
+
+
+def find_state(*, resume: str | None, output_dir: Path, tracking_uri: str, config: dict[str, Any]
+               ) -> tuple[dict[str, Any], Path] | None:
+    """The state to continue from, and its file: `resume=<dir or run id>`, or an unfinished run in
+    `output_dir`. Refuses a finished run and one whose config differs from `config` (flattened)."""
+    if resume:
+        path = locate(resume, tracking_uri)
+    elif (output_dir / STATE_FILE).is_file():
+        path = output_dir / STATE_FILE
+    else:
+        return None
+    state = load_state(path)
+    if state.get("finished"):
+        raise ConfigError(f"the run in {path.parent} already finished (MLflow run {state['run_ids']['parent']}); "
+                          "nothing to resume. Start a new run without resume=.")
+    check_config(state, config, path)
+    return state, path
+
+
+def save_epoch(path: Path, end: EpochEnd, *, config: dict[str, Any], stage_index: int, stage_name: str,
+               model: torch.nn.Module, result: Any, best_state: dict | None, generators: dict[str, torch.Generator],
+               run_ids: dict[str, str | None]) -> None:
+    """Everything needed to continue after `end`; its metrics are `pending` until logged."""
+    save_state(path, {
+        "config": config,
+        "stage_index": stage_index,
+        "stage_name": stage_name,
+        "stage_epoch": end.stage_epoch,
+        "epoch": end.epoch,
+        "model": model.state_dict(),
+        "optimizer": end.optimizer.state_dict() if end.optimizer is not None else None,
+        "scheduler": end.scheduler.state_dict() if end.scheduler is not None else None,
+        "rng": rng_state(generators),
+        "result": result,
+        "best_state": best_state,
+        "run_ids": run_ids,
+        "pending": {"epoch": end.epoch, "metrics": end.metrics},
+        **end.extra,
+    })
+
+
+def mark_finished(path: Path, *, config: dict[str, Any], run_id: str) -> None:
+    """A finished run keeps no resumable state (its results are in MLflow), only a marker."""
+    save_state(path, {"finished": True, "config": config, "run_ids": {"parent": run_id}})
+
+
+def continue_tracking(tracker, state: dict[str, Any]) -> None:
+    """Re-attach the MLflow runs of the killed process and log the epoch it saved but did not log."""
+    tracker.attach(state["run_ids"]["parent"], state["run_ids"]["stage"])
+    tracker.set_tags({"resumed": "true"})
+    pending = state.get("pending")
+    if pending and pending["metrics"]:
+        key = next(iter(pending["metrics"]))
+        if not tracker.has_metric_step(key, pending["epoch"]):
+            tracker.log_metrics(pending["metrics"], step=pending["epoch"])

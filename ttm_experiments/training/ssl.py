@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttm_experiments.models.backbones import Backbone
+from ttm_experiments.config.schema import OptimConf, StageConf, StageKind, TrainerConf
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.models.backbones import Backbone, amplitude_features, pool_patches
+from ttm_experiments.training.optim import autocast, make_optimizer, warmup_cosine
+from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
 
 log = logging.getLogger(__name__)
 
-SSLKind = Literal["ssl_masked", "ssl_contrastive"]
-
-
-@dataclass(frozen=True)
-class SSLSettings:
-    mask_ratio: float = 0.4
-    stft_weight: float = 0.0  # weight of the multi-resolution STFT log-magnitude L1 term
-    contrastive_weight: float = 1.0
-    masked_weight: float = 1.0  # weight of the masked loss inside a contrastive stage
-    temperature: float = 0.1
-    projection_dim: int = 64
+MASKED_WEIGHT = 1.0  # weight of the masked loss inside a contrastive stage
+PROJECTION_DIM = 64  # the contrastive embedding
 
 
 def patch_mask(batch: int, num_patches: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,15 +83,15 @@ def masked_reconstruction(backbone: Backbone, head: ReconstructionHead, x: torch
                           stft_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Loss parts for windows x [B, C, T] with patch mask [B, P]: `masked` (MSE on masked patches),
     `stft` (when weighted), `zero_baseline` (the MSE of predicting zeros: what a useless model scores)."""
-    spec = backbone.spec
-    observed = observed_from_mask(mask.to(x.device), x.shape[1], spec.patch_length)
+    patch_length = backbone.conf.patch_length
+    observed = observed_from_mask(mask.to(x.device), x.shape[1], patch_length)
     obs_f = observed.to(x.dtype)
     mean = (x * obs_f).sum(-1, keepdim=True) / obs_f.sum(-1, keepdim=True).clamp_min(1)
     filled = torch.where(observed, x, mean)  # masked samples carry nothing but the observed mean
     hidden, loc, scale = backbone(filled, observed=observed)
     target = (x - loc[..., None]) / scale[..., None]
     b, c, t = x.shape
-    target_patches = target.reshape(b, c, t // spec.patch_length, spec.patch_length)
+    target_patches = target.reshape(b, c, t // patch_length, patch_length)
     pred = head(hidden)
     weights = mask.to(x.device)[:, None, :].expand(-1, c, -1).to(x.dtype)  # [B, C, P]
     per_patch = ((pred - target_patches) ** 2).mean(-1)
@@ -144,47 +137,45 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Te
 class SSLObjective(nn.Module):
     """The heads a self-supervised stage trains beside the backbone, and its loss."""
 
-    def __init__(self, backbone: Backbone, kind: SSLKind, settings: SSLSettings):
+    def __init__(self, backbone: Backbone, stage: StageConf):
         super().__init__()
-        spec = backbone.spec
+        conf = backbone.conf
         self.backbone = backbone
-        self.kind = kind
-        self.settings = settings
-        self.recon = ReconstructionHead(spec.d_model, spec.patch_length)
-        self.proj = ProjectionHead(spec.num_channels * spec.d_model, settings.projection_dim)
+        self.stage = stage
+        self.recon = ReconstructionHead(conf.d_model, conf.patch_length)
+        self.proj = ProjectionHead(backbone.num_channels * conf.d_model, PROJECTION_DIM)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Loss parts and `loss` (the weighted total) for windows x [B, C, T]."""
-        s = self.settings
-        num_patches = x.shape[-1] // self.backbone.spec.patch_length
+        s = self.stage
+        num_patches = x.shape[-1] // self.backbone.conf.patch_length
         mask = patch_mask(x.shape[0], num_patches, s.mask_ratio, generator)
         parts = masked_reconstruction(self.backbone, self.recon, x, mask, s.stft_weight)
         loss = parts["masked"] + s.stft_weight * parts.get("stft", 0.0)
-        if self.kind == "ssl_contrastive":
+        if s.kind == StageKind.ssl_contrastive:
             h1, _, _ = self.backbone(augment(x, generator))
             h2, _, _ = self.backbone(augment(x, generator))
             parts["contrastive"] = info_nce(self.proj(h1), self.proj(h2), s.temperature)
-            loss = s.masked_weight * loss + s.contrastive_weight * parts["contrastive"]
+            loss = MASKED_WEIGHT * loss + s.contrastive_weight * parts["contrastive"]
         parts["loss"] = loss
         return parts
 
 
 @torch.inference_mode()
-def pooled_features(backbone: Backbone, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def pooled_features(backbone: Backbone, x: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
     """Frozen features per window: mean and max over patches per channel, plus location and log-scale."""
     backbone.eval()
     out = []
     for start in range(0, len(x), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
         hidden, loc, scale = backbone(chunk)
-        feats = torch.cat([hidden.mean(2).flatten(1), hidden.amax(2).flatten(1), loc,
-                           torch.log(scale.clamp_min(1e-8))], dim=1)
+        feats = torch.cat([pool_patches(hidden), amplitude_features(loc, scale)], dim=1)
         out.append(feats.float().cpu().numpy())
     return np.concatenate(out)
 
 
-def linear_probe_auroc(backbone: Backbone, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                       val_y: np.ndarray, batch_size: int, device: torch.device) -> float:
+def linear_probe_auroc(backbone: Backbone, train: WindowSet, val: WindowSet, *, batch_size: int,
+                       device: torch.device) -> float:
     """AUROC on the validation windows of a logistic regression on frozen pooled features (seconds)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -192,11 +183,11 @@ def linear_probe_auroc(backbone: Backbone, train_x: np.ndarray, train_y: np.ndar
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced", C=0.1))
-    probe.fit(pooled_features(backbone, train_x, batch_size, device), train_y)
-    scores = probe.predict_proba(pooled_features(backbone, val_x, batch_size, device))
+    probe.fit(pooled_features(backbone, train.signals, batch_size=batch_size, device=device), train.labels)
+    scores = probe.predict_proba(pooled_features(backbone, val.signals, batch_size=batch_size, device=device))
     if scores.shape[1] == 2:
-        return float(roc_auc_score(val_y, scores[:, 1]))
-    return float(roc_auc_score(val_y, scores, multi_class="ovr", average="macro"))
+        return float(roc_auc_score(val.labels, scores[:, 1]))
+    return float(roc_auc_score(val.labels, scores, multi_class="ovr", average="macro"))
 
 
 class SSLRunner:
@@ -205,18 +196,14 @@ class SSLRunner:
     Data may be a memory-mapped array (a large corpus): batches are read by index, never all at once.
     """
 
-    def __init__(self, backbone: Backbone, settings, tracker):
-        self.backbone = backbone
-        self.settings = settings  # training.loop.LoopSettings
-        self.tracker = tracker
-        self.generator = torch.Generator().manual_seed(settings.seed + 1)
+    def __init__(self, backbone: Backbone, *, optim: OptimConf, trainer: TrainerConf, device: torch.device,
+                 seed: int, tracker):
+        self.backbone, self.optim, self.conf, self.device, self.tracker = backbone, optim, trainer, device, tracker
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _batch(self, x: np.ndarray, index: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x[np.sort(index)], dtype=np.float32)).to(self.settings.device)
-
-    def _autocast(self):
-        enabled = self.settings.amp and self.settings.device.type == "cuda"
-        return torch.autocast(device_type=self.settings.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.from_numpy(np.ascontiguousarray(x[np.sort(index)], dtype=np.float32)).to(self.device)
 
     def _epoch(self, objective: SSLObjective, x: np.ndarray, optimizer=None, scheduler=None,
                desc: str = "") -> dict[str, float]:
@@ -225,22 +212,22 @@ class SSLRunner:
         training = optimizer is not None
         objective.train(training)
         # validation uses the same masks and views every epoch, so its curve is comparable
-        generator = self.generator if training else torch.Generator().manual_seed(self.settings.seed + 2)
+        generator = self.generator if training else torch.Generator().manual_seed(self.seed + 2)
         order = torch.randperm(len(x), generator=generator).numpy() if training else np.arange(len(x))
-        size = self.settings.batch_size if training else self.settings.eval_batch_size
+        size = self.optim.batch_size if training else self.optim.eval_batch_size
         batches = [order[i : i + size] for i in range(0, len(x), size)]
         if training and len(batches) > 1 and len(batches[-1]) < 2:
             batches = batches[:-1]
         sums: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(training):
-            for index in tqdm(batches, desc=desc, leave=False, disable=not (self.settings.progress and training)):
-                with self._autocast():
+            for index in tqdm(batches, desc=desc, leave=False, disable=not (self.conf.progress and training)):
+                with autocast(self.device, self.conf.amp):
                     parts = objective(self._batch(x, index), generator)
                 if training:
                     optimizer.zero_grad(set_to_none=True)
                     parts["loss"].backward()
-                    if self.settings.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(objective.parameters(), self.settings.grad_clip)
+                    if self.optim.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(objective.parameters(), self.optim.grad_clip)
                     optimizer.step()
                     scheduler.step()
                 for k, v in parts.items():
@@ -251,46 +238,48 @@ class SSLRunner:
             raise FloatingPointError(f"{desc}: the self-supervised loss is {out['ssl_loss']}. Lower optim.lr.")
         return out
 
-    def run_stage(self, name: str, kind: SSLKind, ssl: SSLSettings, epochs: int, head_lr: float,
-                  backbone_lr: float, train_x: np.ndarray, val_x: np.ndarray, epoch: int,
-                  resume: dict | None = None, on_epoch_end=None) -> tuple[int, list[dict]]:
-        """Train `epochs` epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history).
-
-        `resume` restores the optimizer, scheduler and SSL heads and skips the epochs already done;
-        `on_epoch_end(stage_epoch, optimizer, scheduler, epoch, metrics, extra)` writes the checkpoint."""
-        from ttm_experiments.training.loop import make_optimizer, warmup_cosine
-
-        objective = SSLObjective(self.backbone, kind, ssl).to(self.settings.device)
-        for p in objective.parameters():
-            p.requires_grad_(True)
+    def _setup(self, stage: StagePlan, train_size: int, resume: dict | None):
+        """The objective (backbone + SSL heads, all trainable), its optimizer and schedule, restored on resume."""
+        objective = SSLObjective(self.backbone, stage.conf).to(self.device)
+        objective.requires_grad_(True)
         heads = [p for n, p in objective.named_parameters() if not n.startswith("backbone.")]
-        optimizer = make_optimizer(
-            [{"params": list(self.backbone.parameters()), "lr": backbone_lr}, {"params": heads, "lr": head_lr}],
-            self.settings.weight_decay, self.settings.device,
-        )
-        steps = max(1, len(train_x) // self.settings.batch_size) * epochs
-        scheduler = warmup_cosine(optimizer, steps, self.settings.warmup_frac)
-        log.info("[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
-                 name, kind, len(train_x), len(val_x), ssl.mask_ratio)
-        history, done = (resume or {}).get("ssl_history", []), 0
+        groups = [{"params": list(self.backbone.parameters()), "lr": stage.backbone_lr},
+                  {"params": heads, "lr": stage.head_lr}]
+        optimizer = make_optimizer(groups, weight_decay=self.optim.weight_decay, device=self.device)
+        steps = max(1, train_size // self.optim.batch_size) * stage.epochs
+        scheduler = warmup_cosine(optimizer, steps, self.optim.warmup_frac)
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             objective.recon.load_state_dict(resume["ssl_heads"]["recon"])
             objective.proj.load_state_dict(resume["ssl_heads"]["proj"])
+        return objective, optimizer, scheduler
+
+    def run_stage(self, stage: StagePlan, train_x: np.ndarray, val_x: np.ndarray, epoch: int, *,
+                  resume: dict | None = None, on_epoch_end: OnEpochEnd | None = None) -> tuple[int, list[dict]]:
+        """Train the stage's epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history).
+
+        `resume` restores the optimizer, scheduler and SSL heads and skips the epochs already done;
+        `on_epoch_end` writes the checkpoint."""
+        name = stage.name
+        objective, optimizer, scheduler = self._setup(stage, len(train_x), resume)
+        log.info("[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
+                 name, stage.kind, len(train_x), len(val_x), stage.conf.mask_ratio)
+        history, done = (resume or {}).get("ssl_history", []), 0
+        if resume is not None:
             done = resume["stage_epoch"]
-            log.info("[%s] resuming after epoch %d of %d", name, done, epochs)
-        for stage_epoch in range(done + 1, epochs + 1):
+            log.info("[%s] resuming after epoch %d of %d", name, done, stage.epochs)
+        for stage_epoch in range(done + 1, stage.epochs + 1):
             epoch += 1
-            desc = f"[{name}] epoch {stage_epoch}/{epochs}"
+            desc = f"[{name}] epoch {stage_epoch}/{stage.epochs}"
             train = self._epoch(objective, train_x, optimizer, scheduler, desc)
             val = self._epoch(objective, val_x, desc=desc)
             metrics = {**{f"train/{k}": v for k, v in train.items()}, **{f"val/{k}": v for k, v in val.items()}}
             history.append({"epoch": epoch, "train": train, "val": val})
             if on_epoch_end is not None:
                 heads = {"recon": objective.recon.state_dict(), "proj": objective.proj.state_dict()}
-                on_epoch_end(stage_epoch, optimizer, scheduler, epoch, metrics,
-                             {"ssl_heads": heads, "ssl_history": list(history)})
+                on_epoch_end(EpochEnd(stage_epoch, epoch, optimizer, scheduler, metrics,
+                                      {"ssl_heads": heads, "ssl_history": list(history)}))
             self.tracker.log_metrics(metrics, step=epoch)
             log.info("%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
                      desc, train["ssl_loss"], val["ssl_loss"], val["ssl_masked"], val["ssl_zero_baseline"])

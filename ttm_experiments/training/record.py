@@ -1,0 +1,108 @@
+"""What a finished run records: its params, the test metrics with their interval, the confusion matrix,
+the summary table, and the objective that sweeps and Optuna read."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from ttm_experiments.config.schema import TrainConfig, parse_metric
+from ttm_experiments.data.base import WindowSet
+from ttm_experiments.errors import ConfigError
+from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion
+from ttm_experiments.tracking import MlflowTracker, flatten
+from ttm_experiments.training.loop import LoopResult
+
+
+def config_params(c: TrainConfig) -> dict:
+    """The typed config as flat plain data (enums as their values): MLflow params, and what resume compares."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return getattr(value, "value", value)
+
+    return flatten(plain(asdict(c)))
+
+
+def record_test(tracker: MlflowTracker, split: WindowSet, test: dict[str, float], probs: np.ndarray, *,
+                step: int, seed: int, collapse_threshold: float) -> tuple[dict[str, float], list[str]]:
+    """Log test metrics (with the subject-wise bootstrap interval) and the confusion matrix; return the
+    metrics and the collapsed classes."""
+    names = split.class_names
+    interval = bootstrap_auroc_ci(split.labels, probs, split.subjects, seed=seed)
+    if interval is not None:
+        test["auroc_ci_low"], test["auroc_ci_high"] = interval
+    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step)
+    cm = confusion(split.labels, probs, len(names))
+    tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
+                     "test/confusion_matrix.json")
+    tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
+    return test, collapsed_classes(test, names, collapse_threshold)
+
+
+def objective_value(result: LoopResult, metric: str) -> float:
+    """`metric` (e.g. `val/auroc`) at the best epoch: what sweeps and Optuna optimise."""
+    split, key = parse_metric(metric)
+    best = next(r for r in result.history if r.epoch == result.best_epoch)
+    values = best.val if split == "val" else best.train
+    if key not in values:
+        raise ConfigError(f"optimized_metric={metric!r} is not logged; per-epoch metrics are {sorted(values)}")
+    return float(values[key])
+
+
+def confusion_figure(cm: np.ndarray, names: tuple[str, ...]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(names), 3 + 0.4 * len(names)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, ...]) -> str:
+    """Per stage: the last epoch's and the stage's best validation numbers; then the test row."""
+    cols = ["auroc", "balanced_acc"] + [f"acc/{c}" for c in names]
+    header = f"{'':24s}" + "".join(f"{c:>14s}" for c in cols)
+    lines = ["", "SUMMARY (validation per stage, test on the best checkpoint)", header]
+    for report in result.reports:
+        epochs = [r for r in result.history if r.stage == report.stage]
+        best = max(epochs, key=lambda r: r.val.get("auroc", -1))
+        label = f"val {report.stage} (ep {best.epoch})"
+        lines.append(f"{label:24s}" + "".join(f"{best.val.get(c, float('nan')):14.3f}" for c in cols))
+    lines.append(f"{'test (best: ' + result.best_stage + ' ep ' + str(result.best_epoch) + ')':24s}"
+                 + "".join(f"{test.get(c, float('nan')):14.3f}" for c in cols))
+    trainable = ", ".join(f"{r.stage} {r.trainable_params:,}" for r in result.reports)
+    lines.append(f"trainable parameters per stage: {trainable}")
+    return "\n".join(lines)
+
+
+def pretrain_summary(result: LoopResult, foundation) -> str:
+    """A self-supervised schedule: each stage's validation losses and probe AUROC, and how to fine-tune."""
+    return "\n".join(
+        [f"SELF-SUPERVISED STAGES (foundation checkpoint: {foundation})"]
+        + [f"  {r['stage']:12s} val ssl_loss {r['val']['ssl_loss']:.4f}  masked {r['val']['ssl_masked']:.4f} "
+           f"(predicting zeros {r['val']['ssl_zero_baseline']:.4f})  linear-probe val AUROC "
+           f"{r['probe_val_auroc']:.3f}" for r in result.ssl]
+        + [f"fine-tune from it: ttm-train backbone.pretrained_path={foundation.resolve()}"]
+    )
+
+
+def baseline_summary(name: str, val: dict[str, float], test: dict[str, float], class_names: tuple[str, ...]) -> str:
+    cols = ["auroc", "auroc_ci_low", "auroc_ci_high", "balanced_acc"] + [f"acc/{n}" for n in class_names]
+    return "\n".join([f"BASELINE {name}", "".join(f"{k:>14s}" for k in ["split"] + cols)] + [
+        f"{split:>14s}" + "".join(f"{values.get(k, float('nan')):14.3f}" for k in cols)
+        for split, values in (("val", val), ("test", test))])
