@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup train test test-slow sweep pretrain inspect ui clean tune report dashboard bench
+.PHONY: predict setup train test test-slow sweep pretrain inspect ui clean tune nested-cv report dashboard bench load
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,15 @@ sweep: $(STAMP)  ## the default grid: strategy (pattern vs the predecessor's dep
 pretrain: $(STAMP)  ## masked-patch pre-training; writes runs/outputs/<date>/<time>/foundation.pt
 	$(BIN)/ttm-train schedule=pretrain $(ARGS)
 
-tune: $(STAMP)  ## an Optuna study (conf/hparams_search/unfreeze_lr.yaml); again = more trials in the same study
+tune: $(STAMP)  ## an Optuna study (conf/hparams_search/unfreeze_lr.yaml) on one fold; again = more trials in the same study
 	$(BIN)/ttm-train -m hparams_search=unfreeze_lr $(ARGS)
+
+N_FOLDS ?= 5
+nested-cv: $(STAMP)  ## nested CV: one study per outer fold (its best trial tested on that fold), then the report
+	for k in $$(seq 0 $$(($(N_FOLDS) - 1))); do \
+		$(BIN)/ttm-train -m hparams_search=unfreeze_lr dataset.fold=$$k dataset.n_folds=$(N_FOLDS) $(ARGS) || exit 1; \
+	done
+	$(BIN)/ttm-report $(REPORT_ARGS)
 
 report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
 	$(BIN)/ttm-report $(ARGS)
@@ -46,8 +53,14 @@ dashboard: $(STAMP)  ## optuna-dashboard on the study storage runs/optuna.db: ht
 inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
 	$(BIN)/ttm-inspect $(ARGS)
 
+predict: $(STAMP)  ## score recordings with a trained model (ARGS='predict.model=<run id|models:/name/1|best.pt> predict.output=p.csv dataset=butppg dataset.root=...')
+	$(BIN)/ttm-predict $(ARGS)
+
 bench: $(STAMP)  ## suite vs bare loop vs transformers.Trainer, start-up, search, scaling; updates BENCHMARKS.md (< 10 min; ARGS=--quick)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+load: $(STAMP)  ## 16 processes on a fresh and an initialised SQLite store, 4 Optuna workers, an mlflow server (ARGS='--procs 4')
+	$(BIN)/python bench/load.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	mkdir -p runs

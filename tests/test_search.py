@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config
+from ttm_experiments.run_names import trial_name
 
 PRUNE_SPACE = """\
 # @package _global_
@@ -239,6 +240,7 @@ def test_mlflow_run_tree(study):
     parent = study_runs[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["optuna.study"] == "t-prune"
+    assert parent.info.run_name == "study t-prune"  # the study's run is named after its study
     assert parent.data.tags["optuna.storage"].endswith("/optuna.db")
     best = optuna_study.best_trial
     assert parent.data.metrics["best/value"] == pytest.approx(best.value)
@@ -257,7 +259,8 @@ def test_mlflow_run_tree(study):
         assert run.info.run_id == t.user_attrs["mlflow.run_id"]
         assert run.data.tags["optuna.state"] == t.state.name
         assert run.data.tags["optuna.study"] == "t-prune"
-        assert run.data.tags["mlflow.runName"] == f"trial-{t.number}"
+        assert run.data.tags["mlflow.runName"] == trial_name(t.number, t.params)  # `trial 3: lr=0.000412 ...`
+        assert run.data.tags["mlflow.runName"].startswith(f"trial {t.number}: ")
         stages = {r.data.tags["stage"]: r.info.status for r in children(client, run)}
         if t.state.name == "PRUNED":
             assert run.info.status == "KILLED" and "pruned" in run.data.tags

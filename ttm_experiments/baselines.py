@@ -21,26 +21,31 @@ from ttm_experiments.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# neurokit2 finds no beats in some windows; those score the worst template quality (0), and are counted. Past this
+# fraction of a split's windows the baseline is refused: its number would describe the fallback, not the SQIs.
+MAX_FAILED_FRACTION = 0.05
+
 SQI_NAMES = ("templatematch", "skewness", "kurtosis", "log_perfusion", "hr_band_power", "clipped_frac",
              "flat_frac", "log_max_diff")
 
 
 def _template_quality(x: np.ndarray, fs: float) -> float:
-    """Mean of neurokit2's template-matching quality (correlation of each beat with the average beat)."""
+    """Mean of neurokit2's template-matching quality (correlation of each beat with the average beat); NaN when
+    neurokit2 finds no beats (counted and filled by `features`)."""
     import neurokit2 as nk
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # neurokit2 warns on windows with too few beats; scored 0 below
+        warnings.simplefilter("ignore")  # neurokit2 warns on windows with too few beats; counted by `features`
         try:
             quality = nk.ppg_quality(nk.ppg_clean(x, sampling_rate=fs), sampling_rate=fs, method="templatematch")
             value = float(np.nanmean(quality))
-        except (ValueError, IndexError, TypeError):  # what neurokit2 raises on a window without beats: worst quality
-            value = 0.0
-    return value if np.isfinite(value) else 0.0
+        except (ValueError, IndexError, TypeError):  # what neurokit2 raises on a window without beats
+            value = float("nan")
+    return value if np.isfinite(value) else float("nan")
 
 
 def sqi_features(signals: np.ndarray, fs: float) -> np.ndarray:
-    """[N, C, T] -> [N, C * len(SQI_NAMES)] quality indices per channel."""
+    """[N, C, T] -> [N, C * len(SQI_NAMES)] quality indices per channel; NaN where a feature failed."""
     n, c, t = signals.shape
     x = signals.reshape(n * c, t).astype(np.float64)
     centered = x - x.mean(axis=1, keepdims=True)
@@ -74,19 +79,42 @@ def site_features(windows: WindowSet) -> np.ndarray:
     return np.asarray(windows.meta["site"], dtype=np.float64).reshape(-1, 1)
 
 
-def features(kind: str, windows: WindowSet) -> np.ndarray:
-    return sqi_features(windows.signals, windows.fs) if kind == "sqi" else site_features(windows)
+def features(kind: str, windows: WindowSet) -> tuple[np.ndarray, int]:
+    """The baseline's features and the number of windows where an SQI failed (filled with the worst quality, 0).
+
+    Refused past MAX_FAILED_FRACTION of the windows."""
+    if kind != "sqi":
+        return site_features(windows), 0
+    feats = sqi_features(windows.signals, windows.fs)
+    failed = int(np.isnan(feats).any(axis=1).sum())
+    if failed > MAX_FAILED_FRACTION * len(feats):
+        raise DataError(
+            f"the SQI features failed (neurokit2 found no beats) on {failed} of {len(feats)} windows, more than "
+            f"{MAX_FAILED_FRACTION:.0%}: the baseline would mostly measure the fallback. Check the sampling rate "
+            f"({windows.fs:g} Hz) and that the windows hold pulses."
+        )
+    if failed:
+        log.warning("SQI features failed on %d of %d windows (scored the worst template quality, 0)", failed,
+                    len(feats))
+    return np.nan_to_num(feats, nan=0.0), failed
 
 
-def fit_predict(kind: str, train: WindowSet, evaluate: list[WindowSet], seed: int) -> list[np.ndarray]:
-    """Fit a class-weighted logistic regression on `train`; class probabilities for each of `evaluate`."""
+def fit_predict(kind: str, train: WindowSet, evaluate: list[WindowSet], seed: int
+                ) -> tuple[list[np.ndarray], int]:
+    """Fit a class-weighted logistic regression on `train`; class probabilities for each of `evaluate`, and the
+    windows of `evaluate` whose SQI features failed (each split is checked against MAX_FAILED_FRACTION)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced",
                                                                random_state=seed))
-    model.fit(features(kind, train), train.labels)
+    model.fit(features(kind, train)[0], train.labels)
     if list(model.classes_) != list(range(len(train.class_names))):
         raise DataError(f"the training split lacks classes: it has {list(model.classes_)}")
-    return [model.predict_proba(features(kind, ws)) for ws in evaluate]
+    probs, failed = [], 0
+    for ws in evaluate:
+        x, n = features(kind, ws)
+        probs.append(model.predict_proba(x))
+        failed += n
+    return probs, failed

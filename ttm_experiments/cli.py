@@ -36,8 +36,8 @@ T = TypeVar("T")
 log = logging.getLogger("ttm_experiments")
 
 register_schema()
-# the model hub cannot be reached from CI or many clusters: never try to download anything
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# HF_HUB_OFFLINE is left to the user (the Makefile, CI and the tests set it): a notebook importing the package can
+# still download; offline, a cached snapshot is used and a missing one is a clear error (models/hub.py)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
@@ -50,6 +50,7 @@ def user_errors_exit(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        quiet_mlflow(_hydra_verbose())
         try:
             return fn(*args, **kwargs)
         except UserError as err:
@@ -59,6 +60,35 @@ def user_errors_exit(fn: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+QUIET_LOGGERS = ("mlflow", "alembic")
+
+
+def quiet_mlflow(verbose: object) -> None:
+    """MLflow's own console chatter off (its INFO lines, alembic's migration lines, the "View run at" URLs on a
+    server), unless `hydra.verbose` names `mlflow` (or is true): then MLflow logs at DEBUG. A level already set
+    in MLFLOW_LOGGING_LEVEL is kept. The CLI calls this; library code never sets log levels."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(verbose):
+        verbose = OmegaConf.to_container(verbose)
+    names = [verbose] if isinstance(verbose, str) else list(verbose) if isinstance(verbose, (list, tuple)) else []
+    if verbose is True or any(str(n).split(".")[0] == "mlflow" for n in names):
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "DEBUG"  # read when mlflow is first imported
+        logging.getLogger("mlflow").setLevel(logging.DEBUG)
+        return
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING").upper()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 100%|..."
+    for name in QUIET_LOGGERS:  # when mlflow is imported already (a multirun's callback opened the store)
+        logging.getLogger(name).setLevel(level if isinstance(logging.getLevelName(level), int) else logging.WARNING)
+
+
+def _hydra_verbose() -> object:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().verbose if HydraConfig.initialized() else False
 
 
 def _in_multirun() -> bool:

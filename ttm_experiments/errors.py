@@ -31,3 +31,7 @@ class TrackingError(UserError):
 
 class Pruned(Exception):
     """Raised by an epoch hook when a search prunes the run: not a failure, the run stops early."""
+
+
+class StoreError(UserError):
+    """A store (MLflow, Optuna) that is broken, half-migrated, or on a filesystem without working locks."""

@@ -34,9 +34,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
 @contextmanager
 def atomic_directory(path: Path) -> Iterator[Path]:
     """A temporary directory beside ``path`` to fill; on success its files are synced and it becomes ``path``.
-
-    Raises FileExistsError when ``path`` appeared meanwhile (another process stored it first); ours is removed.
-    """
+    Raises FileExistsError when ``path`` appeared meanwhile (another process stored it first); ours is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from ttm_experiments.cli import CONFIG_DIR, user_errors_exit
 from ttm_experiments.config.spec import to_config
-from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.unfreeze import apply_stage, count_params, describe, find_blocks
 
 NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
@@ -25,7 +25,7 @@ NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
 def inspect_model(cfg: DictConfig) -> dict:
     """Blocks, selection and parameter counts for `unfreeze.last_n` (the partial stage)."""
     config = to_config(cfg)
-    model = build_classifier(config.backbone, num_channels=config.dataset.channels, num_classes=NUM_CLASSES)
+    model, _ = build_model(config.backbone, num_channels=config.dataset.channels, num_classes=NUM_CLASSES)
     blocks = find_blocks(model.backbone.model, config.unfreeze)
     report, selected = apply_stage(model, config.unfreeze, scope="partial", stage="partial")
     return {
@@ -49,8 +49,7 @@ def format_text(info: dict) -> str:
     for i, b in enumerate(info["blocks"]):
         mark = "*" if b["name"] in info["selected"] else " "
         lines.append(f" {mark} {i:2d}  {b['name']:60s} {b['params']:>10,}")
-    lines.append(f"(* = unfrozen with unfreeze.last_n={info['last_n']})")
-    lines.append(info["report"])
+    lines += [f"(* = unfrozen with unfreeze.last_n={info['last_n']})", info["report"]]
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ttm_experiments import report_compare, report_nested
 from ttm_experiments.cli import CONFIG_DIR, user_errors_exit
 from ttm_experiments.config.schema import ReportConfig
 from ttm_experiments.errors import ConfigError, TrackingError
@@ -61,7 +62,16 @@ class Row:
 
     @property
     def collapse(self) -> bool:
+        """The selected checkpoint collapsed (tag `mode_collapse`: its validation epoch or its test result)."""
         return self.tags.get("mode_collapse") == "true"
+
+    @property
+    def collapsed_epochs(self) -> int | None:
+        """How many validation epochs collapsed (metric `val/collapsed_epochs`, else the tag's epoch list)."""
+        if "val/collapsed_epochs" in self.metrics:
+            return int(self.metrics["val/collapsed_epochs"])
+        epochs = self.tags.get("mode_collapse.val_epochs")
+        return None if epochs is None else 0 if epochs == "none" else len(epochs.split(","))
 
     @property
     def short_name(self) -> str:
@@ -245,6 +255,7 @@ def records(rows: list[Row], classes: list[str]) -> pd.DataFrame:
                 "test_auroc_ci_high": m.get("test/auroc_ci_high"),
                 **{f"test_acc_{c}": m.get(f"test/acc/{c}") for c in classes},
                 "test_balanced_acc": m.get("test/balanced_acc"), "mode_collapse": r.collapse,
+                "collapsed_val_epochs": r.collapsed_epochs,
                 "optuna_study": r.tags.get("optuna.study"), "optuna_trial": r.tags.get("optuna.trial"),
                 "sweep": r.tags.get("sweep"), **{k: r.params.get(k) for k in varied}}
 
@@ -263,7 +274,8 @@ def display_table(rows: list[Row], table: pd.DataFrame, classes: list[str]) -> p
         "last_n": table["last_n"], "lr": table["lr"].map(_sci), f"{rows[0].metric} (objective)": num("objective"),
         "best epoch": [r.best_text for r in rows], "test AUROC [95% CI]": num("test_auroc") + interval,
         **{f"test acc {c}": num(f"test_acc_{c}") for c in classes}, "test bal. acc": num("test_balanced_acc"),
-        "collapse": table["mode_collapse"].map({True: "**yes**", False: "no"})})
+        "collapse (selected)": table["mode_collapse"].map({True: "**yes**", False: "no"}),
+        "collapsed val epochs": [("-" if r.collapsed_epochs is None else str(r.collapsed_epochs)) for r in rows]})
     varied = varied_params(rows)
     if varied:
         shown["other params that vary"] = [" ".join(f"{k}={_short(r.params.get(k, '-'))}" for k in varied)
@@ -491,7 +503,8 @@ def epochs_figure(rows: list[Row], classes: list[str], *, threshold: float = 0.0
 # -- the report -----------------------------------------------------------------------------------------------------
 CAPTIONS = {"auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean over runs per cell)",
             "per_class_accuracy.png": "Per-class test accuracy per run",
-            "epochs.png": "Validation AUROC and per-class accuracy over epochs (top {drawn} runs)"}
+            "epochs.png": "Validation AUROC and per-class accuracy over epochs (top {drawn} runs)",
+            "paired_forest.png": "Paired comparisons: test AUROC differences per fold and across folds"}
 
 
 def _slug(text: str) -> str:
@@ -525,8 +538,9 @@ def _markdown(*, uri: str, experiment: str, sweep: str | None, rows: list[Row], 
              f"{len(rows)} runs from `{uri}`: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
              f"Ranked by `{best.metric}` at the best epoch (finished runs first; a pruned run shows the best value "
              "it reached before it stopped). Test metrics are of the best checkpoint; the AUROC interval is a "
-             "subject-wise bootstrap 95% CI. `collapse`: a class fell below "
-             f"{threshold:g} accuracy on validation or test.", ""]
+             "subject-wise bootstrap 95% CI. `collapse (selected)`: at the selected checkpoint a class fell below "
+             f"{threshold:g} accuracy on validation or test; `collapsed val epochs`: how many epochs of the run "
+             "collapsed on validation.", ""]
     if best.state == "finished":
         lines += [f"Best: **{best.name}** (`{best.run_id}`), {best.metric} = {_num(best.objective)}, "
                   f"test AUROC {_num(best.metrics.get('test/auroc'))}, unfreeze {best.strategy} "
@@ -539,7 +553,7 @@ def _markdown(*, uri: str, experiment: str, sweep: str | None, rows: list[Row], 
 
 
 def build_report(*, uri: str, experiment: str, sweep: str | None, out_dir: Path, max_runs: int = 500,
-                 top: int = 8) -> dict[str, Any]:
+                 top: int = 8, compare: str | None = None, baseline: str | None = None) -> dict[str, Any]:
     """Read the runs, write table and plots to `out_dir`; returns the rows, the Markdown table and the files."""
     client, experiment_id = connect(uri, experiment)
     rows, classes = collect(client, experiment_id, sweep, max_runs)
@@ -547,6 +561,7 @@ def build_report(*, uri: str, experiment: str, sweep: str | None, out_dir: Path,
         where = f"sweep/study {sweep!r} of " if sweep else ""
         raise ConfigError(f"no ttm-train runs in {where}experiment {experiment!r} ({uri}); "
                           "report.sweep filters on the sweep folder or the Optuna study name")
+    settings = report_compare.resolve(rows, compare, baseline)  # a wrong report.compare fails before any file
     drawn = [r for r in rows if r.state in ("finished", "pruned")][:top]
     for row in drawn:
         load_details(client, experiment_id, row, classes)
@@ -556,12 +571,28 @@ def build_report(*, uri: str, experiment: str, sweep: str | None, out_dir: Path,
     threshold = _collapse_threshold(rows)
     figures = _save_figures(out_dir, rows, drawn, classes, threshold)
     markdown = markdown_table(display_table(rows, table, classes))
+    extra, comps = _extra_sections(client, rows, settings, out_dir)
+    figures += ["paired_forest.png"] if (out_dir / "paired_forest.png").exists() and comps else []
     (out_dir / "report.md").write_text(_markdown(uri=uri, experiment=experiment, sweep=sweep, rows=rows,
                                                  table=markdown, figures=figures, drawn=len(drawn),
-                                                 threshold=threshold))
+                                                 threshold=threshold) + "\n".join(extra))
     files = [out_dir / "report.md", out_dir / "runs.csv", *(out_dir / name for name in figures)]
-    return {"rows": rows, "classes": classes, "files": files, "table": markdown,
+    return {"rows": rows, "classes": classes, "files": files, "table": markdown, "comparisons": comps,
             "counts": {s: sum(r.state == s for r in rows) for s in STATE_ORDER}}
+
+
+def _extra_sections(client, rows: list[Row], settings: list[tuple[str, str | None]], out_dir: Path):
+    """The paired comparisons (and their forest plot) and the seed spread, as Markdown lines."""
+    comps = [c for setting, base in settings for c in report_compare.comparisons(rows, setting, base)]
+    for comp in comps:
+        report_compare.score(client, comp)
+    (out_dir / "paired_forest.png").unlink(missing_ok=True)
+    fig = report_compare.forest_figure(comps)
+    if fig is not None:
+        fig.savefig(out_dir / "paired_forest.png", dpi=110, bbox_inches="tight")
+    notes = [f"compared: {', '.join(s for s, _ in settings) or 'nothing varies'}"]
+    lines = report_nested.nested_markdown(rows) + report_compare.comparison_markdown(comps, notes)
+    return lines + report_compare.seed_markdown(report_compare.seed_spread(rows)), comps
 
 
 def log_report(uri: str, experiment: str, sweep: str | None, result: dict[str, Any]) -> str:
@@ -590,7 +621,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     default = Path(conf.paths.runs_dir) / "reports" / _slug(experiment)
     out = Path(r.out_dir) if r.out_dir else default / _slug(r.sweep) if r.sweep else default
     result = build_report(uri=conf.tracking.uri, experiment=experiment, sweep=r.sweep, out_dir=out,
-                          max_runs=r.max_runs, top=r.top)
+                          max_runs=r.max_runs, top=r.top, compare=r.compare, baseline=r.baseline)
     if r.log_to_mlflow:
         result["run_id"] = log_report(conf.tracking.uri, experiment, r.sweep, result)
     return result

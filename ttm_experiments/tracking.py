@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
-from ttm_experiments.errors import TrackingError
+from ttm_experiments.errors import StoreError, TrackingError
 
 T = TypeVar("T")
 
@@ -53,27 +53,47 @@ def artifact_root(uri: str) -> str | None:
 class MlflowTracker:
     """Parent run per `ttm-train` call, one nested run per stage; metrics go to both."""
 
-    def __init__(self, uri: str, experiment_name: str):
+    def __init__(self, uri: str, experiment_name: str, *, log_system_metrics: bool = False):
         self.uri = uri
         self.experiment_name = experiment_name
         self.client, self.experiment_id = self._connect()
         self.run_id: str | None = None
         self.stage_run_id: str | None = None
+        self.resumed = False  # attach() continues runs of a stopped process
+        self.log_system_metrics = log_system_metrics  # tracking.log_system_metrics: system/* on the parent run
+        self._monitor = None
 
     def _connect(self):
+        """The client and experiment id; a SQLite store is created (or checked) under a lock beside it."""
         db = sqlite_path(self.uri)
-        if db is not None:
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise TrackingError(f"tracking.uri={self.uri}: cannot create {db.parent}: {err}. Fix: "
-                                    "paths.runs_dir=<a writable directory>. Nothing was trained.") from None
-            if db.parent.exists() and not os.access(db.parent, os.W_OK):
-                raise TrackingError(f"tracking.uri={self.uri}: {db.parent} is not writable. Fix: paths.runs_dir=<a writable dir>")
-        elif self.uri.startswith(("http://", "https://")):
-            # fail in seconds, not after MLflow's default minutes of retries
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        if db is None:
+            if self.uri.startswith(("http://", "https://")):
+                # fail in seconds, not after MLflow's default minutes of retries
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            return self._open(db)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking.uri={self.uri}: cannot create {db.parent}: {err}. Fix: "
+                                "paths.runs_dir=<a writable directory>. Nothing was trained.") from None
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"tracking.uri={self.uri}: {db.parent} is not writable. Fix: paths.runs_dir=<a writable dir>")
+        from ttm_experiments.locks import file_lock
+        from ttm_experiments.stores import mlflow_sqlite_problem
+
+        # one process at a time creates or migrates the store: concurrent first use leaves it half-migrated
+        with file_lock(db, what=f"tracking.uri={self.uri}", fix="a tracking server (tracking.uri=http://<host>:"
+                       "5000, `mlflow server` on a local disk or PostgreSQL) or a store on a local disk"):
+            problem = mlflow_sqlite_problem(db)
+            if problem:
+                raise StoreError(
+                    f"tracking.uri={self.uri}: the MLflow store {db} {problem} Nothing in it was changed. Fix: move "
+                    f"it aside (mv {db} {db}.broken) and rerun to start a new store; the old file stays readable "
+                    "with sqlite3. Nothing was trained.")
+            return self._open(db)
+
+    def _open(self, db: Path | None):
         from mlflow.tracking import MlflowClient
 
         try:
@@ -91,37 +111,66 @@ class MlflowTracker:
                     experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
-        except TrackingError:
-            raise
         except Exception as err:
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            fix = ("paths.runs_dir=<a writable directory> (or tracking.uri=sqlite:///<writable path>/mlflow.db)"
-                   if db is not None else "start the tracking server, correct tracking.uri, or use the local "
-                   "store (tracking.uri=sqlite:///runs/mlflow.db)")
+            if db is not None:  # the directory is writable (checked): the file itself is the problem
+                raise StoreError(
+                    f"tracking.uri={self.uri}: the MLflow store {db} cannot be opened: {first_line}. Nothing was "
+                    f"trained. Fix: if it is damaged or not an MLflow store, move it aside (mv {db} {db}.broken) and "
+                    "rerun; if it is busy, retry.") from None
             raise TrackingError(
-                f"tracking.uri={self.uri} cannot be reached or opened: {first_line}. Fix: {fix}. Nothing was trained."
+                f"tracking.uri={self.uri} cannot be reached: {first_line}. Fix: start the tracking server, correct "
+                "tracking.uri, or use the local store (tracking.uri=sqlite:///runs/mlflow.db). Nothing was trained."
             ) from None
         return client, experiment_id
 
     def start_run(self, run_name: str | None, tags: dict[str, str]) -> str:
         run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
+        self._start_monitor(resume=False)
         return self.run_id
+
+    def _start_monitor(self, *, resume: bool) -> None:
+        """MLflow's system metrics (CPU, memory, disk, network, GPU when present: `system/*`) on the parent run,
+        sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default) by a daemon thread."""
+        if not self.log_system_metrics or self._monitor is not None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # resume: continue the step count of the stopped process's system metrics
+        self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.uri)
+        self._monitor.start()
 
     def attach(self, run_id: str, stage_run_id: str | None) -> None:
         """Continue existing runs (resume): mark them RUNNING again instead of creating new ones."""
         self.run_id, self.stage_run_id = run_id, stage_run_id
+        self.resumed = True
         for rid in filter(None, (run_id, stage_run_id)):
             _retry_locked(lambda: self.client.update_run(rid, status="RUNNING"))
+        self._start_monitor(resume=True)
 
-    def has_metric_step(self, key: str, step: int) -> bool:
-        history = _retry_locked(lambda: self.client.get_metric_history(self.run_id, key))
+    def _unfinished_stage(self, name: str) -> str | None:
+        """A resumed run's stage run `name` left by the stopped process before its first epoch ended, if any."""
+        if not self.resumed:
+            return None
+        query = f"tags.mlflow.parentRunId = '{self.run_id}' and tags.stage = '{name}' and attributes.status != 'FINISHED'"
+        found = _retry_locked(lambda: self.client.search_runs([self.experiment_id], query, max_results=1))
+        return found[0].info.run_id if found else None
+
+    def has_metric_step(self, key: str, step: int, run_id: str | None = None) -> bool:
+        """Has run `run_id` (default: the parent) logged `key` at `step`?"""
+        history = _retry_locked(lambda: self.client.get_metric_history(run_id or self.run_id, key))
         return any(m.step == step for m in history)
 
     def start_stage(self, name: str, tags: dict[str, str]) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         tags = {**tags, MLFLOW_PARENT_RUN_ID: self.run_id, "stage": name}
+        earlier = self._unfinished_stage(name)
+        if earlier is not None:  # continue it rather than leave a second, empty stage run behind
+            self.attach(self.run_id, earlier)
+            self.set_tags(tags, stage=True)
+            return earlier
         run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
         self.stage_run_id = run.info.run_id
         return self.stage_run_id
@@ -132,12 +181,13 @@ class MlflowTracker:
             _retry_locked(lambda: self.client.set_terminated(stage_id, status=status))
             self.stage_run_id = None
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, run_ids: tuple[str, ...] | None = None) -> None:
+        """To the parent and the open stage run (or only to `run_ids`)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for run_id in filter(None, (self.run_id, self.stage_run_id)):
+        for run_id in filter(None, run_ids if run_ids is not None else (self.run_id, self.stage_run_id)):
             _retry_locked(lambda: self.client.log_batch(run_id, metrics=batch))
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -159,6 +209,10 @@ class MlflowTracker:
         run_id = self.stage_run_id if stage else self.run_id
         _retry_locked(lambda: self.client.log_dict(run_id, obj, artifact_file))
 
+    def log_inputs(self, datasets: list) -> None:
+        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the parent run: the Dataset column."""
+        _retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=datasets))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
@@ -170,6 +224,9 @@ class MlflowTracker:
 
     def end_run(self, status: str = "FINISHED") -> None:
         self.end_stage(status)
+        if self._monitor is not None:  # its last samples are written before the run ends
+            self._monitor.finish()
+            self._monitor = None
         if self.run_id is not None:
             run_id = self.run_id
             _retry_locked(lambda: self.client.set_terminated(run_id, status=status))

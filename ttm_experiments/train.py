@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,16 +57,26 @@ def train(cfg: DictConfig) -> float:
     from ttm_experiments.config.spec import to_config
     from ttm_experiments.training.baseline import BASELINE_KINDS, BaselineRecipe
     from ttm_experiments.training.recipe import TrainRecipe, run_recipe
+    from ttm_experiments.training.signals import graceful_stop
 
     config = to_config(cfg)
     recipe = BaselineRecipe if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe
-    return run_recipe(recipe(config, run_info(cfg))).objective
+    with graceful_stop():  # SIGTERM/SIGINT: finish the step, keep last.pt, mark the runs KILLED, raise Stopped
+        return run_recipe(recipe(config, run_info(cfg))).objective
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    from ttm_experiments.training.signals import RESUMABLE, Stopped
+
+    try:
+        return train(cfg)
+    except Stopped as stop:  # SystemExit passes through Hydra's job runner and sweepers: a multirun stops too
+        print(f"\nstopped ({stop.reason}) after a whole step; the run's last.pt holds its state. Rerun the same "
+              f"command (same hydra.run.dir) to resume. Exit status {RESUMABLE} (resumable).", file=sys.stderr,
+              flush=True)
+        sys.exit(RESUMABLE)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal, Sequence
 
 from torch import nn
@@ -66,18 +66,11 @@ def compile_rule(rule: UnfreezeConf) -> None:
 
 def find_blocks(root: nn.Module, rule: UnfreezeConf) -> list[Block]:
     """The blocks of `root`, ordered input to output, with nested matches resolved by `rule.on_nested`.
-
     Names are relative to `root`. Order is module registration order, which is the order in which
-    TTM and PatchTST run their blocks (a test checks this with forward hooks).
-    """
+    TTM and PatchTST run their blocks (a test checks this with forward hooks)."""
     compile_rule(rule)
     matched = [Block(name, mod) for name, mod in root.named_modules() if name and _matches(rule, name)]
-    nested = [
-        (outer.name, inner.name)
-        for outer in matched
-        for inner in matched
-        if inner.name.startswith(outer.name + ".")
-    ]
+    nested = [(o.name, i.name) for o in matched for i in matched if i.name.startswith(o.name + ".")]
     if not nested:
         return matched
     if rule.on_nested == OnNested.error:
@@ -86,18 +79,15 @@ def find_blocks(root: nn.Module, rule: UnfreezeConf) -> list[Block]:
             f"unfreeze {describe(rule)} selects both {outer!r} and its child {inner!r} "
             f"({len(nested)} nested pair(s)), so 'last n blocks' is ill-defined. Fix: make the pattern match "
             "one level only, or set unfreeze.on_nested=outer (keep parents) or unfreeze.on_nested=inner "
-            "(keep children)."
-        )
-    inner_names = {i for _, i in nested}
-    outer_names = {o for o, _ in nested}
-    drop = inner_names if rule.on_nested == OnNested.outer else outer_names
+            "(keep children).")
+    keep_outer = rule.on_nested == OnNested.outer
+    drop = {inner if keep_outer else outer for outer, inner in nested}
     return [b for b in matched if b.name not in drop]
 
 
 def candidate_modules(root: nn.Module, limit: int = 12) -> list[str]:
     """Module names that look like repeated blocks (items of a ModuleList): what a rule should match."""
-    names = [n for n, _ in root.named_modules() if n and n.rsplit(".", 1)[-1].isdigit()]
-    return names[:limit]
+    return [n for n, _ in root.named_modules() if n and n.rsplit(".", 1)[-1].isdigit()][:limit]
 
 
 def select_last(blocks: Sequence[Block], last_n: int) -> list[Block]:
@@ -106,8 +96,7 @@ def select_last(blocks: Sequence[Block], last_n: int) -> list[Block]:
         raise UnfreezeError(
             f"unfreeze.last_n={last_n} is out of range: the backbone has {len(blocks)} blocks "
             f"({', '.join(b.name for b in blocks) or 'none'}). Use 0..{len(blocks)} "
-            "(0 = head only), or schedule=full to train everything."
-        )
+            "(0 = head only), or schedule=full to train everything.")
     return list(blocks[len(blocks) - last_n :]) if last_n else []
 
 
@@ -133,42 +122,25 @@ class UnfreezeReport:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
     def format(self) -> str:
-        title = {"head": "HEAD ONLY", "full": "WHOLE MODEL"}.get(
-            self.scope, f"LAST {len(self.blocks_unfrozen)} BLOCKS"
-        )
-        lines = [f"[{self.stage}] UNFREEZING {title}"]
-        lines.append(f"Found {len(self.blocks_found)} blocks ({self.rule}): {', '.join(self.blocks_found)}")
+        title = {"head": "HEAD ONLY", "full": "WHOLE MODEL"}.get(self.scope, f"LAST {len(self.blocks_unfrozen)} BLOCKS")
+        lines = [f"[{self.stage}] UNFREEZING {title}",
+                 f"Found {len(self.blocks_found)} blocks ({self.rule}): {', '.join(self.blocks_found)}"]
         lines += [f"  Unfrozen: {name}" for name in self.blocks_unfrozen]
         if self.empty:
             lines.append("  WARNING: no backbone block was unfrozen (on_empty=warn): the encoder stays frozen")
-        lines.append(
-            f"Parameter summary: Total {self.total_params:,}  Trainable {self.trainable_params:,}  "
-            f"Frozen {self.frozen_params:,}  Trainable {self.trainable_pct:.1f} %"
-        )
+        lines.append(f"Parameter summary: Total {self.total_params:,}  Trainable {self.trainable_params:,}  "
+                     f"Frozen {self.frozen_params:,}  Trainable {self.trainable_pct:.1f} %")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {
-            "stage": self.stage,
-            "scope": self.scope,
-            "rule": self.rule,
-            "blocks_found": self.blocks_found,
-            "blocks_unfrozen": self.blocks_unfrozen,
-            "total_params": self.total_params,
-            "trainable_params": self.trainable_params,
-            "frozen_params": self.frozen_params,
-            "trainable_pct": round(self.trainable_pct, 3),
-            "empty": self.empty,
-        }
+        return {**asdict(self), "frozen_params": self.frozen_params, "trainable_pct": round(self.trainable_pct, 3)}
 
 
 def plan_stage(backbone_root: nn.Module, rule: UnfreezeConf, *, scope: Scope, stage: str,
                blocks: list[Block] | None = None) -> tuple[list[Block], bool]:
     """The blocks a stage unfreezes (the last `rule.last_n`), and whether it asked for blocks and got none.
-
     Raises before any training when a `partial` stage would unfreeze nothing (on_empty=error). `blocks` is
-    `find_blocks(backbone_root, rule)` when the caller already has it.
-    """
+    `find_blocks(backbone_root, rule)` when the caller already has it."""
     if scope != "partial":
         return [], False
     if blocks is None:
@@ -176,13 +148,11 @@ def plan_stage(backbone_root: nn.Module, rule: UnfreezeConf, *, scope: Scope, st
     if rule.last_n == 0:
         return [], False
     if not blocks:
-        message = (
-            f"stage {stage!r} asks for the last {rule.last_n} blocks, but unfreeze {describe(rule)} matches no "
-            f"module of the backbone ({type(backbone_root).__name__}), so the encoder would stay frozen. "
-            f"Candidate modules: {', '.join(candidate_modules(backbone_root))}. Fix: unfreeze=pattern "
-            "(the backbone's block pattern), or unfreeze.pattern='<regex over those names>'; "
-            "unfreeze.on_empty=warn trains the head only on purpose."
-        )
+        message = (f"stage {stage!r} asks for the last {rule.last_n} blocks, but unfreeze {describe(rule)} matches no "
+                   f"module of the backbone ({type(backbone_root).__name__}), so the encoder would stay frozen. "
+                   f"Candidate modules: {', '.join(candidate_modules(backbone_root))}. Fix: unfreeze=pattern "
+                   "(the backbone's block pattern), or unfreeze.pattern='<regex over those names>'; "
+                   "unfreeze.on_empty=warn trains the head only on purpose.")
         if rule.on_empty == OnEmpty.error:
             raise UnfreezeError(message)
         log.warning(message)
@@ -208,14 +178,30 @@ def apply_stage(model: Classifier, rule: UnfreezeConf, *, scope: Scope, stage: s
     for block in selected:
         block.module.requires_grad_(True)
     found = [b.name for b in blocks]
-    report = UnfreezeReport(
-        stage=stage,
-        scope=scope,
-        rule=describe(rule),
-        blocks_found=found,
-        blocks_unfrozen=found if scope == "full" else [b.name for b in selected],
-        total_params=count_params(model),
-        trainable_params=count_params(model, trainable_only=True),
-        empty=empty,
-    )
+    report = UnfreezeReport(stage=stage, scope=scope, rule=describe(rule), blocks_found=found,
+                            blocks_unfrozen=found if scope == "full" else [b.name for b in selected],
+                            total_params=count_params(model), trainable_params=count_params(model, trainable_only=True),
+                            empty=empty)
     return report, selected
+
+
+def freeze_frozen_modes(module: nn.Module) -> list[str]:
+    """After `model.train()`: put every fully frozen module in evaluation mode; returns their names.
+
+    A module counts as frozen when it has parameters and none of them trains; its whole subtree goes to
+    evaluation mode, so the parameter-free modules inside a frozen block (dropout) follow the block. Dropout or
+    BatchNorm inside a block that trains, or directly under a partly trained module, stay in training mode.
+    BatchNorm's running statistics are buffers: without this a "frozen" block's statistics would still move."""
+    frozen: list[str] = []
+
+    def visit(name: str, mod: nn.Module) -> None:
+        params = list(mod.parameters())
+        if params and not any(p.requires_grad for p in params):
+            mod.eval()
+            frozen.append(name)
+            return
+        for child_name, child in mod.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", module)
+    return frozen

@@ -8,9 +8,10 @@ builders receive; nothing below the CLI sees a DictConfig. This module sits at t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from omegaconf import MISSING
 
@@ -19,6 +20,7 @@ from ttm_experiments.errors import ConfigError  # a leaf module: no import circl
 
 class BackboneKind(str, Enum):
     ttm = "ttm"
+    tspulse = "tspulse"  # IBM's TSPulse (granite-tsfm), made for classification
     patchtst = "patchtst"
     sqi = "sqi"  # baseline: signal-quality indices + logistic regression
     site = "site"  # baseline: recording site alone (BUT-PPG)
@@ -65,9 +67,42 @@ class LossKind(str, Enum):
     focal = "focal"
 
 
+class FrozenMode(str, Enum):
+    """What modules without trainable parameters do while a stage trains."""
+
+    eval = "eval"  # evaluation mode: no dropout, BatchNorm statistics fixed
+    train = "train"  # training mode like the rest (the old behaviour, on purpose)
+
+
+class SubjectFrom(str, Enum):
+    key = "key"  # a window file's subject / subject_id (or a BUT-PPG record id); a file without one is refused
+    record = "record"  # a file without a subject key is its own subject (the run is tagged)
+
+
 class CollapseAction(str, Enum):
     warn = "warn"  # warn at once, tag the run, go on
     stop = "stop"  # also end the stage early
+
+
+class AmpMode(str, Enum):
+    """`trainer.amp`: autocast off, bf16 autocast, or fp16 autocast with a gradient scaler."""
+
+    off = "false"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+_AMP_SPELLINGS = {"false": AmpMode.off, "off": AmpMode.off, "none": AmpMode.off, "true": AmpMode.bf16,
+                  "bf16": AmpMode.bf16, "bfloat16": AmpMode.bf16, "fp16": AmpMode.fp16, "float16": AmpMode.fp16}
+
+
+def parse_amp(value: object) -> AmpMode:
+    """`trainer.amp` in any accepted spelling (false/true from YAML or the command line, bf16, fp16) -> AmpMode."""
+    mode = _AMP_SPELLINGS.get(str(getattr(value, "value", value)).strip().lower())
+    if mode is None:
+        raise ConfigError(f"trainer.amp={value!r} is not a precision. Fix: trainer.amp=false, trainer.amp=bf16 or "
+                          "trainer.amp=fp16 (fp16 trains with a gradient scaler; `true` means bf16).")
+    return mode
 
 
 @dataclass
@@ -81,16 +116,19 @@ class BackboneConf:
     num_layers: int = 2
     adaptive_patching_levels: int = 3
     expansion_factor: int = 2
-    dropout: float = 0.2
+    # null: from the checkpoint's config.json (the library's default for a random backbone)
+    dropout: Optional[float] = 0.2
     # PatchTST only
     num_attention_heads: int = 4
     ffn_dim: int = 256
     # regex (re.fullmatch on module names, relative to the backbone) that makes one block per match
     block_pattern: str = MISSING
+    # a ttm-train checkpoint, a local Hugging Face directory, or a hub id (at `revision`; null = main)
     pretrained_path: Optional[str] = None
-    # classification head
+    revision: Optional[str] = None
+    # classification head; head_dropout null: the checkpoint's head_dropout (0.2 for a random backbone)
     head_hidden: int = 64
-    head_dropout: float = 0.2
+    head_dropout: Optional[float] = 0.2
     scale_features: bool = True
 
 
@@ -103,6 +141,7 @@ class UnfreezeConf:
     max_dots: int = 1
     on_empty: OnEmpty = OnEmpty.error
     on_nested: OnNested = OnNested.error
+    frozen_mode: FrozenMode = FrozenMode.eval
 
 
 @dataclass
@@ -111,6 +150,8 @@ class DatasetConf:
     root: Optional[str] = None
     fold: int = 0
     n_folds: int = 5
+    # decides the folds, the synthetic data and the pretraining corpus's synthetic subjects (`seed` does not)
+    split_seed: int = 0
     # window length and rate follow from the backbone: window_length = context_length samples over duration_s
     window_length: int = "${backbone.context_length}"  # type: ignore[assignment]
     duration_s: float = 10.0
@@ -125,6 +166,8 @@ class DatasetConf:
     task: str = "quality"  # the label: quality | motion (butppg); any scalar key of the .npz files (windows)
     ppg_channels: List[str] = field(default_factory=lambda: ["R"])  # butppg camera channels: R, G, B
     missing_records: str = "error"  # butppg, an annotated record without its folder: error | skip (counted)
+    subject_from: SubjectFrom = SubjectFrom.key  # windows: where a window's subject comes from
+    allow_shared_subjects: bool = False  # windows: accept a predefined split that puts a subject in two splits
     track: str = "SNUADC/PLETH"  # vitaldb: the waveform track read from each .vital file
     # the unlabeled corpus of `data: pretrain` stages: synthetic (unlabeled mode) or vitaldb
     pretrain: str = "synthetic"
@@ -165,6 +208,10 @@ class OptimConf:
     eval_batch_size: int = 256
     # optional layer-wise learning-rate decay over the unfrozen blocks (1.0 = off)
     layer_decay: float = 1.0
+    # a backbone that starts from pretrained or SSL weights (training/finetune.py): supervised backbone rates times
+    # this, and this layer decay instead of layer_decay (null = layer_decay); 1.0 and null = the random-init rates
+    pretrained_backbone_lr_scale: float = 0.1
+    pretrained_layer_decay: Optional[float] = 0.8
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     loss: LossKind = LossKind.weighted_ce
@@ -175,7 +222,9 @@ class OptimConf:
 @dataclass
 class TrainerConf:
     device: str = "auto"  # auto | cpu | cuda | mps
-    amp: bool = False  # bf16 autocast on CUDA
+    # mixed precision: false | bf16 | fp16 (fp16 with a gradient scaler; `true` is the old spelling of bf16);
+    # the YAML booleans arrive here as the strings "False"/"True": `parse_amp` reads every spelling
+    amp: str = "false"
     # torch.compile the training and evaluation steps. Off: on CPU it was slower than eager and compiling takes
     # minutes on 2 cores (BENCHMARKS.md); on a GPU it pays off only on runs much longer than the compile time
     compile: bool = False
@@ -192,7 +241,8 @@ class TrainerConf:
 class TrackingConf:
     uri: str = "sqlite:///${paths.runs_dir}/mlflow.db"
     log_system_metrics: bool = False
-    sweep_tag: Optional[str] = None
+    # a registered-model name: the run's MLflow model (its best checkpoint) becomes a new version of it
+    register_model: Optional[str] = None
 
 
 @dataclass
@@ -216,6 +266,8 @@ class ReportConf:
     max_runs: int = 500  # newest runs read from MLflow
     top: int = 8  # runs drawn in the per-epoch curves (best first)
     log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of the experiment
+    compare: Optional[str] = None  # paired comparisons over this setting (schedule, backbone, optim.lr); null = each varying one
+    baseline: Optional[str] = None  # the value differences are taken against; null = the first in sorted order
 
 
 @dataclass
@@ -229,6 +281,30 @@ class ReportConfig:
 
 
 @dataclass
+class PredictConf:
+    """The `predict.*` node of `ttm-predict`: the model, the input (or a `dataset=` config) and the output."""
+
+    model: str = MISSING  # an MLflow run id, models:/<name>/<version> (or models:/<model_id>), or a best.pt path
+    output: str = MISSING  # the CSV written (atomically): one row per window
+    input: Optional[str] = None  # a .csv, an .npz (key `signal`) or a WFDB record (path without extension)
+    column: Optional[str] = None  # the CSV column holding the signal
+    channels: Optional[List[str]] = None  # WFDB signal names to use (null: all, when they match the model)
+    fs: Optional[float] = None  # Hz, for files without a rate (CSV; an .npz without `fs`)
+    hop_s: Optional[float] = None  # seconds between window starts; null = the window length (no overlap)
+    batch_size: int = 256
+
+
+@dataclass
+class PredictConfig:
+    """`ttm-predict`'s own config (`conf/predict.yaml`); `dataset` is set only with `dataset=<name>`."""
+
+    predict: PredictConf = field(default_factory=PredictConf)
+    dataset: Optional[DatasetConf] = None
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+
+
+@dataclass
 class SearchConf:
     """Set by the Optuna sweeper on each job it launches; null in plain runs and grids."""
 
@@ -237,6 +313,7 @@ class SearchConf:
     trial_number: Optional[int] = None
     pruner: Optional[str] = None  # median | hyperband | none
     direction: str = "maximize"
+    tuned_in: Optional[str] = None  # the study this config's hyperparameters come from (its best command sets it)
 
 
 @dataclass
@@ -269,12 +346,34 @@ class InspectConfig(TrainConfig):
 METRIC_SPLITS = ("train", "val")  # the per-epoch metrics: what best-epoch selection, pruning and sweeps read
 
 
-def parse_metric(name: str) -> tuple[str, str]:
-    """`optimized_metric` -> (split, key), e.g. 'val/auroc' -> ('val', 'auroc'); only per-epoch metrics."""
+class Metric(NamedTuple):
+    """A parsed `optimized_metric`: which split's per-epoch dict, which key, and which way is better."""
+
+    split: str
+    key: str
+    direction: str  # "minimize" (a loss) or "maximize"
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}/{self.key}"
+
+    def better(self, value: float, than: float) -> bool:
+        """Is `value` strictly better than `than` (NaN never is)?"""
+        return value < than if self.direction == "minimize" else value > than
+
+    @property
+    def worst(self) -> float:
+        return math.inf if self.direction == "minimize" else -math.inf
+
+
+def parse_metric(name: str) -> Metric:
+    """`optimized_metric` -> Metric, e.g. 'val/auroc' -> ('val', 'auroc', 'maximize'); only per-epoch metrics.
+
+    The one definition of the selection metric's direction: a key ending in `loss` is minimised, others maximised."""
     split, _, key = name.partition("/")
     if split not in METRIC_SPLITS or not key:
         raise ConfigError(f"optimized_metric={name!r} must be a per-epoch metric such as 'val/auroc'")
-    return split, key
+    return Metric(split, key, "minimize" if key.endswith("loss") else "maximize")
 
 
 def register_schema() -> None:
@@ -284,3 +383,4 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
     ConfigStore.instance().store(name="report_schema", node=ReportConfig)
+    ConfigStore.instance().store(name="predict_schema", node=PredictConfig)

@@ -14,7 +14,9 @@ from dataclasses import replace
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ttm_experiments.config.schema import DatasetConf, InspectConfig, ScheduleConf, TrainConfig, parse_metric
+from ttm_experiments.config.schema import (
+    BackboneConf, DatasetConf, InspectConfig, ScheduleConf, TrainConfig, parse_amp, parse_metric,
+)
 from ttm_experiments.errors import ConfigError
 
 
@@ -23,6 +25,7 @@ def to_config(cfg: DictConfig) -> TrainConfig:
     config = OmegaConf.to_object(cfg)
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"the composed config is a {type(config).__name__}, not TrainConfig: is train_schema first in the defaults?")
+    config.trainer.amp = parse_amp(config.trainer.amp)  # one spelling below the CLI: AmpMode (a str)
     validate(config)
     return config
 
@@ -36,6 +39,7 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 def validate(c: TrainConfig) -> None:
     """Every check a type cannot express, each naming the key and the fix."""
     _validate_optim(c)
+    _validate_backbone(c.backbone)
     _validate_unfreeze(c)
     _validate_schedule(c.schedule, pretrained=bool(c.backbone.pretrained_path))
     if c.dataset.window_length != c.backbone.context_length:
@@ -49,9 +53,20 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"dataset.nonfinite={c.dataset.nonfinite!r} must be 'error' or 'drop'")
     if isinstance(c, InspectConfig) and c.inspect.format not in ("text", "json"):
         raise ConfigError(f"inspect.format={c.inspect.format!r} must be 'text' or 'json'")
-    parse_metric(c.optimized_metric)
+    _validate_metric(c)
     if not 0 <= c.trainer.collapse_threshold < 1:
         raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
+
+
+def _validate_metric(c: TrainConfig) -> None:
+    """`optimized_metric` parses, and an Optuna trial optimises it in its own direction."""
+    metric = parse_metric(c.optimized_metric)
+    if c.search.trial_number is not None and c.search.direction != metric.direction:
+        raise ConfigError(
+            f"optimized_metric={c.optimized_metric} is to {metric.direction}, but the study is to "
+            f"{c.search.direction} (search.direction, from hydra.sweeper.direction). Fix: "
+            f"hydra.sweeper.direction={metric.direction}, or another optimized_metric."
+        )
 
 
 def _validate_optim(c: TrainConfig) -> None:
@@ -60,8 +75,26 @@ def _validate_optim(c: TrainConfig) -> None:
     _positive("optim.batch_size", c.optim.batch_size)
     _positive("optim.eval_batch_size", c.optim.eval_batch_size)
     _positive("optim.layer_decay", c.optim.layer_decay)
+    _positive("optim.pretrained_backbone_lr_scale", c.optim.pretrained_backbone_lr_scale)
+    if c.optim.pretrained_layer_decay is not None:
+        _positive("optim.pretrained_layer_decay", c.optim.pretrained_layer_decay)
     if not 0 <= c.optim.warmup_frac < 1:
         raise ConfigError(f"optim.warmup_frac={c.optim.warmup_frac} must be in [0, 1)")
+    if c.optim.balanced_sampler and c.optim.loss.value != "ce":
+        raise ConfigError(
+            f"optim.balanced_sampler=true with optim.loss={c.optim.loss.value} corrects the class imbalance twice "
+            "(the sampler draws classes evenly and the loss weights them by inverse frequency again). Fix: "
+            "optim.loss=ce with the sampler, or optim.balanced_sampler=false with the weighted loss."
+        )
+
+
+def _validate_backbone(b: BackboneConf) -> None:
+    for key in ("dropout", "head_dropout"):
+        value = getattr(b, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"backbone.{key}={value} must be in [0, 1), or null (from the checkpoint)")
+    if b.revision is not None and not b.revision.strip():
+        raise ConfigError("backbone.revision is empty: give a branch, tag or commit, or null (= main)")
 
 
 def _validate_unfreeze(c: TrainConfig) -> None:
@@ -106,7 +139,8 @@ def _validate_schedule(schedule: ScheduleConf, *, pretrained: bool) -> None:
 
 
 def pretrain_dataset(c: TrainConfig) -> tuple[DatasetConf, int]:
-    """The unlabeled corpus and its seed: the synthetic generator (other subjects: another seed) or a real one.
+    """The unlabeled corpus and its seed: the synthetic generator (other subjects: another seed, derived from
+    `dataset.split_seed`, not `seed`) or a real one.
 
     Its NaN or constant windows are dropped (counted), not refused: a long unlabeled recording always has some.
     """
@@ -114,7 +148,7 @@ def pretrain_dataset(c: TrainConfig) -> tuple[DatasetConf, int]:
     if d.pretrain != "synthetic" and not d.pretrain_root:
         raise ConfigError(f"dataset.pretrain={d.pretrain} needs dataset.pretrain_root=<directory of the corpus>")
     corpus = replace(d, name=d.pretrain, root=d.pretrain_root, n_subjects=d.pretrain_subjects, nonfinite="drop")
-    return corpus, c.seed + 10_000
+    return corpus, d.split_seed + 10_000
 
 
 def pick_device(name: str) -> torch.device:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -55,14 +55,8 @@ class WindowSet:
         return self.signals.shape[2]
 
     def subset(self, index: np.ndarray) -> "WindowSet":
-        return WindowSet(
-            signals=self.signals[index],
-            labels=self.labels[index],
-            subjects=self.subjects[index],
-            class_names=self.class_names,
-            fs=self.fs,
-            meta={k: v[index] for k, v in self.meta.items()},
-        )
+        return replace(self, signals=self.signals[index], labels=self.labels[index], subjects=self.subjects[index],
+                       meta={k: v[index] for k, v in self.meta.items()})
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))

@@ -1,23 +1,10 @@
 """BUT-PPG v2 (PhysioNet ``butppg``, CC BY 4.0): smartphone PPG, 10 s records, expert quality labels.
 
-Layout read (the PhysioNet download, unchanged)::
-
-    <root>/quality-hr-ann.csv        ID,Quality,HR                     (UTF-8 with BOM)
-    <root>/subject-info.csv          ID,Gender,Age [years],...,Ear/finger,Motion,...   (one row per record)
-    <root>/100001/100001_PPG.hea     WFDB header: 3 signals (R, G, B camera channels), 30 Hz, 300 samples
-    <root>/100001/100001_PPG.dat
-
-Each record gives ``duration_s`` windows of ``dataset.ppg_channels``, resampled to ``window_length`` samples
-with ``scipy.signal.resample_poly`` (``padtype="line"``: no ringing at the edges). Subject = the first three
-digits of the record ID. Labels: ``Quality`` (``task=quality``) or the ``Motion`` code 0..7 (``task=motion``;
-the names in MOTION_CLASSES follow the database's description, only 0 = rest and 1 = pressure are confirmed).
-``meta["site"]`` comes from ``Ear/finger`` (SOURCE_SITE_CODES; a warning says when the ear looks better than
-the finger, i.e. when the coding seems reversed).
-
-Release-1 records (100001..111004) have a transposed header: ``wfdb.rdrecord`` returns [channels, time]; they
-are repaired by ORIENTATION_RULE and counted. Nothing is dropped silently: records without the label,
-unreadable, without the asked channels or too short are excluded and counted by reason; NaN windows follow
-``dataset.nonfinite``, missing record folders ``dataset.missing_records``.
+Reads the PhysioNet download as it is (LAYOUT). Each record gives ``duration_s`` windows of
+``dataset.ppg_channels``, resampled to ``window_length`` samples (``padtype="line"``: no ringing at the edges);
+subject = the first three digits of the record ID. Of the ``Motion`` codes (MOTION_CLASSES) only 0 = rest and
+1 = pressure are confirmed by the database. Release-1 records (100001..111004) have a transposed header, repaired
+by ORIENTATION_RULE. Nothing is dropped silently: every excluded record or window is counted by reason.
 """
 
 from __future__ import annotations
@@ -111,11 +98,6 @@ def load_butppg(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     return result
 
 
-# --------------------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------------------
-
-
 def _read_table(path: Path, required: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """ID -> row (column -> stripped text) of a BUT-PPG CSV (UTF-8 with or without BOM)."""
     try:
@@ -196,11 +178,6 @@ def _site(text: str) -> int:
     return SITE_UNKNOWN
 
 
-# --------------------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------------------
-
-
 def read_record(base: Path) -> tuple[np.ndarray, list[str], float, int, int]:
     """``wfdb.rdrecord`` of one PPG record: p_signal [sig_len, n_sig], names, fs, n_sig, sig_len as declared."""
     import wfdb
@@ -212,11 +189,8 @@ def read_record(base: Path) -> tuple[np.ndarray, list[str], float, int, int]:
 
 def orient(p_signal: np.ndarray, names: list[str], n_sig: int, sig_len: int, expected: int
            ) -> tuple[np.ndarray, list[str | None], str]:
-    """A record as [time, channels] with each channel's colour (None when unknown) and how it was repaired.
-
-    See ORIENTATION_RULE: ``"transposed"`` and ``"interleaved"`` are the release-1 header defects; ``"ok"``
-    is a record read as stored.
-    """
+    """A record as [time, channels], each channel's colour (None when unknown) and how it was repaired:
+    ``"transposed"`` or ``"interleaved"`` (the release-1 header defects, ORIENTATION_RULE) or ``"ok"``."""
     if n_sig > sig_len and sig_len <= 3:
         x = p_signal.T
         return x, (list(COLOURS) if x.shape[1] == 3 else [None] * x.shape[1]), "transposed"
@@ -244,11 +218,6 @@ def _select(x: np.ndarray, colours: list[str | None], wanted: tuple[str, ...]) -
     if x.shape[1] == 1 and colours[0] is None and len(wanted) == 1:
         return x, True
     return None, False
-
-
-# --------------------------------------------------------------------------------------------------------
-# Build
-# --------------------------------------------------------------------------------------------------------
 
 
 class _Exclusions:

@@ -1,12 +1,8 @@
-"""On-disk cache of loaded datasets, keyed by the loader's settings and its source files.
+"""On-disk cache of loaded datasets: ``<cache_dir>/<loader>/<key>/`` holds one ``.npy`` per array and ``info.json``.
 
-The key is the sha1 of a manifest: loader name and version, the settings that change the windows, and every
-source file's relative path, size and mtime (ns), so a changed setting or a touched file gives a new entry and
-a stale one is never read. An entry is ``<cache_dir>/<loader>/<key>/``: one ``.npy`` per array (``signals``,
-``labels``, ``subjects``, ``meta__<name>``), ``info.json`` (class names, rate, the loader's report) and
-``manifest.json`` (for humans). It is stored atomically (:func:`ttm_experiments.files.atomic_directory`);
-``signals.npy`` can be filled piece by piece and read memory-mapped, for corpora larger than memory. Old
-entries are never deleted: ``rm -r <cache_dir>/<loader>`` frees the space.
+The key is the sha1 of a manifest (loader version, settings, every source file's path, size and mtime), so a
+changed setting or a touched file gives a new entry and a stale one is never read. Entries are stored atomically
+and never deleted: ``rm -r <cache_dir>/<loader>`` frees the space.
 """
 
 from __future__ import annotations
@@ -33,16 +29,9 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "1"
 
 
-# --------------------------------------------------------------------------------------------------------
-# Source files
-# --------------------------------------------------------------------------------------------------------
-
-
 def source_root(root: str | None, dataset: str, required: Sequence[str], layout: str) -> Path:
     """The dataset's root directory, checked: it is given, exists, and holds the ``required`` files.
-
-    ``layout`` describes the expected layout; every error repeats it, with the override that fixes it.
-    """
+    Every error repeats ``layout`` (the expected layout) and names the override that fixes it."""
     example = f"ttm-train dataset={dataset} dataset.root=/path/to/{dataset}"
     if not root:
         raise DataError(f"dataset={dataset} needs dataset.root, the directory of the data: `{example}`. "
@@ -67,16 +56,13 @@ def source_manifest(root: Path, files: Iterable[Path]) -> list[list]:
     for f in files:
         st = f.stat()
         rows.append([f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
-    rows.sort()
-    return rows
+    return sorted(rows)
 
 
 def cache_key(*, loader: str, version: str, settings: Mapping, root: Path | None = None,
               files: Iterable[Path] = ()) -> tuple[str, dict]:
     """The key of an entry (sha1 of the manifest, 16 hex digits) and the manifest itself.
-
-    ``root`` and ``files`` are the source files; a generated dataset (synthetic) has none.
-    """
+    ``root`` and ``files`` are the source files; a generated dataset (synthetic) has none."""
     manifest = {
         "format": CACHE_FORMAT,
         "loader": loader,
@@ -87,11 +73,6 @@ def cache_key(*, loader: str, version: str, settings: Mapping, root: Path | None
     }
     payload = json.dumps(manifest, sort_keys=True, default=str).encode()
     return hashlib.sha1(payload).hexdigest()[:16], manifest
-
-
-# --------------------------------------------------------------------------------------------------------
-# Entries
-# --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -159,10 +140,8 @@ class CacheWriter:
 def load_or_build(*, cache_dir: Path, loader: str, key: str, manifest: dict,
                   build: Callable[[CacheWriter], BuildInfo], mmap: bool = False) -> Cached:
     """Read the entry ``key`` of ``loader``, or build it with ``build(writer)`` and store it first.
-
     ``mmap=True`` returns ``signals`` as a read-only ``np.memmap`` (for corpora larger than memory).
-    An entry that cannot be read is rebuilt. Errors raised by ``build`` leave nothing behind.
-    """
+    An entry that cannot be read is rebuilt; errors raised by ``build`` leave nothing behind."""
     path = Path(cache_dir) / loader / key
     cached = _read_existing(path, loader, mmap)
     if cached is not None:

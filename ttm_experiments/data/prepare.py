@@ -8,7 +8,7 @@ dropped silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -117,19 +117,22 @@ class Splits:
     train: WindowSet
     val: WindowSet
     test: WindowSet
+    shared_subjects: int = field(default=0, compare=False)  # a predefined split's subjects in train and val/test
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
 
 
-def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -> Splits:
+def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int, *, allow_shared: bool = False
+                       ) -> Splits:
     """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two.
 
     A dataset with ``meta["split"]`` (codes into SPLIT_NAMES, or the names) brings its own split: it is used
-    as it is, and `fold`, `n_folds` and `seed` are ignored (logged).
+    as it is, and `fold`, `n_folds` and `seed` are ignored (logged). One that puts a subject in train and in
+    val/test is refused unless `allow_shared` (`dataset.allow_shared_subjects`; the count is kept).
     """
     if "split" in windows.meta:
-        return _predefined_split(windows, fold)
+        return _predefined_split(windows, fold, allow_shared)
     if not 0 <= fold < n_folds:
         raise DataError(f"dataset.fold={fold} is out of range: choose 0..{n_folds - 1} (dataset.n_folds={n_folds})")
     if n_folds < 3:
@@ -142,7 +145,7 @@ def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int) -
     return splits
 
 
-def _predefined_split(windows: WindowSet, fold: int) -> Splits:
+def _predefined_split(windows: WindowSet, fold: int, allow_shared: bool) -> Splits:
     split = np.asarray(windows.meta["split"])
     if split.dtype.kind in "USO":
         unknown = sorted(set(split.astype(str).tolist()) - set(SPLIT_NAMES))
@@ -161,10 +164,17 @@ def _predefined_split(windows: WindowSet, fold: int) -> Splits:
                         "splits subject-wise itself.")
     shared = set(np.unique(windows.subjects[index["train"]]).tolist()) & set(
         np.unique(windows.subjects[np.concatenate([index["val"], index["test"]])]).tolist())
+    if shared and not allow_shared:
+        raise DataError(
+            f"the predefined split puts {len(shared)} subject(s) in train and in val/test (e.g. {sorted(shared)[:5]}): "
+            "evaluation would not be subject-wise. Fix: regenerate the split by subject, put all files in one folder "
+            "so that the suite splits subject-wise itself, or dataset.allow_shared_subjects=true to accept it (the "
+            "run is tagged split.shared_subjects)."
+        )
     if shared:
         log.warning("the predefined split puts %d subject(s) in train and in val/test (e.g. %s): evaluation is not "
-                    "subject-wise", len(shared), sorted(shared)[:5])
-    splits = Splits(*(windows.subset(index[name]) for name in SPLIT_NAMES))
+                    "subject-wise (dataset.allow_shared_subjects=true)", len(shared), sorted(shared)[:5])
+    splits = Splits(*(windows.subset(index[name]) for name in SPLIT_NAMES), shared_subjects=len(shared))
     _require_every_class(splits, "of the predefined split", "a split that holds every class")
     return splits
 

@@ -1,14 +1,9 @@
 """VitalDB ``.vital`` files, read offline: the unlabeled PPG corpus of self-supervised stages.
 
-Layout: ``<root>/**/*.vital``, one surgical case per file, as downloaded from vitaldb.net. Each file is read
-with ``vitaldb.VitalFile(str(path), [track])``: always a path, since an integer case id makes the package
-download the case. ``track`` is ``dataset.track`` (default ``SNUADC/PLETH``, 500 Hz).
-
-Recordings are cut into consecutive ``duration_s`` spans; spans with NaN/Inf (gaps) or a flat signal (std
-below FLAT_STD) are rejected and counted, the rest resampled to ``window_length`` samples per window (so a gap
-never smears into its neighbours). One class, ``unlabeled``; subject = the case's index in the sorted file
-list (``report["cases"]``). Each file's windows go to a shard first and the cache's ``signals.npy`` is read
-memory-mapped, so memory holds about one recording at a time.
+Recordings (``dataset.track``, one case per file, see LAYOUT) are cut into consecutive ``duration_s`` spans;
+spans with NaN/Inf (gaps) or a flat signal are rejected and counted, the rest resampled span by span (so a gap
+never smears into its neighbours). Subject = the case's index in the sorted file list (``report["cases"]``).
+Windows go to one shard per file and ``signals.npy`` is read memory-mapped: memory holds one recording at a time.
 """
 
 from __future__ import annotations
@@ -90,11 +85,10 @@ def _build(root: Path, files: list[Path], conf: DatasetConf, writer: CacheWriter
                         f"{scan.counts['nan']} with NaN, {scan.counts['flat']} flat, of {scan.counts['spans']}")
     signals = writer.open_signals((total, 1, int(conf.window_length)))
     at = 0
-    for shard, k in scan.shards:  # one file at a time: memory holds one recording's windows, never the corpus
+    for shard, k in scan.shards:
         signals[at:at + k, 0, :] = np.load(shard)
         at += k
         shard.unlink()
-    del signals
     subjects = np.concatenate(scan.cases)
     writer.save("labels", np.zeros(total, dtype=np.int64))
     writer.save("subjects", subjects)

@@ -13,7 +13,9 @@ or all files directly in ``<root>/window_*.npz`` (no split on disk).
 - Split folders are used as they are (``meta["split"]``, codes into SPLIT_NAMES; ``dataset.fold`` is then
   ignored); a record in two splits is an error, a subject in two splits a warning. Without them the suite's
   subject-wise cross-validation applies.
-- Subject: ``subject``/``subject_id``, else the first three digits of a BUT-PPG record id, else the record id.
+- Subject: ``subject``/``subject_id``, else the first three digits of a BUT-PPG record id (six digits); a file
+  with neither is refused (one person could sit in two folds), unless ``dataset.subject_from=record``: then such
+  a record is its own subject (counted in the report; the run is tagged ``dataset.subject_from=record``).
 - Windows of another length are resampled (the whole window kept, logged), never padded or cropped; all files
   share one shape and one ``fs``.
 """
@@ -39,7 +41,7 @@ from ttm_experiments.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-LOADER_VERSION = "1"
+LOADER_VERSION = "2"  # 2: subject_from
 PATTERN = "window_*.npz"
 LAYOUT = ("<root>/{train,val,test}/window_NNNNNN.npz (or <root>/window_NNNNNN.npz without a split), each with "
           "`signal` [channels, T] float32, scalar labels (quality, hr, motion, ...), `record_id` and `fs`")
@@ -50,7 +52,8 @@ RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
 def load_windows_dir(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     root = source_root(conf.root, "windows", [], LAYOUT)
     files = find_files(root)
-    settings = {"task": conf.task, "window_length": int(conf.window_length), "duration_s": float(conf.duration_s)}
+    settings = {"task": conf.task, "window_length": int(conf.window_length), "duration_s": float(conf.duration_s),
+                "subject_from": conf.subject_from.value}
     key, manifest = cache_key(loader="windows", version=LOADER_VERSION, settings=settings, root=root,
                               files=[f for _, f in files])
     result = load_or_build(cache_dir=cache_dir, loader="windows", key=key, manifest=manifest,
@@ -136,12 +139,29 @@ def _classes(task: str, values: list[float]) -> tuple[str, ...]:
     return tuple(str(i) for i in range(codes[-1] + 1 if codes else 0))
 
 
-def _subject(rid: str, given: str | None) -> str:
+def _subject(rid: str, given: str | None) -> str | None:
+    """The subject key of a window file, or the subject in a BUT-PPG record id; None when there is neither."""
     if given:
         return given
     if re.fullmatch(r"\d{6}", rid):  # a BUT-PPG record: subject = first three digits
         return rid[:3]
-    return rid
+    return None
+
+
+def _subjects(kept: list[_Item], subject_from: str) -> tuple[list[str], int]:
+    """Every kept window's subject, and how many records became their own subject (subject_from=record)."""
+    found = [_subject(it["rid"], it["subject"]) for _, _, it in kept]
+    missing = [(p, it["rid"]) for (_, p, it), s in zip(kept, found) if s is None]
+    if missing and subject_from != "record":
+        shown = ", ".join(f"{p} (record {rid})" for p, rid in missing[:5])
+        raise DataError(
+            f"{len(missing)} of {len(kept)} window files have no subject (no `subject`/`subject_id` key, and the record "
+            f"id is not a BUT-PPG id), e.g. {shown}. Without subjects one person can sit in two folds. Fix: add a "
+            "`subject` key to the files, or dataset.subject_from=record to make each record its own subject (the "
+            "run is tagged dataset.subject_from=record)."
+        )
+    records = {rid for _, rid in missing}
+    return [s if s is not None else it["rid"] for s, (_, _, it) in zip(found, kept)], len(records)
 
 
 def _numbered(names: list[str]) -> tuple[np.ndarray, list[str] | None]:
@@ -158,7 +178,7 @@ _Item = tuple[str | None, Path, dict]
 
 
 def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: int, duration_s: float,
-           writer: CacheWriter) -> BuildInfo:
+           subject_from: str, writer: CacheWriter) -> BuildInfo:
     items = [(split, path, _read(path, task)) for split, path in files]
     _check_splits_disjoint(items)
     length, fs_in = _common_shape_and_rate(items, duration_s)
@@ -181,7 +201,10 @@ def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: in
     span = window_length / fs_out
     if not math.isclose(span, duration_s, rel_tol=1e-3):
         notes.append(f"the windows span {span:g} s; dataset.duration_s={duration_s:g} is not used for them")
-    subjects, meta, names = _meta(kept, task)
+    subject_names, own = _subjects(kept, subject_from)
+    if own:
+        notes.append(f"{own} record(s) without a subject key are their own subject (dataset.subject_from=record)")
+    subjects, meta, names = _meta(kept, task, subject_names)
     windows = WindowSet(signals=signals, labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
                         subjects=subjects, class_names=class_names, fs=float(fs_out), meta=meta)
     writer.save_windows(windows)
@@ -222,10 +245,11 @@ def _common_shape_and_rate(items: list[_Item], duration_s: float) -> tuple[int, 
     return length, next(iter(rates)) or length / duration_s
 
 
-def _meta(kept: list[_Item], task: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[str]]]:
+def _meta(kept: list[_Item], task: str, subject_of: list[str]
+          ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[str]]]:
     """Numbered subjects, per-window meta, and the names behind the numbers of ids that are not numeric."""
     record_ids, record_names = _numbered([it["rid"] for _, _, it in kept])
-    subjects, subject_names = _numbered([_subject(it["rid"], it["subject"]) for _, _, it in kept])
+    subjects, subject_names = _numbered(subject_of)
     meta = {"record_id": record_ids}
     if any(split is not None for split, _, _ in kept):
         meta["split"] = np.array([SPLIT_NAMES.index(split) for split, _, _ in kept], dtype=np.int64)

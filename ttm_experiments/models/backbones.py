@@ -1,4 +1,4 @@
-"""Backbones built from their configuration (never downloaded) and the classifier over them.
+"""Backbones built from their configuration (or a checkpoint's config.json) and the classifier over them.
 
 A backbone wraps a Hugging Face encoder (`model`, whose module names the unfreeze rules match) and returns
 its hidden state `[batch, channels, patches, d_model]` with the per-window location and scale that its
@@ -50,53 +50,101 @@ class Backbone(nn.Module):
                 f"[batch, {self.num_channels}, {self.conf.context_length}]"
             )
         mask = None if observed is None else observed.transpose(1, 2).to(x.dtype)
-        out = self.model(past_values=x.transpose(1, 2), past_observed_mask=mask)
+        extra = {"enable_masking": False} if self.conf.kind == BackboneKind.tspulse else {}  # we mask, not TSPulse
+        out = self.model(past_values=x.transpose(1, 2), past_observed_mask=mask, **extra)
         return out.last_hidden_state, out.loc.squeeze(1), out.scale.squeeze(1)
 
 
+def _dropout(conf: BackboneConf, default: float) -> float:
+    """`backbone.dropout`, or `default` (the library's) when it is null."""
+    return default if conf.dropout is None else conf.dropout
+
+
 def _shared(conf: BackboneConf, num_channels: int) -> dict:
-    """The Hugging Face config arguments TTM and PatchTST name alike."""
+    """The Hugging Face config arguments TTM, TSPulse and PatchTST name alike."""
     return {"context_length": conf.context_length, "patch_length": conf.patch_length,
-            "patch_stride": conf.patch_stride, "num_input_channels": num_channels, "d_model": conf.d_model,
-            "dropout": conf.dropout, "scaling": "std"}
+            "patch_stride": conf.patch_stride, "num_input_channels": num_channels, "d_model": conf.d_model}
 
 
-def _build_ttm(conf: BackboneConf, num_channels: int) -> nn.Module:
-    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerModel
-
+def _check_patching(conf: BackboneConf) -> None:
     if conf.patch_length != conf.patch_stride:
-        raise ConfigError("TTM needs backbone.patch_stride == backbone.patch_length")
+        raise ConfigError(f"{conf.kind.value} needs backbone.patch_stride == backbone.patch_length")
     num_patches = conf.context_length // conf.patch_length
-    if conf.context_length % conf.patch_length or num_patches % (2 ** max(conf.adaptive_patching_levels - 1, 0)):
+    levels = conf.adaptive_patching_levels if conf.kind == BackboneKind.ttm else 0
+    if conf.context_length % conf.patch_length or num_patches % (2 ** max(levels - 1, 0)):
         raise ConfigError(
             f"backbone.context_length={conf.context_length} must be a multiple of backbone.patch_length="
             f"{conf.patch_length}, with a patch count divisible by 2^(adaptive_patching_levels-1)"
         )
-    return TinyTimeMixerModel(TinyTimeMixerConfig(
-        **_shared(conf, num_channels), num_layers=conf.num_layers,
+
+
+def _ttm_config(conf: BackboneConf, num_channels: int):
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig
+
+    _check_patching(conf)
+    return TinyTimeMixerConfig(
+        **_shared(conf, num_channels), num_layers=conf.num_layers, dropout=_dropout(conf, 0.2),
         adaptive_patching_levels=conf.adaptive_patching_levels, expansion_factor=conf.expansion_factor,
-        mode="common_channel",
-    ))
+        mode="common_channel", scaling="std",
+    )
 
 
-def _build_patchtst(conf: BackboneConf, num_channels: int) -> nn.Module:
-    from transformers import PatchTSTConfig, PatchTSTModel
+def _tspulse_config(conf: BackboneConf, num_channels: int):
+    """TSPulse with its dual (time + FFT) embedding and 8 register tokens, as the public model."""
+    from tsfm_public.models.tspulse import TSPulseConfig
 
-    return PatchTSTModel(PatchTSTConfig(
-        **_shared(conf, num_channels), num_hidden_layers=conf.num_layers,
+    _check_patching(conf)
+    return TSPulseConfig(
+        **_shared(conf, num_channels), num_layers=conf.num_layers, dropout=_dropout(conf, 0.2),
+        expansion_factor=conf.expansion_factor, mode="common_channel", scaling="revin", fuse_fft=True,
+        patch_register_tokens=8, mask_block_length=conf.patch_length,
+    )
+
+
+def _patchtst_config(conf: BackboneConf, num_channels: int):
+    from transformers import PatchTSTConfig
+
+    # PatchTST has no single `dropout`: backbone.dropout sets its attention, positional and feed-forward dropout
+    # (not path_dropout, which is stochastic depth, another regulariser)
+    p = _dropout(conf, 0.0)
+    return PatchTSTConfig(
+        **_shared(conf, num_channels), num_hidden_layers=conf.num_layers, scaling="std",
         num_attention_heads=conf.num_attention_heads, ffn_dim=conf.ffn_dim, do_mask_input=False,
-    ))
+        attention_dropout=p, positional_dropout=p, ff_dropout=p,
+    )
 
 
-BUILDERS: dict[str, Callable[[BackboneConf, int], nn.Module]] = {"ttm": _build_ttm, "patchtst": _build_patchtst}
+def _make_model(kind: str, config) -> nn.Module:
+    if kind == "ttm":
+        from tsfm_public.models.tinytimemixer import TinyTimeMixerModel
+
+        return TinyTimeMixerModel(config)
+    if kind == "tspulse":
+        from tsfm_public.models.tspulse import TSPulseModel
+        from tsfm_public.models.tspulse.modeling_tspulse import register_token_config_update
+
+        # what TSPulseForClassification does before it builds its backbone: the register tokens widen the
+        # patch mixers, so a saved config.json becomes the encoder its weights were trained in
+        config.check_and_init_preprocessing(task="classification")
+        return TSPulseModel(register_token_config_update(config))
+    from transformers import PatchTSTModel
+
+    return PatchTSTModel(config)
 
 
-def build_backbone(conf: BackboneConf, *, num_channels: int) -> Backbone:
-    """Build a randomly initialised backbone (weights are loaded separately)."""
+CONFIGS: dict[str, Callable[[BackboneConf, int], object]] = {
+    "ttm": _ttm_config, "tspulse": _tspulse_config, "patchtst": _patchtst_config,
+}
+
+
+def build_backbone(conf: BackboneConf, *, num_channels: int, hf_config: object | None = None) -> Backbone:
+    """Build a randomly initialised backbone from `conf`, or from `hf_config` (a checkpoint's own Hugging Face
+    config, already checked against `conf` by `models.pretrained`); weights are loaded separately."""
     kind = conf.kind.value
-    if kind not in BUILDERS:
-        raise ConfigError(f"backbone.kind={kind!r} is unknown; choose one of {sorted(BUILDERS)}")
-    return Backbone(conf, num_channels, BUILDERS[kind](conf, num_channels))
+    if kind not in CONFIGS:
+        raise ConfigError(f"backbone.kind={kind!r} is unknown; choose one of {sorted(CONFIGS)}")
+    config = hf_config if hf_config is not None else CONFIGS[kind](conf, num_channels)
+    return Backbone(conf, num_channels, _make_model(kind, config))
 
 
 def pool_patches(hidden: torch.Tensor) -> torch.Tensor:
@@ -151,11 +199,14 @@ class Classifier(nn.Module):
         return self.head(*self.backbone(x))
 
 
-def build_classifier(conf: BackboneConf, *, num_channels: int, num_classes: int) -> Classifier:
-    """The backbone of `conf` and its classification head (`conf.head_*`, `conf.scale_features`)."""
-    backbone = build_backbone(conf, num_channels=num_channels)  # first: the random draws keep their order
-    head = ClassificationHead(num_channels, conf.d_model, num_classes, conf.head_hidden, conf.head_dropout,
-                              conf.scale_features)
+def build_classifier(conf: BackboneConf, *, num_channels: int, num_classes: int, hf_config: object | None = None,
+                     head_dropout: float | None = None) -> Classifier:
+    """The backbone of `conf` (or of `hf_config`, a checkpoint's config) and its classification head
+    (`conf.head_*`, `conf.scale_features`; `head_dropout` when `conf.head_dropout` is null, else 0.2)."""
+    # the backbone first: the random draws keep their order
+    backbone = build_backbone(conf, num_channels=num_channels, hf_config=hf_config)
+    dropout = conf.head_dropout if conf.head_dropout is not None else (0.2 if head_dropout is None else head_dropout)
+    head = ClassificationHead(num_channels, conf.d_model, num_classes, conf.head_hidden, dropout, conf.scale_features)
     model = Classifier(backbone, head)
     # same semantics as nn.Dropout, a fraction of its cost on CPU (bench/dropout.py); names and state_dict unchanged
     use_fast_dropout(model)

@@ -46,14 +46,17 @@ def atomic_save(obj: object, path: Path) -> None:
         ) from None
 
 
-def save_classifier(path: Path, model: Classifier, stage: str, class_names: tuple[str, ...]) -> None:
-    """A checkpoint of the whole classifier with its architecture and the stage that wrote it."""
+def save_classifier(path: Path, model: Classifier, stage: str, class_names: tuple[str, ...], *,
+                    window_s: float | None = None) -> None:
+    """A checkpoint of the whole classifier with its architecture, the stage that wrote it and the seconds one
+    window spans (`dataset.duration_s`: with the context length, the rate the model was trained at)."""
     atomic_save(
         {
             "format": FORMAT,
             "architecture": model.backbone.architecture(),
             "stage": stage,
             "class_names": list(class_names),
+            "window_s": window_s,
             "backbone": model.backbone.model.state_dict(),
             "head": model.head.state_dict(),
         },
@@ -82,11 +85,18 @@ def _load_strict(backbone: Backbone, state: dict, source: str) -> None:
         raise CheckpointError(f"{source} does not fit the backbone: {details}") from None
 
 
-def _read_hf_directory(path: Path) -> tuple[dict, dict]:
+def _read_hf_config(path: Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"backbone.pretrained_path={path} is a directory without config.json")
-    config = json.loads(config_file.read_text())
+        raise CheckpointError(
+            f"backbone.pretrained_path={path} is a directory without config.json. Fix: point it at a Hugging Face "
+            "model directory (config.json + model.safetensors) or a checkpoint file written by ttm-train."
+        )
+    return json.loads(config_file.read_text())
+
+
+def _read_hf_directory(path: Path) -> tuple[dict, dict]:
+    config = _read_hf_config(path)
     weights = path / "model.safetensors"
     if weights.is_file():
         from safetensors.torch import load_file
@@ -99,16 +109,35 @@ def _read_hf_directory(path: Path) -> tuple[dict, dict]:
     return config, state
 
 
-def _backbone_keys(state: dict, backbone: Backbone) -> dict:
-    """The encoder's weights: a forecasting checkpoint prefixes them with `backbone.` and adds a decoder
-    and head, which a classifier does not use (their count is logged, not hidden)."""
-    if set(state) & set(backbone.model.state_dict()):
-        return state  # saved from the encoder itself; the strict check follows
-    stripped = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    if stripped:
-        log.info("using %d encoder tensors of the checkpoint; %d decoder/head tensors are not part of the "
-                 "classifier", len(stripped), len(state) - len(stripped))
-    return stripped or state
+def split_encoder(state: dict, backbone: Backbone) -> tuple[dict, dict[str, int]]:
+    """The encoder's tensors, and the count of those dropped per top-level module.
+
+    A forecasting or classification checkpoint (`...ForPrediction`, `...ForClassification`) holds the encoder
+    under `backbone.` plus a decoder and a head that a classifier does not use: they are dropped explicitly and
+    counted. A state saved from the encoder itself is used whole. Either way the strict load that follows
+    refuses anything missing or unexpected."""
+    if set(state) & set(backbone.model.state_dict()) or not any(k.startswith("backbone.") for k in state):
+        return state, {}
+    encoder, dropped = {}, {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            encoder[key[len("backbone."):]] = value
+        else:
+            top = key.split(".", 1)[0]
+            dropped[top] = dropped.get(top, 0) + 1
+    return encoder, dropped
+
+
+def load_hf_weights(backbone: Backbone, path: Path, source: str) -> int:
+    """Strictly load the encoder tensors of the Hugging Face directory `path`; returns how many tensors of the
+    checkpoint (its decoder and head) were dropped, which is logged once here."""
+    _, state = _read_hf_directory(path)
+    encoder, dropped = split_encoder(state, backbone)
+    _load_strict(backbone, encoder, f"backbone.pretrained_path={source}")
+    parts = ", ".join(f"{name} {n}" for name, n in sorted(dropped.items())) or "none"
+    log.info("loaded %d encoder tensors of %s strictly; dropped %d decoder/head tensors (%s)", len(encoder), source,
+             sum(dropped.values()), parts)
+    return sum(dropped.values())
 
 
 def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
@@ -126,11 +155,10 @@ def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
     expected = backbone.architecture()
     kind = expected["kind"]
     if path.is_dir():
-        config, state = _read_hf_directory(path)
+        config = _read_hf_config(path)
         found = {ours: config[theirs] for theirs, ours in _HF_KEYS.items() if theirs in config}
         _compare(kind, expected, found, f"backbone.pretrained_path={path}")
-        _load_strict(backbone, _backbone_keys(state, backbone), f"backbone.pretrained_path={path}")
-        log.info("loaded pretrained backbone weights from %s", path)
+        load_hf_weights(backbone, path, str(path))
         return "pretrained"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

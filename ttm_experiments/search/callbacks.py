@@ -23,7 +23,10 @@ class PrepareTracking(Callback):
         experiment = OmegaConf.select(config, "experiment_name", default=None)
         if not uri or not experiment:
             return
+        from ttm_experiments.cli import quiet_mlflow
         from ttm_experiments.tracking import MlflowTracker
+
+        quiet_mlflow(OmegaConf.select(config, "hydra.verbose", default=False))  # before MLflow creates the store
 
         tracker = MlflowTracker(str(uri), str(experiment))
         log.info("MLflow store %s ready, experiment '%s' (id %s)", uri, experiment, tracker.experiment_id)

@@ -67,7 +67,7 @@ class TrialReporter:
         import optuna
 
         self.study_name, self.storage_url, self.number = _check(search)
-        (split, self.key), self.metric, self.tracker = parse_metric(metric), metric, tracker
+        (split, self.key, _), self.metric, self.tracker = parse_metric(metric), metric, tracker
         self.split = split
         self.pruner = search.pruner or "none"
         self.study = load_study(self.study_name, self.storage_url, self.pruner)

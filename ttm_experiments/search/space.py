@@ -14,6 +14,7 @@ read too. Every error names the key and the value it came from.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -61,24 +62,16 @@ def format_value(value: Any) -> str:
 
 def quote(text: str) -> str:
     """A string as a single-quoted Hydra override value (backslashes doubled only before a quote)."""
-    import re
-
     body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
     body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
     return f"'{body}'"
 
 
-def _where(key: str, origin: str) -> str:
-    return f"{origin} '{key}'"
-
-
 def parse(params: Mapping[str, Any] | None, search_space: Mapping[str, Any] | None, arguments: Iterable[str],
           int_keys: Callable[[str], bool] = lambda key: False) -> SearchSpace:
     """`hydra.sweeper.params` (or the deprecated `search_space`) plus the command-line overrides.
-
     A command-line override of a key in `params` replaces it (a fixed value there fixes the key). `int_keys`
-    says whether a key holds an integer, so that `interval(...)` on it samples integers.
-    """
+    says whether a key holds an integer, so that `interval(...)` on it samples integers."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -87,17 +80,15 @@ def parse(params: Mapping[str, Any] | None, search_space: Mapping[str, Any] | No
         for key, spec in search_space.items():
             space.distributions[str(key)] = _from_dict(str(key), spec)
             space.origin[str(key)] = "hydra.sweeper.search_space"
-    lines: list[tuple[str, str]] = []
-    for key, value in (params or {}).items():
-        lines.append((f"{key}={_param_text(value)}", "hydra.sweeper.params"))
-    lines.extend((arg, "command line") for arg in arguments)
+    lines = [(f"{key}={_param_text(value)}", "hydra.sweeper.params") for key, value in (params or {}).items()]
+    lines += [(arg, "command line") for arg in arguments]
     parser = OverridesParser.create()
     for line, origin in lines:
         key = line.split("=", 1)[0]
         try:
             override = parser.parse_override(line)
         except OverrideParseException as err:
-            raise SearchSpaceError(f"{_where(key, origin)}: cannot parse '{line}': {_first_line(err)}") from None
+            raise SearchSpaceError(f"{origin} '{key}': cannot parse '{line}': {_first_line(err)}") from None
         name = override.get_key_element()
         space.distributions.pop(name, None)
         space.fixed.pop(name, None)
@@ -131,7 +122,7 @@ def _from_override(name: str, override, origin: str, int_key: bool):
 
     value = override.value()
     text = override.input_line.split("=", 1)[1] if override.input_line else str(value)
-    where = _where(name, origin)
+    where = f"{origin} '{name}'"
     tags = set(getattr(value, "tags", ()) or ())
     unknown = tags - {"log"}
     if unknown:
@@ -200,7 +191,7 @@ def _from_dict(name: str, spec: Mapping[str, Any]):
     """The deprecated `search_space` entry: {type: int|float|categorical, low, high, log, step, choices}."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    where = _where(name, "hydra.sweeper.search_space")
+    where = f"hydra.sweeper.search_space '{name}'"
     spec = dict(spec)
     kind = str(spec.pop("type", "")).split(".")[-1]
     allowed = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"},

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ttm_experiments.errors import ConfigError
+from ttm_experiments.errors import ConfigError, StoreError
 
 # pruner name -> Optuna class; `none` reports the values but never prunes
 PRUNERS = {
@@ -57,14 +57,22 @@ def open_storage(url: str):
 
     try:
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+            from ttm_experiments.locks import file_lock
+
+            db = Path(url[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Optuna creates its tables on first use: one process at a time (workers started together race)
+            with file_lock(db, what=f"the Optuna storage {url}", fix="an RDB server (hydra.sweeper.storage="
+                           "postgresql://...) or a storage file on a local disk"):
+                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except StoreError:  # no working file locks: the message says what to use instead
+        raise
     except Exception as err:  # a missing driver, an unreachable server, a read-only directory
         fix = ("install the driver: pip install 'ttm-experiments[postgres]'" if isinstance(err, ImportError) else
                "start the database server or fix hydra.sweeper.storage (host, port, user, password, database)"

@@ -6,6 +6,7 @@ import logging
 import math
 import warnings
 from collections import Counter
+from itertools import accumulate
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,7 @@ def counts(trials) -> dict[str, int]:
 
 def best_value_so_far(trials, maximize: bool) -> float | None:
     values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-    if not values:
-        return None
-    return max(values) if maximize else min(values)
+    return (max if maximize else min)(values, default=None)
 
 
 def importances(study) -> dict[str, float]:
@@ -54,12 +53,9 @@ def history_figure(trials, metric: str, maximize: bool):
     if done:
         ax.scatter([t.number for t in done], [t.value for t in done], color="tab:blue", zorder=3,
                    label=f"complete ({len(done)})")
-        xs, ys, best = [], [], None
-        for t in sorted(done, key=lambda t: t.number):
-            best = t.value if best is None else (max(best, t.value) if maximize else min(best, t.value))
-            xs.append(t.number)
-            ys.append(best)
-        ax.step(xs, ys, where="post", color="tab:green", label="best so far")
+        ordered = sorted(done, key=lambda t: t.number)
+        best = list(accumulate((t.value for t in ordered), max if maximize else min))
+        ax.step([t.number for t in ordered], best, where="post", color="tab:green", label="best so far")
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.number for t in pruned], last, marker="x", color="tab:orange", zorder=3,
@@ -119,8 +115,6 @@ def format_summary(study_name: str, storage: str, metric: str, trials, new_numbe
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4) and math.isfinite(v):
-        return f"{v:.3g}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.3g}" if v != 0 and math.isfinite(v) and (abs(v) < 1e-3 or abs(v) >= 1e4) else f"{v:.4g}"

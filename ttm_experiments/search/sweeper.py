@@ -24,8 +24,10 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, UserError
-from ttm_experiments.search import summary
+from ttm_experiments.run_names import trial_name
+from ttm_experiments.search import nested, summary
 from ttm_experiments.search.pruning import ATTR_OVERRIDES, ATTR_PARENT_RUN, ATTR_RUN
 from ttm_experiments.search.space import (SearchSpace, SearchSpaceError, SweepError, format_value, grid, parse,
                                          probe_values, quote)
@@ -75,7 +77,7 @@ class OptunaSweeperImpl(Sweeper):
         self.mlflow = mlflow
         self.entrypoint = entrypoint
         self.pass_trial = False  # whether jobs get their trial (set when the sweep starts)
-        self.add_run_name = False  # whether trial runs are named trial-<n>
+        self.add_run_name = False  # whether trial runs are named `trial <n>: <params>`
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
@@ -208,6 +210,7 @@ class OptunaSweeperImpl(Sweeper):
         """Everything the sweep needs, checked before the study is touched: space, direction, storage, sampler."""
         cfg = self.config
         space = parse(self.params, self.search_space, arguments, int_keys=functools.partial(_is_int_key, cfg))
+        nested.refuse_swept_fold(space.distributions)
         if not space.distributions and not self.custom_search_space:
             raise SearchSpaceError("the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "
                                    "tag(log, interval(1e-5, 3e-3))) or use hparams_search=<name>")
@@ -216,8 +219,10 @@ class OptunaSweeperImpl(Sweeper):
         self.add_run_name = (OmegaConf.select(cfg, "run_name", default="missing") is None
                              and not any(k.lstrip("+~") == "run_name" for k in (*space.fixed, *space.distributions)))
         metric = str(OmegaConf.select(cfg, "optimized_metric", default="objective"))
-        if direction == "maximize" and "loss" in metric:
-            log.warning("optimized_metric=%s is maximised: set hydra.sweeper.direction=minimize for a loss", metric)
+        wanted = parse_metric(metric).direction if "/" in metric else direction  # config/schema.py: the one rule
+        if wanted != direction:
+            raise ConfigError(f"optimized_metric={metric} is to {wanted}, but hydra.sweeper.direction={direction}. "
+                              f"Fix: hydra.sweeper.direction={wanted}, or another optimized_metric.")
         sampler, grid_size = self._sampler(space)
         n_trials = self.n_trials if grid_size is None else min(self.n_trials, grid_size)
         if n_trials < 1 or self.n_jobs < 1:
@@ -239,6 +244,7 @@ class OptunaSweeperImpl(Sweeper):
             if not study.metric_names:
                 study.set_metric_names([plan.metric])
         self._check_against_study(study, plan.space)
+        nested.bind_study(study, nested.outer_fold(self.config), plan.storage_shown)
         before = len(study.get_trials(deepcopy=False))
         if before:
             log.info("study '%s' in %s resumes with %d trials", study.study_name, plan.storage_shown, before)
@@ -285,7 +291,7 @@ class OptunaSweeperImpl(Sweeper):
         job = plan.space.overrides(trial.params) + self._search_overrides(
             study.study_name, plan.storage_url, trial.number, plan.pruner, plan.direction)
         if self.add_run_name:
-            job.append(f"run_name=trial-{trial.number}")
+            job.append(f"run_name={quote(trial_name(trial.number, trial.params))}")  # `trial 3: last_n=2 lr=0.0004`
         trial.set_user_attr(ATTR_OVERRIDES, job)
         if study_run is not None:
             trial.set_user_attr(ATTR_PARENT_RUN, study_run.run_id)
@@ -431,8 +437,9 @@ class OptunaSweeperImpl(Sweeper):
                 log.exception("could not mark trial %d failed", number)
 
     # -- the end: best trial, command, importances ------------------------------------------------------------
-    def best_command(self, overrides: list[str]) -> tuple[str, Optional[DictConfig]]:
-        """A `ttm-train ...` command that trains what the trial trained, checked by composing both configs."""
+    def best_command(self, overrides: list[str], tuned_in: Optional[str] = None) -> tuple[str, Optional[DictConfig]]:
+        """A `ttm-train ...` command that trains what the trial trained, checked by composing both configs;
+        with `tuned_in`, it records the study (`search.tuned_in`) so that ttm-report can tell its outer fold."""
         assert self.config is not None and self.hydra_context is not None
         keep, search_choice = [], None
         # a search path given on the command line is needed to compose the same config again
@@ -448,6 +455,8 @@ class OptunaSweeperImpl(Sweeper):
             if key == "run_name" and self.add_run_name:
                 continue
             keep.append(ov)
+        if tuned_in and self.trial_node:
+            keep.append(f"{self.trial_node}.tuned_in={quote(tuned_in)}")
         plain = None
         try:
             job_cfg = self._compose(list(overrides))
@@ -479,7 +488,7 @@ class OptunaSweeperImpl(Sweeper):
         command, best_cfg = None, None
         if best is not None:
             overrides = best.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in best.params.items()]
-            command, best_cfg = self.best_command(list(overrides))
+            command, best_cfg = self.best_command(list(overrides), tuned_in=study.study_name)
         imp = summary.importances(study)
         storage_shown = display_storage(storage_url)
         text = summary.format_summary(study.study_name, storage_shown, metric, trials, asked, best, command, imp)

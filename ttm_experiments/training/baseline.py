@@ -27,7 +27,8 @@ class BaselineRecipe:
 
     def setup(self) -> None:
         c = self.config
-        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
+                                     log_system_metrics=c.tracking.log_system_metrics)
         self.splits = load_splits(c)
 
     def train(self) -> LoopResult:
@@ -39,8 +40,11 @@ class BaselineRecipe:
         self.tracker.start_stage("fit", {"kind": "baseline"})
         log.info("fitting %s (logistic regression on %s features)", c.backbone.name, c.backbone.kind.value)
         parts = (self.splits.train, self.splits.val, self.splits.test)
-        self.probs = dict(zip(("train", "val", "test"), baselines.fit_predict(
-            c.backbone.kind.value, self.splits.train, list(parts), c.seed)))
+        probs, failed = baselines.fit_predict(c.backbone.kind.value, self.splits.train, list(parts), c.seed)
+        self.probs = dict(zip(("train", "val", "test"), probs))
+        # windows whose SQIs failed (scored the worst quality): counted, never silent; past 5 % the run stops
+        self.tracker.log_metrics({"sqi/failed_windows": failed}, step=1)
+        self.tracker.set_tags({"sqi.failed_windows": str(failed)})
         record = {split: _metrics(getattr(self.splits, split), self.probs[split]) for split in ("train", "val")}
         result = LoopResult(best_epoch=1, best_stage="fit")
         result.history.append(EpochRecord("fit", 1, record["train"], record["val"], []))

@@ -20,14 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttm_experiments.config.schema import CollapseAction, LossKind, OptimConf, TrainerConf, UnfreezeConf
+from ttm_experiments.config.schema import (
+    CollapseAction, FrozenMode, LossKind, Metric, OptimConf, TrainerConf, UnfreezeConf, parse_metric,
+)
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.metrics import classification_metrics, collapsed_classes, softmax
 from ttm_experiments.models.backbones import Backbone, Classifier
 from ttm_experiments.tracking import Tracker
-from ttm_experiments.training.optim import autocast, make_optimizer, warmup_cosine
+from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
+from ttm_experiments.training import signals
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
-from ttm_experiments.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks
+from ttm_experiments.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks, freeze_frozen_modes
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class LoopResult:
     reports: list[UnfreezeReport] = field(default_factory=list)
     best_epoch: int = 0
     best_stage: str = ""
-    best_val_auroc: float = -math.inf
+    best_val_auroc: float = -math.inf  # val/auroc at the best epoch (whatever the selection metric)
+    best_value: float = math.nan  # the selection metric (`optimized_metric`) at the best epoch
     collapse_epochs: list[int] = field(default_factory=list)
     ssl: list[dict] = field(default_factory=list)  # per self-supervised stage: its last epoch and probe AUROC
 
@@ -96,9 +100,11 @@ class FocalLoss(nn.Module):
         logp = torch.log_softmax(logits, dim=1)
         logp_t = logp.gather(1, target[:, None]).squeeze(1)
         loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
-        if self.weight is not None:
-            loss = loss * self.weight[target]
-        return loss.mean()
+        if self.weight is None:
+            return loss.mean()
+        # the weighted mean, as nn.CrossEntropyLoss(weight=...) takes it: divided by the targets' total weight
+        w = self.weight[target]
+        return (loss * w).sum() / w.sum()
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -189,12 +195,17 @@ class FrozenFeatures:
 
 
 class Trainer:
-    """Runs the stages of a schedule on one model and keeps the best checkpoint by `val/auroc`."""
+    """Runs the stages of a schedule on one model and keeps the best checkpoint by `selection`
+    (`optimized_metric`, in its direction)."""
 
     def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, *, optim: OptimConf,
                  trainer: TrainerConf, unfreeze: UnfreezeConf, device: torch.device, seed: int, tracker: Tracker,
-                 epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = ()):
+                 epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = (),
+                 selection: Metric = parse_metric("val/auroc"), precision: Precision | None = None):
         self.model = model.to(device)
+        # autocast and (fp16) the gradient scaler; the recipe shares one with the SSL stages (one scaler state)
+        self.precision = precision if precision is not None else Precision(device, trainer.amp)
+        self.selection = selection
         self.optim, self.conf, self.unfreeze, self.device = optim, trainer, unfreeze, device
         self.tracker = tracker
         # called after every epoch with its record (e.g. Optuna pruning, which raises errors.Pruned)
@@ -214,7 +225,7 @@ class Trainer:
         return torch.from_numpy(ws.signals).to(self.device), torch.from_numpy(ws.labels).to(self.device)
 
     def _autocast(self):
-        return autocast(self.device, self.conf.amp)
+        return self.precision.autocast()
 
     def steps_per_epoch(self) -> int:
         n, size = len(self.y_train), self.optim.batch_size
@@ -263,6 +274,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
+        if self.unfreeze.frozen_mode == FrozenMode.eval:  # frozen means frozen: no dropout, fixed BatchNorm
+            freeze_frozen_modes(self.model)
         if self.frozen is not None:
             self.model.backbone.eval()  # frozen: no dropout; its outputs come from the stage's cache
         logits_all, labels_all, losses = [], [], []
@@ -282,15 +295,10 @@ class Trainer:
             if per_step_check and not torch.isfinite(loss):
                 raise NonFiniteLoss(desc, step, float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if check_gradients and step == 0:
-                check_trainable_gradients(self.model, desc)
-            if self.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], self.optim.grad_clip
-                )
-            optimizer.step()
+            check = (lambda: check_trainable_gradients(self.model, desc)) if check_gradients and step == 0 else None
+            self.precision.step(loss, optimizer, grad_clip=self.optim.grad_clip, after_backward=check)
             scheduler.step()
+            signals.check()  # SIGTERM/SIGINT: stop here, after a whole step (resume redoes the epoch)
             losses.append(loss.detach())
             logits_all.append(logits.detach().float())
             labels_all.append(y)
@@ -375,10 +383,7 @@ class Trainer:
             result.history.append(record)
             if collapsed:
                 result.collapse_epochs.append(epoch)
-            if val_metrics["auroc"] > result.best_val_auroc:
-                result.best_val_auroc = val_metrics["auroc"]
-                result.best_epoch, result.best_stage = epoch, stage.name
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self._select(record, result)
             if on_epoch_end is not None:  # the checkpoint is written before the epoch's metrics are logged
                 on_epoch_end(EpochEnd(stage_epoch, epoch, optimizer, scheduler, self.epoch_metrics(record)))
             self._log_epoch(record, desc)
@@ -394,6 +399,17 @@ class Trainer:
         self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
         self.tracker.end_stage()
         return epoch
+
+    def _select(self, record: EpochRecord, result: LoopResult) -> None:
+        """Keep this epoch's weights when it is the best so far on the selection metric."""
+        m = self.selection
+        value = float((record.val if m.split == "val" else record.train).get(m.key, math.nan))
+        if result.best_epoch == 0 and not math.isfinite(value):
+            return
+        if result.best_epoch == 0 or m.better(value, result.best_value):
+            result.best_value, result.best_val_auroc = value, record.val.get("auroc", math.nan)
+            result.best_epoch, result.best_stage = record.epoch, record.stage
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     @staticmethod
     def epoch_metrics(record: EpochRecord) -> dict[str, float]:
@@ -420,8 +436,8 @@ class Trainer:
             "(optim.loss) and what this stage unfreezes.",
             record.epoch, record.stage, rates, self.conf.collapse_threshold,
         )
+        # the stage run says it collapsed; the parent's `mode_collapse` describes the selected checkpoint (finish)
         self.tracker.set_tags({"mode_collapse": "true"}, stage=True)
-        self.tracker.set_tags({"mode_collapse": "true"})
 
     def restore_best(self) -> None:
         if self.best_state is None:

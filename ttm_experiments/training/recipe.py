@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -17,20 +17,24 @@ import numpy as np
 import torch
 
 from ttm_experiments.config import spec as specs
-from ttm_experiments.config.schema import TrainConfig
+from ttm_experiments.config.schema import TrainConfig, parse_metric
 from ttm_experiments.data.prepare import (
     RowView, Splits, check_windows, describe_splits, load_windows, split_subject_wise,
 )
 from ttm_experiments.errors import Pruned
 from ttm_experiments.metrics import softmax
-from ttm_experiments.models.backbones import build_classifier
-from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
+from ttm_experiments.models.checkpoint import save_classifier
+from ttm_experiments.models.pretrained import build_model
+from ttm_experiments.run_names import run_name
 from ttm_experiments.search.pruning import epoch_hooks, search_tags
 from ttm_experiments.tracking import MlflowTracker
-from ttm_experiments.training import resume
+from ttm_experiments.training import resume, signals
+from ttm_experiments.training.finetune import finetune_rates
+from ttm_experiments.training.inputs import split_inputs
 from ttm_experiments.training.loop import LoopResult, Trainer
+from ttm_experiments.training.optim import Precision, check_amp
 from ttm_experiments.training.record import (
-    config_params, objective_value, pretrain_summary, record_test, summary_table,
+    config_params, objective_value, pretrain_summary, record_model, record_test, summary_table,
 )
 from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.training.stages import EpochEnd, StagePlan, plan_stages
@@ -77,11 +81,17 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
     try:
         return recipe.finish(recipe.train())
     except BaseException as err:
-        status = "KILLED" if isinstance(err, (KeyboardInterrupt, Pruned)) else "FAILED"
+        status = "KILLED" if isinstance(err, (KeyboardInterrupt, Pruned, signals.Stopped)) else "FAILED"
         if recipe.tracker.run_id is not None:
             try:
-                reason = "pruned" if isinstance(err, Pruned) else "failure"
-                recipe.tracker.set_tags({reason: f"{type(err).__name__}: {err}"[:4000]})
+                if isinstance(err, (KeyboardInterrupt, signals.Stopped)):  # on the stage run too
+                    stop = {"stop_reason": getattr(err, "reason", "interrupted")}
+                    recipe.tracker.set_tags(stop)
+                    if recipe.tracker.stage_run_id is not None:
+                        recipe.tracker.set_tags(stop, stage=True)
+                else:
+                    reason = "pruned" if isinstance(err, Pruned) else "failure"
+                    recipe.tracker.set_tags({reason: f"{type(err).__name__}: {err}"[:4000]})
                 recipe.tracker.end_run(status)
             except Exception:  # the original error matters more than a tracking hiccup
                 log.exception("could not mark the MLflow run %s", status)
@@ -89,10 +99,13 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
 
 
 def load_splits(c: TrainConfig) -> Splits:
-    """The dataset's windows, checked against the backbone, split subject-wise (the split sizes are logged)."""
-    windows = load_windows(c.dataset, seed=c.seed, cache_dir=Path(c.paths.cache_dir))
-    windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, c.dataset.nonfinite)
-    splits = split_subject_wise(windows, c.dataset.n_folds, c.dataset.fold, c.seed)
+    """The dataset's windows, checked against the backbone, split subject-wise (the split sizes are logged).
+
+    `dataset.split_seed` alone decides the data and the folds: runs that differ in `seed` share them."""
+    d = c.dataset
+    windows = load_windows(d, seed=d.split_seed, cache_dir=Path(c.paths.cache_dir))
+    windows = check_windows(windows, c.backbone.context_length, d.channels, d.nonfinite)
+    splits = split_subject_wise(windows, d.n_folds, d.fold, d.split_seed, allow_shared=d.allow_shared_subjects)
     for name, row in describe_splits(splits).items():
         log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))
     return splits
@@ -111,6 +124,8 @@ def run_tags(c: TrainConfig, info: RunInfo, *, empty: bool, init: str) -> dict[s
         "mode_collapse": "false",
         "output_dir": str(info.output_dir),
     }
+    if c.dataset.subject_from.value == "record":  # subjects may be split across folds: say so on the run
+        tags["dataset.subject_from"] = "record"
     if info.sweep_id:
         tags["sweep"] = info.sweep_id
         tags["sweep.job"] = str(info.job_num)
@@ -122,9 +137,14 @@ def run_tags(c: TrainConfig, info: RunInfo, *, empty: bool, init: str) -> dict[s
 
 def open_run(tracker: MlflowTracker, c: TrainConfig, info: RunInfo, splits: Splits, tags: dict[str, str]) -> None:
     """Start the parent run and record what it starts from: params, the splits, the resolved config."""
-    tracker.start_run(c.run_name, tags)
+    if splits.shared_subjects:  # a predefined split allowed to share subjects (dataset.allow_shared_subjects)
+        tags = {**tags, "split.shared_subjects": str(splits.shared_subjects)}
+    tracker.start_run(run_name(explicit=c.run_name, overrides=info.overrides, backbone=c.backbone.name,
+                               schedule=c.schedule.name), tags)
     tracker.log_params(config_params(c))
     tracker.log_dict(describe_splits(splits), "data/splits.json")
+    d = c.dataset  # the splits as MLflow datasets: name, source, digest of the windows, sizes and class balance
+    tracker.log_inputs(split_inputs(splits, dataset=d.name, fold=d.fold, root=d.root, split_seed=d.split_seed))
     tracker.log_text(info.config_yaml, "config/config.yaml")
 
 
@@ -149,14 +169,16 @@ class TrainRecipe:
         if c.trainer.num_threads:
             torch.set_num_threads(c.trainer.num_threads)
         self.device = specs.pick_device(c.trainer.device)
-        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+        check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
+        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
+                                     log_system_metrics=c.tracking.log_system_metrics)
         self.splits = load_splits(c)
         self.stages = plan_stages(c.schedule, lr=c.optim.lr, max_epochs=c.trainer.max_epochs_per_stage)
-        self.model = build_classifier(c.backbone, num_channels=c.dataset.channels,
-                                      num_classes=len(self.splits.train.class_names))
-        self.init_kind = "random"
-        if c.backbone.pretrained_path:
-            self.init_kind = load_backbone_weights(self.model.backbone, c.backbone.pretrained_path)
+        # random, or a checkpoint (hub id, directory, ttm-train file) whose architecture it was built from
+        self.model, self.init = build_model(c.backbone, num_channels=c.dataset.channels,
+                                            num_classes=len(self.splits.train.class_names))
+        self.init_kind = self.init.kind
+        self.stages, self.optim = finetune_rates(self.stages, c.optim, init=self.init_kind)
         self.resume_state = self._resume_state()
         if self.resume_state is not None:
             self.model.load_state_dict(self.resume_state["model"])
@@ -186,7 +208,7 @@ class TrainRecipe:
         windows = load_windows(ds, seed=seed, cache_dir=Path(c.paths.cache_dir))
         windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, ds.nonfinite)
         subjects = np.unique(windows.subjects)
-        rng = np.random.default_rng(c.seed)
+        rng = np.random.default_rng(c.dataset.split_seed)  # data, not model: the split seed decides it
         held_out = rng.choice(subjects, size=max(1, len(subjects) // 10), replace=False)
         is_val = np.isin(windows.subjects, held_out)
         log.info("pretraining corpus %s: %d windows of %d subjects (%d held out for validation)", ds.name,
@@ -199,7 +221,7 @@ class TrainRecipe:
         c = self.config
         state = self.resume_state
         if state is None:
-            tags = run_tags(c, self.info, empty=bool(self.empty_stages), init=self.init_kind)
+            tags = {**run_tags(c, self.info, empty=bool(self.empty_stages), init=self.init_kind), **self.init.tags()}
             open_run(self.tracker, c, self.info, self.splits, tags)
         if self.empty_stages:
             log.warning("stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged "
@@ -210,17 +232,29 @@ class TrainRecipe:
             resume.continue_tracking(self.tracker, state)
             result, epoch, first = state["result"], state["epoch"], state["stage_index"]
             self.trainer.best_state = state["best_state"]
+            self.precision.load_state_dict(state.get("scaler"))
             resume.restore_rng(state["rng"], self._generators())
-        for index in range(first, len(self.stages)):
-            within = state if state is not None and index == first and state["stage_epoch"] > 0 else None
-            epoch = self._run_stage(index, result, epoch, within)
+        else:  # before the first step: a stop or a kill from here on resumes into these MLflow runs
+            self._checkpoint(EpochEnd(0, 0, None, None, {}), stage_index=0, stage=self.stages[0], result=result)
+        signals.check()  # a signal during setup or that first checkpoint stops here, resumable
+        try:
+            for index in range(first, len(self.stages)):
+                within = state if state is not None and index == first and state["stage_epoch"] > 0 else None
+                epoch = self._run_stage(index, result, epoch, within)
+        except Pruned:  # a pruned trial is over: its state must not be resumed as if it had been killed
+            resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(c),
+                                 run_id=self.tracker.run_id, pruned=True)
+            raise
         return result
 
     def _build_loops(self) -> None:
         c = self.config
-        shared = {"optim": c.optim, "trainer": c.trainer, "device": self.device, "seed": c.seed,
-                  "tracker": self.tracker}
+        # one Precision for both loops: the fp16 scaler's state carries across stages and into last.pt
+        self.precision = Precision(self.device, c.trainer.amp)
+        shared = {"optim": self.optim, "trainer": c.trainer, "device": self.device, "seed": c.seed,
+                  "tracker": self.tracker, "precision": self.precision}
         self.trainer = Trainer(self.model, self.splits.train, self.splits.val, unfreeze=c.unfreeze,
+                               selection=parse_metric(c.optimized_metric),
                                epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker), **shared)
         self.ssl_runner = SSLRunner(self.model.backbone, **shared)
 
@@ -236,7 +270,7 @@ class TrainRecipe:
         else:
             epoch = self._ssl_stage(stage, result, epoch, within, on_end)
         save_classifier(self.info.output_dir / f"stage-{stage.name}.pt", self.model, stage.name,
-                        self.splits.train.class_names)
+                        self.splits.train.class_names, window_s=self.config.dataset.duration_s)
         if index + 1 < len(self.stages):  # between stages: the next one starts fresh on resume
             self._checkpoint(EpochEnd(0, epoch, None, None, {}), stage_index=index + 1,
                              stage=self.stages[index + 1], result=result)
@@ -244,6 +278,7 @@ class TrainRecipe:
 
     def _checkpoint(self, end: EpochEnd, *, stage_index: int, stage: StagePlan, result: LoopResult) -> None:
         """After every epoch, before its metrics are logged: everything needed to continue from here."""
+        end = replace(end, extra={**end.extra, "scaler": self.precision.state_dict()})  # fp16: the loss scale
         resume.save_epoch(
             self.info.output_dir / resume.STATE_FILE, end, config=config_params(self.config),
             stage_index=stage_index, stage_name=stage.name, model=self.model, result=result,
@@ -276,23 +311,20 @@ class TrainRecipe:
             return self._finish_pretrain(result)
         self.trainer.restore_best()
         ckpt = self.info.output_dir / "best.pt"
-        save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names)
+        save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names,
+                        window_s=c.dataset.duration_s)
         test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
         step = result.history[-1].epoch
         test, test_collapsed = record_test(self.tracker, self.splits.test, test, softmax(logits), step=step,
                                            seed=c.seed, collapse_threshold=c.trainer.collapse_threshold)
-        self.tracker.log_metrics({"best/epoch": result.best_epoch, "best/val_auroc": result.best_val_auroc}, step=step)
+        self._record_best(result, test_collapsed, step=step)
         self.tracker.log_artifact(ckpt)
-        self.tracker.set_tags({
-            "mode_collapse": str(bool(result.collapse_epochs) or bool(test_collapsed)).lower(),
-            "mode_collapse.val_epochs": ",".join(map(str, result.collapse_epochs)) or "none",
-            "mode_collapse.test_classes": ",".join(test_collapsed) or "none",
-            "best.stage": result.best_stage,
-        })
+        record_model(self.tracker, checkpoint=ckpt, split=self.splits.test, probs=softmax(logits),
+                     register_as=c.tracking.register_model)
         if test_collapsed:
             log.warning("MODE COLLAPSE on the test set: accuracy of %s below %.2f", test_collapsed,
                         c.trainer.collapse_threshold)
-        summary = summary_table(result, test, self.splits.test.class_names)
+        summary = summary_table(result, test, self.splits.test.class_names, metric=parse_metric(c.optimized_metric))
         publish_summary(self.tracker, summary)
         (self.info.output_dir / "summary.txt").write_text(summary + "\n")
         self._end_run()
@@ -300,6 +332,22 @@ class TrainRecipe:
                  time.perf_counter() - self.t0, ckpt)
         return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
                           result.best_stage)
+
+    def _record_best(self, result: LoopResult, test_collapsed: list[str], *, step: int) -> None:
+        """The selected checkpoint's numbers, and collapse: `mode_collapse` describes the selected checkpoint
+        (its validation epoch, its test result); the collapsed epochs are counted apart."""
+        metric = parse_metric(self.config.optimized_metric)
+        best = next(r for r in result.history if r.epoch == result.best_epoch)
+        self.tracker.log_metrics({"best/epoch": result.best_epoch, "best/val_auroc": result.best_val_auroc,
+                                  f"best/{metric.split}_{metric.key}": result.best_value,
+                                  "val/collapsed_epochs": len(result.collapse_epochs)}, step=step)
+        self.tracker.set_tags({
+            "mode_collapse": str(bool(best.collapsed) or bool(test_collapsed)).lower(),
+            "mode_collapse.best_val_classes": ",".join(best.collapsed) or "none",
+            "mode_collapse.val_epochs": ",".join(map(str, result.collapse_epochs)) or "none",
+            "mode_collapse.test_classes": ",".join(test_collapsed) or "none",
+            "best.stage": result.best_stage,
+        })
 
     def _end_run(self) -> None:
         resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(self.config),

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ttm_experiments.config.schema import TrainConfig, parse_metric
+from ttm_experiments.config.schema import Metric, TrainConfig, parse_metric
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion
@@ -40,12 +40,41 @@ def record_test(tracker: MlflowTracker, split: WindowSet, test: dict[str, float]
     tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
                      "test/confusion_matrix.json")
     tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
+    tracker.log_text(predictions_csv(split, probs), PREDICTIONS_ARTIFACT)
     return test, collapsed_classes(test, names, collapse_threshold)
+
+
+PREDICTIONS_ARTIFACT = "test/predictions.csv"
+
+
+def predictions_csv(split: WindowSet, probs: np.ndarray) -> str:
+    """One row per test window: subject, label (index) and p_<class>; what ttm-report's paired bootstrap reads."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"subject": split.subjects.astype(str), "label": split.labels.astype(int),
+                          **{f"p_{c}": probs[:, i] for i, c in enumerate(split.class_names)}})
+    return frame.to_csv(index=False, float_format="%.6g")
+
+
+def record_model(tracker: MlflowTracker, *, checkpoint, split: WindowSet, probs: np.ndarray,
+                 register_as: str | None) -> None:
+    """The best checkpoint as the run's MLflow model (input example: two test windows and their probabilities),
+    registered as a new version of `register_as` when given; the run is tagged with the model's URIs."""
+    from ttm_experiments.models.pyfunc import log_classifier
+
+    n = min(2, len(split))
+    logged = log_classifier(tracking_uri=tracker.uri, run_id=tracker.run_id, checkpoint=checkpoint,
+                            example=np.ascontiguousarray(split.signals[:n]), probs=probs[:n],
+                            class_names=split.class_names, register_as=register_as)
+    tags = {"model.uri": logged.model_uri}
+    if logged.registered:
+        tags.update({"registered_model": logged.registered, "registered_model.version": logged.registered.rsplit("/", 1)[1]})
+    tracker.set_tags(tags)
 
 
 def objective_value(result: LoopResult, metric: str) -> float:
     """`metric` (e.g. `val/auroc`) at the best epoch: what sweeps and Optuna optimise."""
-    split, key = parse_metric(metric)
+    split, key, _ = parse_metric(metric)
     best = next(r for r in result.history if r.epoch == result.best_epoch)
     values = best.val if split == "val" else best.train
     if key not in values:
@@ -73,14 +102,16 @@ def confusion_figure(cm: np.ndarray, names: tuple[str, ...]):
     return fig
 
 
-def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, ...]) -> str:
-    """Per stage: the last epoch's and the stage's best validation numbers; then the test row."""
+def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, ...], *,
+                  metric: Metric = parse_metric("val/auroc")) -> str:
+    """Per stage: the stage's best validation numbers (best on `metric`); then the test row."""
     cols = ["auroc", "balanced_acc"] + [f"acc/{c}" for c in names]
     header = f"{'':24s}" + "".join(f"{c:>14s}" for c in cols)
     lines = ["", "SUMMARY (validation per stage, test on the best checkpoint)", header]
     for report in result.reports:
         epochs = [r for r in result.history if r.stage == report.stage]
-        best = max(epochs, key=lambda r: r.val.get("auroc", -1))
+        values = [(r.val if metric.split == "val" else r.train).get(metric.key, metric.worst) for r in epochs]
+        best = epochs[values.index(min(values) if metric.direction == "minimize" else max(values))]
         label = f"val {report.stage} (ep {best.epoch})"
         lines.append(f"{label:24s}" + "".join(f"{best.val.get(c, float('nan')):14.3f}" for c in cols))
     lines.append(f"{'test (best: ' + result.best_stage + ' ep ' + str(result.best_epoch) + ')':24s}"

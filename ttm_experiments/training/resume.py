@@ -10,6 +10,7 @@ between the two is repaired on resume, and no metric is ever logged twice.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,22 @@ MAY_DIFFER = ("resume", "trainer.progress", "trainer.num_threads")
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every generator a run draws from: torch (CPU, and CUDA when present), numpy, Python, and the loops' own."""
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "numpy": np.random.get_state(),
+        "python": random.getstate(),
         **{f"gen.{k}": g.get_state() for k, g in generators.items()},
     }
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
     for k, g in generators.items():
         g.set_state(state[f"gen.{k}"])
 
@@ -112,7 +119,8 @@ def find_state(*, resume: str | None, output_dir: Path, tracking_uri: str, confi
         return None
     state = load_state(path)
     if state.get("finished"):
-        raise ConfigError(f"the run in {path.parent} already finished (MLflow run {state['run_ids']['parent']}); "
+        how = "was pruned by its Optuna study" if state.get("pruned") else "already finished"
+        raise ConfigError(f"the run in {path.parent} {how} (MLflow run {state['run_ids']['parent']}); "
                           "nothing to resume. Start a new run without resume=.")
     check_config(state, config, path)
     return state, path
@@ -140,9 +148,9 @@ def save_epoch(path: Path, end: EpochEnd, *, config: dict[str, Any], stage_index
     })
 
 
-def mark_finished(path: Path, *, config: dict[str, Any], run_id: str) -> None:
-    """A finished run keeps no resumable state (its results are in MLflow), only a marker."""
-    save_state(path, {"finished": True, "config": config, "run_ids": {"parent": run_id}})
+def mark_finished(path: Path, *, config: dict[str, Any], run_id: str, pruned: bool = False) -> None:
+    """A finished (or pruned) run keeps no resumable state (its results are in MLflow), only a marker."""
+    save_state(path, {"finished": True, "pruned": pruned, "config": config, "run_ids": {"parent": run_id}})
 
 
 def continue_tracking(tracker, state: dict[str, Any]) -> None:
@@ -151,6 +159,9 @@ def continue_tracking(tracker, state: dict[str, Any]) -> None:
     tracker.set_tags({"resumed": "true"})
     pending = state.get("pending")
     if pending and pending["metrics"]:
+        # per run: a kill between the parent's write and the stage run's leaves only the stage run short
         key = next(iter(pending["metrics"]))
-        if not tracker.has_metric_step(key, pending["epoch"]):
-            tracker.log_metrics(pending["metrics"], step=pending["epoch"])
+        missing = tuple(rid for rid in filter(None, (state["run_ids"]["parent"], state["run_ids"]["stage"]))
+                        if not tracker.has_metric_step(key, pending["epoch"], run_id=rid))
+        if missing:
+            tracker.log_metrics(pending["metrics"], step=pending["epoch"], run_ids=missing)

@@ -20,7 +20,8 @@ from torch import nn
 from ttm_experiments.config.schema import OptimConf, StageConf, StageKind, TrainerConf
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.models.backbones import Backbone, amplitude_features, pool_patches
-from ttm_experiments.training.optim import autocast, make_optimizer, warmup_cosine
+from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
+from ttm_experiments.training import signals
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,12 @@ def linear_probe_auroc(backbone: Backbone, train: WindowSet, val: WindowSet, *, 
     return float(roc_auc_score(val.labels, scores, multi_class="ovr", average="macro"))
 
 
+def train_steps(n: int, batch_size: int) -> int:
+    """Training batches per epoch: ceil(n / batch_size), less a last batch of one (no contrast, no BatchNorm)."""
+    count = max(1, math.ceil(n / batch_size))
+    return count - 1 if count > 1 and n % batch_size == 1 else count
+
+
 class SSLRunner:
     """Trains the backbone of a classifier with a self-supervised objective, one stage at a time.
 
@@ -197,8 +204,10 @@ class SSLRunner:
     """
 
     def __init__(self, backbone: Backbone, *, optim: OptimConf, trainer: TrainerConf, device: torch.device,
-                 seed: int, tracker):
+                 seed: int, tracker, precision: Precision | None = None):
         self.backbone, self.optim, self.conf, self.device, self.tracker = backbone, optim, trainer, device, tracker
+        # the same autocast and gradient scaler as the supervised loop (training/optim.py)
+        self.precision = precision if precision is not None else Precision(device, trainer.amp)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed + 1)
 
@@ -216,20 +225,18 @@ class SSLRunner:
         order = torch.randperm(len(x), generator=generator).numpy() if training else np.arange(len(x))
         size = self.optim.batch_size if training else self.optim.eval_batch_size
         batches = [order[i : i + size] for i in range(0, len(x), size)]
-        if training and len(batches) > 1 and len(batches[-1]) < 2:
-            batches = batches[:-1]
+        if training:
+            batches = batches[: train_steps(len(x), size)]
         sums: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(training):
             for index in tqdm(batches, desc=desc, leave=False, disable=not (self.conf.progress and training)):
-                with autocast(self.device, self.conf.amp):
+                with self.precision.autocast():
                     parts = objective(self._batch(x, index), generator)
                 if training:
                     optimizer.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    if self.optim.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(objective.parameters(), self.optim.grad_clip)
-                    optimizer.step()
+                    self.precision.step(parts["loss"], optimizer, grad_clip=self.optim.grad_clip)
                     scheduler.step()
+                    signals.check()  # SIGTERM/SIGINT: stop after a whole step
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(index)
         out = {f"ssl_{k}" if k != "loss" else "ssl_loss": float(v) / sum(len(b) for b in batches)
@@ -246,7 +253,7 @@ class SSLRunner:
         groups = [{"params": list(self.backbone.parameters()), "lr": stage.backbone_lr},
                   {"params": heads, "lr": stage.head_lr}]
         optimizer = make_optimizer(groups, weight_decay=self.optim.weight_decay, device=self.device)
-        steps = max(1, train_size // self.optim.batch_size) * stage.epochs
+        steps = train_steps(train_size, self.optim.batch_size) * stage.epochs  # the batches `_epoch` really runs
         scheduler = warmup_cosine(optimizer, steps, self.optim.warmup_frac)
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])

@@ -1,0 +1,203 @@
+"""What MLflow users see (issue 13.2): run names, the splits as MLflow datasets, system metrics, a quiet console;
+and mixed precision (issue 13.4): `trainer.amp` spellings, refusals, the fp16 gradient scaler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from ttm_experiments.config.schema import AmpMode, parse_amp
+from ttm_experiments.errors import ConfigError
+from ttm_experiments.run_names import describe_overrides, run_name, trial_name
+
+
+# -- run names ------------------------------------------------------------------------------------------------
+def test_override_names_drop_noise_shorten_keys_and_cap_the_length():
+    assert describe_overrides(["debug=smoke", "unfreeze.last_n=2", "optim.lr=0.001", "hydra.verbose=true",
+                               "paths.runs_dir=/tmp/x", "tracking.uri=sqlite:///a.db", "search.trial_number=3",
+                               "backbone=ttm_512"]) == "last_n=2 lr=0.001 backbone=ttm_512"
+    assert describe_overrides(["optim.lr=1", "other.lr=2", "+trainer.max_batches=3"]) == "optim.lr=1 other.lr=2 max_batches=3"
+    long = describe_overrides([f"unfreeze.pattern={'x' * 200}"])
+    assert len(long) == 96 and long.endswith("…")
+
+
+def test_run_name_precedence():
+    assert run_name(explicit=None, overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "last_n=1"
+    assert run_name(explicit=None, overrides=["debug=smoke"], backbone="ttm_tiny", schedule="progressive") \
+        == "ttm_tiny progressive"
+    assert run_name(explicit="mine", overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "mine"
+    assert trial_name(3, {"optim.lr": 0.000412345, "unfreeze.last_n": 2}) == "trial 3: lr=0.000412 last_n=2"
+
+
+# -- the splits as MLflow datasets ------------------------------------------------------------------------------
+def _logged_inputs(smoke, fold: int):
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.training.recipe import RunInfo, load_splits, open_run
+
+    c = to_config(smoke(f"dataset.fold={fold}", "experiment_name=inputs"))
+    tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+    open_run(tracker, c, RunInfo(output_dir=REPO, config_yaml=""), load_splits(c), {})
+    tracker.end_run()
+    run = MlflowClient(c.tracking.uri).get_run(tracker.run_id)
+    return {d.dataset.name: d for d in run.inputs.dataset_inputs}
+
+
+def test_splits_are_logged_as_datasets_with_digests_of_the_windows(smoke):
+    first, again, other = _logged_inputs(smoke, 0), _logged_inputs(smoke, 0), _logged_inputs(smoke, 1)
+    assert sorted(first) == ["synthetic fold 0 test", "synthetic fold 0 train", "synthetic fold 0 val"]
+    digests = {name: d.dataset.digest for name, d in first.items()}
+    assert all(len(v) == 16 for v in digests.values()) and len(set(digests.values())) == 3
+    assert {n: d.dataset.digest for n, d in again.items()} == digests  # the same data: the same digests
+    for split in ("train", "val", "test"):  # another fold: other windows in each split, other digests
+        assert other[f"synthetic fold 1 {split}"].dataset.digest != digests[f"synthetic fold 0 {split}"]
+    # fold 0 validates on the fold that fold 1 tests on: the same windows, the same digest
+    assert other["synthetic fold 1 test"].dataset.digest == digests["synthetic fold 0 val"]
+    train = first["synthetic fold 0 train"]
+    tags = {t.key: t.value for t in train.tags}
+    assert tags["mlflow.data.context"] == "training" and int(tags["windows"]) == int(tags["n_poor"]) + int(tags["n_good"])
+    assert train.dataset.source_type == "code" and '"split_seed": "0"' in train.dataset.source
+    assert '"features_shape": [' in train.dataset.profile
+
+
+def test_digest_covers_every_window(monkeypatch):
+    import numpy as np
+
+    from ttm_experiments.data.base import WindowSet
+    from ttm_experiments.training import inputs
+
+    x = np.zeros((30_000, 1, 8), np.float32)  # more values than MLflow's own digest reads (10,000)
+    ws = WindowSet(x, np.zeros(30_000, np.int64), np.arange(30_000), ("poor", "good"), 1.0)
+    changed = x.copy()
+    changed[-1, 0, -1] = 1.0
+    ws2 = WindowSet(changed, ws.labels, ws.subjects, ws.class_names, 1.0)
+    whole = inputs.windows_digest(ws2)
+    assert inputs.windows_digest(ws) != whole  # the last value of the last window counts
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 100)  # a few rows at a time: the same digest
+    assert inputs.windows_digest(ws2) == whole
+
+
+# -- a quiet console ------------------------------------------------------------------------------------------
+def test_quiet_mlflow_unless_verbose(monkeypatch):
+    from ttm_experiments.cli import quiet_mlflow
+
+    for name in ("MLFLOW_LOGGING_LEVEL", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):
+        monkeypatch.delenv(name, raising=False)
+    levels = {n: logging.getLogger(n).level for n in ("mlflow", "alembic")}
+    try:
+        quiet_mlflow(False)
+        assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+        assert logging.getLogger("mlflow").level == logging.getLogger("alembic").level == logging.WARNING
+        quiet_mlflow(["mlflow"])  # hydra.verbose=mlflow
+        assert os.environ["MLFLOW_LOGGING_LEVEL"] == "DEBUG" and logging.getLogger("mlflow").level == logging.DEBUG
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+# -- a real 2-job multirun: names, datasets, system metrics, console ---------------------------------------------
+def test_multirun_names_datasets_system_metrics_and_quiet_output(runs_dir):
+    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "unfreeze.last_n=1,2",
+           "optim.lr=0.001", "tracking.log_system_metrics=true", f"paths.runs_dir={runs_dir}", "experiment_name=named"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
+    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    for chatter in ("Creating initial MLflow database tables", "Context impl", "alembic", "View run",
+                    "Started monitoring system metrics"):
+        assert chatter not in output
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("named").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name for r in parents) == ["last_n=1 lr=0.001", "last_n=2 lr=0.001"]
+    assert sorted(r.info.run_name for r in runs if r not in parents) == ["full", "full", "head", "head",
+                                                                         "partial", "partial"]
+    for parent in parents:
+        names = {d.dataset.name for d in client.get_run(parent.info.run_id).inputs.dataset_inputs}
+        assert names == {f"synthetic fold 0 {s}" for s in ("train", "val", "test")}
+        assert "system/cpu_utilization_percentage" in parent.data.metrics
+        assert "system/system_memory_usage_megabytes" in parent.data.metrics
+
+
+# -- mixed precision ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, mode", [(False, AmpMode.off), ("False", AmpMode.off), (True, AmpMode.bf16),
+                                         ("True", AmpMode.bf16), ("bf16", AmpMode.bf16), ("fp16", AmpMode.fp16)])
+def test_amp_spellings(value, mode):
+    assert parse_amp(value) == mode
+
+
+def test_amp_from_the_command_line_and_a_wrong_value(smoke):
+    from ttm_experiments.config.spec import to_config
+
+    assert to_config(smoke("trainer.amp=true")).trainer.amp == AmpMode.bf16  # the old boolean: bf16
+    assert to_config(smoke()).trainer.amp == AmpMode.off
+    assert to_config(smoke("trainer.amp=fp16")).trainer.amp == "fp16"
+    with pytest.raises(ConfigError, match=r"trainer.amp='fp8'.*trainer.amp=bf16"):
+        to_config(smoke("trainer.amp=fp8"))
+
+
+def test_amp_refused_where_the_device_cannot(monkeypatch):
+    from ttm_experiments.training.optim import check_amp
+
+    with pytest.raises(ConfigError, match=r"trainer.amp=fp16 on trainer.device=cpu.*Fix: trainer.amp=false"):
+        check_amp("fp16", torch.device("cpu"))
+    assert check_amp("bf16", torch.device("cpu")) == AmpMode.bf16  # CPU autocast in bf16 is allowed
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(ConfigError, match=r"Tesla T4.*no bf16 support.*trainer.amp=fp16"):
+        check_amp("bf16", torch.device("cuda"))
+    assert check_amp("fp16", torch.device("cuda")) == AmpMode.fp16
+
+
+def test_fp16_scaler_skips_an_overflowing_step_and_saves_its_state():
+    from ttm_experiments.training.optim import Precision
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    precision = Precision(torch.device("cpu"), "fp16")  # GradScaler("cpu"): the scaler path runs on CPU
+    before = [p.detach().clone() for p in model.parameters()]
+    with precision.autocast():
+        out = model(torch.randn(64, 4))
+    assert out.dtype == torch.float16
+    precision.step(out.float().sum(), optimizer, grad_clip=1.0)  # 64 rows x 65536: overflows fp16
+    assert precision.scaler.get_scale() == 32768.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the step was skipped
+    for _ in range(20):  # the scale backs off until a step goes through
+        optimizer.zero_grad(set_to_none=True)  # as the loops do: the skipped step's Inf gradients go
+        with precision.autocast():
+            loss = model(torch.randn(64, 4)).float().mean()
+        precision.step(loss, optimizer, grad_clip=1.0)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    again = Precision(torch.device("cpu"), "fp16")
+    again.load_state_dict(precision.state_dict())
+    assert again.scaler.get_scale() == precision.scaler.get_scale() == 32768.0
+    assert Precision(torch.device("cpu"), "bf16").state_dict() is None
+
+
+def test_fp16_run_shares_one_scaler_with_the_ssl_stages_and_checkpoints_it(smoke, monkeypatch):
+    """The recipe on CPU with the device check lifted: both loops step through one Precision, last.pt holds it."""
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.training import recipe as recipe_mod
+    from ttm_experiments.training.recipe import TrainRecipe, run_recipe
+    from ttm_experiments.train import run_info
+
+    saved = []
+    monkeypatch.setattr(recipe_mod, "check_amp", lambda amp, device: parse_amp(amp))
+    real_save = recipe_mod.resume.save_epoch
+    monkeypatch.setattr(recipe_mod.resume, "save_epoch", lambda path, end, **kw: (saved.append(end.extra.get("scaler")),
+                                                                                  real_save(path, end, **kw)))
+    cfg = smoke("trainer.amp=fp16", "schedule=hybrid", "trainer.max_batches=2")
+    recipe = TrainRecipe(to_config(cfg), run_info(cfg))
+    outcome = run_recipe(recipe)
+    assert recipe.ssl_runner.precision is recipe.trainer.precision is recipe.precision
+    assert recipe.precision.scaler is not None and outcome.objective == outcome.objective
+    assert saved and all(s is not None and "scale" in s for s in saved)
