@@ -31,7 +31,7 @@ from ttm_experiments.config.schema import (
 )
 from ttm_experiments.models.backbones import Classifier, build_classifier
 from ttm_experiments.training.loop import LoopResult, Trainer, class_weights
-from ttm_experiments.training.optim import autocast, warmup_cosine
+from ttm_experiments.training.optim import Precision, warmup_cosine
 from ttm_experiments.training.stages import StagePlan
 
 CLASS_NAMES = ("poor", "good")
@@ -115,7 +115,7 @@ def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, c
         t0 = time.perf_counter()
         model.train()
         for x, y in zip(xs, ys):
-            with autocast(device, amp):
+            with Precision(device, amp).autocast():
                 loss = loss_fn(step_model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,7 +123,7 @@ def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, c
             opt.step()
             sched.step()
         model.eval()
-        with torch.inference_mode(), autocast(device, amp):
+        with torch.inference_mode(), Precision(device, amp).autocast():
             logits = torch.cat([step_model(x).float() for x in xv])
         logits.cpu()
         sync(device)
@@ -197,7 +197,7 @@ def run_bare_eval(x: WindowSet, device: torch.device, amp: bool = False, eval_ba
     chunks = torch.from_numpy(x.signals).to(device).split(eval_batch_size)
     sync(device)
     start = time.perf_counter()
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), Precision(device, amp).autocast():
         logits = torch.cat([model(c).float() for c in chunks])
     logits.cpu()
     sync(device)

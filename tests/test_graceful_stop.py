@@ -144,16 +144,32 @@ def test_ttm_train_sigterm_exits_resumable_and_the_same_command_resumes_to_the_r
     assert {k: parents[0].data.metrics[k] for k in keys} == {k: ref[0].data.metrics[k] for k in keys}
 
 
-@pytest.mark.slow
-def test_a_second_sigterm_stops_at_once_and_the_run_still_resumes(tmp_path):
-    runs, out = tmp_path / "runs", tmp_path / "runs" / "out"
-    code, text = _signal_at(_cmd(runs, out), "[partial] epoch 2/4", [signal.SIGTERM, signal.SIGTERM])
-    assert code == -signal.SIGTERM, text[-3000:]
-    assert torch.load(out / "last.pt", weights_only=False)["stage_epoch"] == 2  # the last epoch's state, intact
-    again = subprocess.run(_cmd(runs, out), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    _, parents, found = _runs(runs, "stop")
-    assert len(parents) == 1 and len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
+SECOND = """
+import os, signal, time
+from ttm_experiments.training import signals
+with signals.graceful_stop():
+    os.kill(os.getpid(), signal.SIG{0})
+    time.sleep(0.2)
+    assert signals.requested() == "{1}", signals.requested()
+    print("first handled", flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIG{0})
+        time.sleep(5)
+    except KeyboardInterrupt:
+        print("second raised KeyboardInterrupt", flush=True)
+        raise SystemExit(130)
+print("not stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("name,reason,code,said", [("TERM", "preempted", -signal.SIGTERM, "first handled"),
+                                                    ("INT", "interrupted", 130, "second raised KeyboardInterrupt")])
+def test_a_second_signal_stops_at_once(name, reason, code, said):
+    proc = subprocess.run([sys.executable, "-c", SECOND.format(name, reason)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert said in proc.stdout and "not stopped" not in proc.stdout
+    assert "stopping at once" in proc.stderr
 
 
 def test_inside_a_submitit_job_sigterm_is_left_to_submitit(monkeypatch):

@@ -4,7 +4,6 @@ collapse of the selected checkpoint, no silent fallbacks, resume that heals."""
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_TTM, backbone_conf, compose_config, unfreeze_rule
+from conftest import TINY_TTM, backbone_conf, unfreeze_rule
 from ttm_experiments.config.schema import FrozenMode, parse_metric
 from ttm_experiments.config.spec import pretrain_dataset, to_config
 from ttm_experiments.errors import ConfigError, DataError

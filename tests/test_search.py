@@ -222,12 +222,15 @@ def test_template_style_file_is_accepted_unchanged(study):
     line = next(ln for ln in study["second"].stdout.splitlines() if "reproduce it:" in ln)
     args = shlex.split(line.split("reproduce it:", 1)[1])
     assert args[0] == "ttm-train"
-    assert not any(a.startswith(("search.", "hparams_search", "hydra/", "hydra.sweeper", "run_name")) for a in args)
+    # the only search key it carries is its provenance (nested CV: the report flags a config tuned on another fold)
+    assert [a.partition("=")[0] for a in args if a.startswith("search.")] == ["search.tuned_in"]
+    assert not any(a.startswith(("hparams_search", "hydra/", "hydra.sweeper", "run_name")) for a in args)
     best = study["study"].best_trial
     for name, value in best.params.items():
         assert any(a.startswith(f"{name}=") for a in args), (name, args)
     cfg = compose_config([a for a in args[1:] if not a.startswith("hydra.searchpath")])
-    assert cfg.search.trial_number is None
+    assert cfg.search.trial_number is None and cfg.search.study_name is None
+    assert cfg.search.tuned_in == study["study"].study_name
     for name, value in best.params.items():
         assert OmegaConf.select(cfg, name) == pytest.approx(value)
 
@@ -265,6 +268,10 @@ def test_mlflow_run_tree(study):
         if t.state.name == "PRUNED":
             assert run.info.status == "KILLED" and "pruned" in run.data.tags
             assert stages == {"head": "FINISHED", "partial": "KILLED"}  # epoch 4 = second epoch of partial
+            from ttm_experiments.training.resume import STATE_FILE, load_state
+
+            state = load_state(Path(run.data.tags["output_dir"]) / STATE_FILE)  # never resumed (issue 11)
+            assert state["finished"] and state["pruned"]
         else:
             assert run.info.status == "FINISHED"
             assert stages == {"head": "FINISHED", "partial": "FINISHED", "full": "FINISHED"}

@@ -38,9 +38,10 @@ def windows_digest(split: WindowSet) -> str:
 def dataset_source(name: str, root: str | None, split_seed: int):
     """Where the windows came from: the dataset's directory, or the synthetic generator and its seed."""
     if root:
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        # the local-file source class is generated at import by MLflow's registry: resolve it, don't import it
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-        return LocalArtifactDatasetSource(str(Path(root).expanduser().resolve()))
+        return resolve_dataset_source(str(Path(root).expanduser().resolve()))
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
     return CodeDatasetSource({"generator": f"ttm_experiments.data.{name}", "split_seed": str(split_seed)})
