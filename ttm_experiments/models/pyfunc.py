@@ -8,8 +8,10 @@ lives in it); the artifact is the run's `best.pt`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,20 @@ def requirements() -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _without_known_notices():
+    """MLflow warns on every log that a Python-object model is cloudpickled: by design here, so that notice alone
+    is dropped, for this call."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    drop = logging.Filter()
+    drop.filter = lambda record: "serialized using CloudPickle" not in record.getMessage()
+    pyfunc_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        pyfunc_log.removeFilter(drop)
+
+
 @dataclass
 class LoggedModel:
     model_uri: str  # models:/<model_id>
@@ -76,11 +92,12 @@ def log_classifier(*, tracking_uri: str, run_id: str, checkpoint: Path, example:
     y = pd.DataFrame(probs, columns=probability_columns(class_names))
     # Model.log is what mlflow.pyfunc.log_model calls, with the run given explicitly: the tracker keeps no
     # active-run stack (tracking.py), so several runs in one process stay apart
-    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                     python_model=QualityClassifier(), artifacts={ARTIFACT: str(checkpoint)},
-                     signature=infer_signature(example, y), input_example=example,
-                     pip_requirements=requirements(), registered_model_name=register_as,
-                     metadata={"class_names": list(class_names)})
+    with _without_known_notices():
+        info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+                         python_model=QualityClassifier(), artifacts={ARTIFACT: str(checkpoint)},
+                         signature=infer_signature(example, y), input_example=example,
+                         pip_requirements=requirements(), registered_model_name=register_as,
+                         metadata={"class_names": list(class_names)})
     registered = None
     if register_as and info.registered_model_version is not None:
         registered = f"models:/{register_as}/{info.registered_model_version}"
