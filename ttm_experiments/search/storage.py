@@ -12,11 +12,15 @@ better than SQLite with many local processes. `optuna-dashboard <url or path>` o
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from ttm_experiments.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
 
 # pruner name -> Optuna class; `none` reports the values but never prunes
 PRUNERS = {
@@ -70,7 +74,7 @@ def open_storage(url: str):
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _open_rdb(url)
     except StoreError:  # no working file locks: the message says what to use instead
         raise
     except Exception as err:  # a missing driver, an unreachable server, a read-only directory
@@ -80,6 +84,27 @@ def open_storage(url: str):
         raise ConfigError(f"the Optuna storage {display_storage(url)} cannot be opened: "
                           f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__}; "
                           f"{fix}") from None
+
+
+def _open_rdb(url: str, attempts: int = 5):
+    """An RDB storage (PostgreSQL, MySQL). Workers started together on an empty database race to create Optuna's
+    tables (`create_all` checks, then creates): the loser's CREATE fails with a duplicate-object error, and a retry
+    finds the tables the winner made. A host that never answers fails after 10 s instead of the OS's minutes."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, ProgrammingError) as err:
+            if attempt + 1 == attempts or "already exists" not in str(err) and "duplicate key" not in str(err):
+                raise
+            log.warning("the Optuna tables were being created by another worker; opening %s again",
+                        display_storage(url))
+            time.sleep(0.5 * (attempt + 1))
 
 
 def pruner_spec(value: Any) -> str:
