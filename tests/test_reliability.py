@@ -169,3 +169,11 @@ def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path):
         steps = [m.step for m in client.get_metric_history(parent.info.run_id, "val/auroc")]
         assert steps == [1, 2, 3]
         assert "test/auroc" in parent.data.metrics
+
+
+def test_resume_with_an_unknown_run_id_names_both_ways_to_resume(tmp_path):
+    from ttm_experiments.errors import CheckpointError
+    from ttm_experiments.training.resume import locate
+
+    with pytest.raises(CheckpointError, match="neither a run directory nor an MLflow run id.*RESOURCE_DOES_NOT_EXIST"):
+        locate("0123456789abcdef", f"sqlite:///{tmp_path}/mlflow.db")

@@ -73,14 +73,15 @@ def locate(resume: str, tracking_uri: str) -> Path:
         if not path.is_file():
             raise CheckpointError(f"resume={resume}: the directory holds no {STATE_FILE} (was it written by ttm-train?)")
         return path
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(resume)
-    except Exception:
+    except MlflowException as err:  # no such run (an unreachable store is a different error: it propagates)
         raise CheckpointError(
-            f"resume={resume} is neither a run directory nor an MLflow run id in {tracking_uri}. Fix: give the run's "
-            "output directory (runs/outputs/<date>/<time>) or its run id from the MLflow UI."
+            f"resume={resume} is neither a run directory nor an MLflow run id in {tracking_uri} ({err.error_code}). "
+            "Fix: give the run's output directory (runs/outputs/<date>/<time>) or its run id from the MLflow UI."
         ) from None
     out = run.data.tags.get("output_dir")
     if not out or not (Path(out) / STATE_FILE).is_file():
