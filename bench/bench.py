@@ -10,7 +10,8 @@
 Everything that is compared runs in this one process, interleaved repeat by repeat (machines are noisy and
 absolute times drift), and the ratios are medians over the repeats of ratios measured side by side.
 Items (issue 7): 1 loop (suite vs bare loop), 2 hf (vs `transformers.Trainer`), 3 eval, compile (beyond the
-eager limit), 4 startup, 5 search, 6 scaling, 7 memory. See workloads.py for exactly what each loop does.
+eager limit), 4 startup, 5 search, 6 scaling, 7 memory; dropout (issue 12: FastDropout vs stock nn.Dropout vs
+dropout 0.0, bench/dropout.py's step). See workloads.py for exactly what each loop does.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-ITEMS = ("loop", "eval", "compile", "startup", "search", "scaling", "memory")
+ITEMS = ("loop", "eval", "dropout", "compile", "startup", "search", "scaling", "memory")
 HEAVY = ("torch", "sklearn", "scipy", "pandas", "mlflow", "tsfm_public", "transformers", "optuna", "neurokit2")
 
 
@@ -192,6 +193,37 @@ def bench_eval(cfg: Config, device, store: Path, amp: bool = False, label: str =
         "suite": median(ours), "reference": median(bare), "reference_name": "bare inference loop",
         "ratio": median([a / b for a, b in zip(ours, bare)]), "target": 0.95, "unit": "samples/s",
     }]
+
+
+def bench_dropout(cfg: Config, device) -> list[dict]:
+    """Issue 12: a ttm_1024 training step (batch 64) with FastDropout(0.2), stock nn.Dropout(0.2) and dropout 0.0,
+    the three from the same weights side by side in this process (bench/dropout.py's measurement)."""
+    import argparse as ap
+
+    import dropout
+    import workloads as w
+
+    spec = w.TTM_1024
+    args = ap.Namespace(device=str(device), batch=64, context=spec.context_length, patch=spec.patch_length,
+                        d_model=spec.d_model, levels=spec.adaptive_patching_levels, layers=spec.num_layers,
+                        dropout=spec.dropout, repeats=3 if cfg.quick else 5, steps=3)
+    result = dropout.bench_step(args)
+    times = result["s_per_step_by_repeat"]
+    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    log("  ms per step (median): " + ", ".join(f"{k} {ms:.1f}" for k, ms in result["ms_per_step"].items()))
+
+    def speed(a: str, b: str) -> float:  # how much faster a runs than b: median over repeats of time_b / time_a
+        return median([tb / ta for ta, tb in zip(times[a], times[b])])
+
+    what = f"training step, ttm_1024, batch 64, {args.repeats} repeats x {args.steps} steps"
+    return [
+        {"item": "12.1", "what": f"{what}: FastDropout(0.2) vs dropout 0.0 (issue 12: within 1.15x, i.e. >= 0.87)",
+         "suite": rate["fast"], "reference": rate["off"], "reference_name": "dropout 0.0", "ratio": speed("fast", "off"),
+         "target": 0.87, "unit": "samples/s"},
+        {"item": "12.1", "what": f"{what}: FastDropout(0.2) vs stock nn.Dropout(0.2)", "suite": rate["fast"],
+         "reference": rate["stock"], "reference_name": "stock nn.Dropout", "ratio": speed("fast", "stock"),
+         "target": None, "unit": "samples/s"},
+    ]
 
 
 def bench_compile(cfg: Config, device, store: Path, amp: bool = False, label: str = "",
@@ -650,6 +682,8 @@ def run_cpu(args) -> dict:
                 rows += bench_loop(cfg, device, store)
             elif item == "eval":
                 rows += bench_eval(cfg, device, store)
+            elif item == "dropout":
+                rows += bench_dropout(cfg, device)
             elif item == "compile":
                 rows += bench_compile(cfg, device, store)
             elif item == "startup":

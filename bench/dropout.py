@@ -127,6 +127,7 @@ def bench_step(args) -> dict:
         "ratios": _ratios(wall),
         "cpu_ms_per_step": {name: 1e3 * statistics.median(v) for name, v in cpu.items()},
         "cpu_ratios": _ratios(cpu),
+        "s_per_step_by_repeat": wall,  # per variant, one median per repeat (bench.py's `dropout` row)
         "repeats": args.repeats,
         "steps_per_repeat": args.steps,
     }

@@ -225,7 +225,7 @@ def test_fine_tuning_rates_apply_only_to_weights_that_were_loaded():
     from ttm_experiments.training.stages import plan_stages
 
     c = _config("schedule=progressive", "optim.lr=1e-3")
-    stages = plan_stages(c.schedule, lr=c.optim.lr, max_epochs=0)
+    stages = plan_stages(c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=0)
     same, optim = finetune_rates(stages, c.optim, init="random")
     assert same == stages and optim.layer_decay == 1.0
     tuned, optim = finetune_rates(stages, c.optim, init="ssl")

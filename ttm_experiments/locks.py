@@ -31,7 +31,8 @@ def lock_path(target: Path) -> Path:
 
 
 @contextmanager
-def file_lock(target: Path, *, what: str, fix: str, wait_s: float = WAIT_S) -> Iterator[None]:
+def file_lock(target: Path, *, what: str, fix: str, wait_s: float = WAIT_S,
+              holding: str = "prepares the store") -> Iterator[None]:
     """Hold an exclusive lock on `<target>.lock` (created beside `target`) for the body.
 
     `what` names the store in messages (`tracking.uri=...`), `fix` says what to use where locks do not work.
@@ -40,7 +41,7 @@ def file_lock(target: Path, *, what: str, fix: str, wait_s: float = WAIT_S) -> I
     path = lock_path(target)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
     try:
-        _acquire(fd, path, what=what, fix=fix, wait_s=wait_s)
+        _acquire(fd, path, what=what, fix=fix, wait_s=wait_s, holding=holding)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -48,7 +49,7 @@ def file_lock(target: Path, *, what: str, fix: str, wait_s: float = WAIT_S) -> I
         os.close(fd)  # closing releases the lock
 
 
-def _acquire(fd: int, path: Path, *, what: str, fix: str, wait_s: float) -> None:
+def _acquire(fd: int, path: Path, *, what: str, fix: str, wait_s: float, holding: str) -> None:
     deadline, logged = time.monotonic() + wait_s, False
     while True:
         try:
@@ -67,7 +68,7 @@ def _acquire(fd: int, path: Path, *, what: str, fix: str, wait_s: float) -> None
             raise StoreError(f"{what}: {path} has been held for over {wait_s:.0f} s by process {holder}, which is "
                              f"still alive. Fix: wait for it or stop it (a dead holder releases the lock by itself).")
         if not logged:
-            log.info("waiting for %s (held by process %s while it prepares the store)", path, holder)
+            log.info("waiting for %s (held by process %s while it %s)", path, holder, holding)
             logged = True
         time.sleep(0.05)
 

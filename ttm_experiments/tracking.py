@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
+from ttm_experiments import faults
 from ttm_experiments.errors import StoreError, TrackingError
 
 T = TypeVar("T")
@@ -62,6 +63,21 @@ class MlflowTracker:
         self.resumed = False  # attach() continues runs of a stopped process
         self.log_system_metrics = log_system_metrics  # tracking.log_system_metrics: system/* on the parent run
         self._monitor = None
+        self.last_stage_run_id: str | None = None  # the stage run opened last (still set after it ended)
+        self.journal: list[tuple] | None = None  # while a cached stage runs: its calls, to replay on reuse
+
+    def _note(self, *call: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(call)
+
+    def replay(self, journal: list[tuple], stage_tags: dict[str, str]) -> None:
+        """Make a stage's MLflow record again from its journal (stage cache): the same stage run (with
+        `stage_tags` added), tags, artifacts and metrics at the same steps, in this run."""
+        for name, *args in journal:
+            if name == "start_stage":
+                self.start_stage(args[0], {**args[1], **stage_tags})
+            else:
+                getattr(self, name)(*args)
 
     def _connect(self):
         """The client and experiment id; a SQLite store is created (or checked) under a lock beside it."""
@@ -165,17 +181,20 @@ class MlflowTracker:
     def start_stage(self, name: str, tags: dict[str, str]) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+        self._note("start_stage", name, tags)
         tags = {**tags, MLFLOW_PARENT_RUN_ID: self.run_id, "stage": name}
         earlier = self._unfinished_stage(name)
         if earlier is not None:  # continue it rather than leave a second, empty stage run behind
             self.attach(self.run_id, earlier)
             self.set_tags(tags, stage=True)
+            self.last_stage_run_id = earlier
             return earlier
         run = _retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
-        self.stage_run_id = run.info.run_id
+        self.stage_run_id = self.last_stage_run_id = run.info.run_id
         return self.stage_run_id
 
     def end_stage(self, status: str = "FINISHED") -> None:
+        self._note("end_stage", status)
         if self.stage_run_id is not None:
             stage_id = self.stage_run_id
             _retry_locked(lambda: self.client.set_terminated(stage_id, status=status))
@@ -185,10 +204,13 @@ class MlflowTracker:
         """To the parent and the open stage run (or only to `run_ids`)."""
         from mlflow.entities import Metric
 
+        if run_ids is None:
+            self._note("log_metrics", metrics, step)
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for run_id in filter(None, run_ids if run_ids is not None else (self.run_id, self.stage_run_id)):
             _retry_locked(lambda: self.client.log_batch(run_id, metrics=batch))
+            faults.point("mlflow.log")  # chaos test: after each batch (the parent's: the stage run's not yet)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -201,11 +223,13 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str], stage: bool = False) -> None:
         from mlflow.entities import RunTag
 
+        self._note("set_tags", tags, stage)
         run_id = self.stage_run_id if stage else self.run_id
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         _retry_locked(lambda: self.client.log_batch(run_id, tags=batch))
 
     def log_dict(self, obj: Any, artifact_file: str, stage: bool = False) -> None:
+        self._note("log_dict", obj, artifact_file, stage)
         run_id = self.stage_run_id if stage else self.run_id
         _retry_locked(lambda: self.client.log_dict(run_id, obj, artifact_file))
 

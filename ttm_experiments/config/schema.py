@@ -203,6 +203,7 @@ class ScheduleConf:
 @dataclass
 class OptimConf:
     lr: float = 1e-3
+    ssl_lr: float = 1e-3  # base rate of the self-supervised stages (optim.lr is the fine-tuning rate)
     weight_decay: float = 0.01
     batch_size: int = 64
     eval_batch_size: int = 256
@@ -235,6 +236,7 @@ class TrainerConf:
     # caps for smoke runs and tests; 0 = no cap
     max_batches: int = 0  # train batches per epoch
     max_epochs_per_stage: int = 0
+    stage_cache: bool = True  # reuse stages computed by earlier runs (paths.stage_cache_dir); false = always train
 
 
 @dataclass
@@ -249,6 +251,7 @@ class TrackingConf:
 class PathsConf:
     runs_dir: str = "runs"
     cache_dir: str = "${paths.runs_dir}/cache"
+    stage_cache_dir: str = "${paths.runs_dir}/stage_cache"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ttm_experiments import faults
 from ttm_experiments.errors import CheckpointError
 from ttm_experiments.files import atomic_file
 from ttm_experiments.models.backbones import Backbone, Classifier
@@ -39,6 +40,7 @@ def atomic_save(obj: object, path: Path) -> None:
     try:
         with atomic_file(path) as tmp:
             torch.save(obj, tmp)
+            faults.point("checkpoint.write")  # chaos test: the temporary file written, not renamed
     except OSError as err:  # a full disk or a quota: the previous file at `path` is still intact
         raise CheckpointError(
             f"cannot write {path}: {err}. Fix: free disk space, or paths.runs_dir=<a disk with space>; the previous "

@@ -24,6 +24,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ttm_experiments import faults
 from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, UserError
 from ttm_experiments.run_names import trial_name
@@ -312,6 +313,7 @@ class OptunaSweeperImpl(Sweeper):
         except Exception as err:  # e.g. a submitit job killed by the system: the whole batch failed, recorded as FAIL
             log.error("the launcher failed on trials %s: %s", [t.number for t in trials], err)
             returns, launch_error = [None] * batch, err
+        faults.point("optuna.trial")  # chaos test: the batch's jobs ran, their trials not yet told
         failures = [self._record(study, trial, ret, storage_url=plan.storage_url, launch_error=launch_error,
                                  metric=plan.metric, study_run=study_run)
                     for trial, ret in zip(trials, returns)]

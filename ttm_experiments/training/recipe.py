@@ -28,9 +28,9 @@ from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.run_names import run_name
 from ttm_experiments.search.pruning import epoch_hooks, search_tags
 from ttm_experiments.tracking import MlflowTracker
-from ttm_experiments.training import resume, signals
+from ttm_experiments.training import resume, signals, stage_cache
 from ttm_experiments.training.finetune import finetune_rates
-from ttm_experiments.training.inputs import split_inputs
+from ttm_experiments.training.inputs import split_inputs, windows_digest
 from ttm_experiments.training.loop import LoopResult, Trainer
 from ttm_experiments.training.optim import Precision, check_amp
 from ttm_experiments.training.record import (
@@ -41,6 +41,8 @@ from ttm_experiments.training.stages import EpochEnd, StagePlan, plan_stages
 from ttm_experiments.unfreeze import plan_stage
 
 log = logging.getLogger(__name__)
+
+SSL_OPTIM = ("weight_decay", "batch_size", "eval_batch_size", "warmup_frac", "grad_clip")  # what SSL stages read
 
 
 @dataclass
@@ -168,12 +170,14 @@ class TrainRecipe:
         np.random.seed(c.seed)
         if c.trainer.num_threads:
             torch.set_num_threads(c.trainer.num_threads)
-        self.device = specs.pick_device(c.trainer.device)
+        # auto: multirun job j takes visible GPU j % n (joblib n_jobs=K packs K jobs over them); logged there
+        self.device = specs.pick_device(c.trainer.device, job_num=self.info.job_num)
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
                                      log_system_metrics=c.tracking.log_system_metrics)
         self.splits = load_splits(c)
-        self.stages = plan_stages(c.schedule, lr=c.optim.lr, max_epochs=c.trainer.max_epochs_per_stage)
+        self.stages = plan_stages(c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr,
+                                  max_epochs=c.trainer.max_epochs_per_stage)
         # random, or a checkpoint (hub id, directory, ttm-train file) whose architecture it was built from
         self.model, self.init = build_model(c.backbone, num_channels=c.dataset.channels,
                                             num_classes=len(self.splits.train.class_names))
@@ -187,7 +191,42 @@ class TrainRecipe:
             s.name for s in self.stages
             if s.supervised and plan_stage(self.model.backbone.model, c.unfreeze, scope=s.scope, stage=s.name)[1]
         ]
+        self.pretrain_digest = None
         self.pretrain = self._pretrain_data() if any(s.data == "pretrain" for s in self.stages) else None
+        self._open_stage_cache()
+
+    def _open_stage_cache(self) -> None:
+        """`trainer.stage_cache`: the key of every stage but the last, and which of them are stored already."""
+        c = self.config
+        self.cache, self.cache_keys, self.cache_reused, self.cache_computed = None, [], [], []
+        if not c.trainer.stage_cache or len(self.stages) < 2:
+            return
+        self.cache = stage_cache.StageCache(Path(c.paths.stage_cache_dir))
+        settings = [self._stage_settings(s) for s in self.stages]
+        self.cache_keys = stage_cache.stage_keys(self._cache_inputs(), settings)[:-1]
+        stored = [s.name for s, key in zip(self.stages, self.cache_keys) if self.cache.exists(key)]
+        log.info("stage cache %s: %s", c.paths.stage_cache_dir,
+                 f"stages stored by earlier runs: {', '.join(stored)}" if stored else "no stage of this run stored yet")
+
+    def _cache_inputs(self) -> dict:
+        """What every stage's end state depends on besides the stages' settings (training/stage_cache.py)."""
+        c = self.config
+        return {"data": {name: windows_digest(split) for name, split in (("train", self.splits.train),
+                                                                          ("val", self.splits.val))},
+                "classes": list(self.splits.train.class_names), "pretrain": self.pretrain_digest,
+                "dataset": c.dataset, "backbone": c.backbone, "init": self.init.tags(),
+                "weights": stage_cache.weights_digest(c.backbone.pretrained_path), "seed": c.seed,
+                "device": str(self.device), "threads": torch.get_num_threads()}
+
+    def _stage_settings(self, stage: StagePlan) -> dict:
+        """A stage's own settings: its plan, and the `optim`, `trainer`, `unfreeze` keys its loop reads."""
+        c, t, o = self.config, self.config.trainer, self.optim
+        plan = {"conf": stage.conf, "epochs": stage.epochs, "head_lr": stage.head_lr, "backbone_lr": stage.backbone_lr,
+                "amp": t.amp, "compile": t.compile, "max_batches": t.max_batches}
+        if not stage.supervised:  # the SSL loop and its linear probe
+            return {**plan, "optim": {k: getattr(o, k) for k in SSL_OPTIM}}
+        return {**plan, "optim": o, "unfreeze": c.unfreeze, "selection": c.optimized_metric,
+                "collapse": [t.collapse_threshold, t.collapse_action]}
 
     def _resume_state(self) -> dict | None:
         """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
@@ -207,6 +246,8 @@ class TrainRecipe:
         ds, seed = specs.pretrain_dataset(c)
         windows = load_windows(ds, seed=seed, cache_dir=Path(c.paths.cache_dir))
         windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, ds.nonfinite)
+        if c.trainer.stage_cache:  # the corpus is part of the stage cache's key
+            self.pretrain_digest = windows_digest(windows)
         subjects = np.unique(windows.subjects)
         rng = np.random.default_rng(c.dataset.split_seed)  # data, not model: the split seed decides it
         held_out = rng.choice(subjects, size=max(1, len(subjects) // 10), replace=False)
@@ -245,6 +286,9 @@ class TrainRecipe:
             resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(c),
                                  run_id=self.tracker.run_id, pruned=True)
             raise
+        if self.cache is not None:
+            self.tracker.set_tags({"stage_cache.reused": ",".join(self.cache_reused) or "none",
+                                   "stage_cache.computed": ",".join(self.cache_computed) or "none"})
         return result
 
     def _build_loops(self) -> None:
@@ -259,22 +303,81 @@ class TrainRecipe:
         self.ssl_runner = SSLRunner(self.model.backbone, **shared)
 
     def _run_stage(self, index: int, result: LoopResult, epoch: int, within: dict | None) -> int:
-        """One stage, its checkpoint file, and (between stages) a resume state that starts the next one."""
+        """One stage (trained, or taken from the stage cache), its checkpoint file, and (between stages) a
+        resume state that starts the next one."""
+        key = self.cache_keys[index] if within is None and index < len(self.cache_keys) else None
+        if key is None:
+            epoch = self._train_stage(index, result, epoch, within)
+        else:
+            with self.cache.claim(key, self.stages[index].name) as entry:
+                if entry is not None:
+                    epoch = self._reuse_stage(index, result, entry)
+                else:
+                    epoch = self._train_stage(index, result, epoch, None, record=True)
+                    self._store_stage(index, result, epoch, key)
+        self._after_stage(index, result, epoch)
+        return epoch
+
+    def _train_stage(self, index: int, result: LoopResult, epoch: int, within: dict | None, *,
+                     record: bool = False) -> int:
+        """Train the stage; `record`: keep its MLflow calls (`tracker.journal`) for the stage cache."""
         stage = self.stages[index]
 
         def on_end(end: EpochEnd) -> None:
             self._checkpoint(end, stage_index=index, stage=stage, result=result)
 
+        self.tracker.journal = [] if record else None
         if stage.supervised:
-            epoch = self.trainer.run_stage(stage, result, epoch, resume=within, on_epoch_end=on_end)
-        else:
-            epoch = self._ssl_stage(stage, result, epoch, within, on_end)
+            return self.trainer.run_stage(stage, result, epoch, resume=within, on_epoch_end=on_end)
+        return self._ssl_stage(stage, result, epoch, within, on_end)
+
+    def _store_stage(self, index: int, result: LoopResult, epoch: int, key: str) -> None:
+        """Put the stage just trained in the cache: the state the next stage starts from and its MLflow record."""
+        journal, self.tracker.journal = self.tracker.journal, None
+        stage = self.stages[index]
+        state = {"model": self.model.state_dict(), "epoch": epoch, "result": result,
+                 "best_state": self.trainer.best_state, "scaler": self.precision.state_dict(),
+                 "rng": resume.rng_state(self._generators())}
+        source = {"experiment": self.tracker.experiment_id, "parent": self.tracker.run_id,
+                  "stage": self.tracker.last_stage_run_id}
+        try:
+            self.cache.store(stage_cache.Entry(key, stage.name, state, journal, source))
+        except OSError as err:  # a full disk: this run is fine, later runs recompute the stage
+            log.warning("[%s] could not store the stage in the cache (%s); later runs will train it again",
+                        stage.name, err)
+            self.tracker.set_tags({"stage_cache.store_failed": f"{stage.name}: {err}"[:500]})
+            return
+        self.cache_computed.append(stage.name)
+
+    def _reuse_stage(self, index: int, result: LoopResult, entry: stage_cache.Entry) -> int:
+        """Continue from a stored stage: its end state, its MLflow record replayed in this run (tagged
+        `stage_cache=reused`, with the run that computed it), and the study's pruning hooks for its epochs."""
+        stage, state, src = self.stages[index], entry.state, entry.source
+        self.model.load_state_dict(state["model"])
+        vars(result).update(vars(state["result"]))
+        self.trainer.best_state = state["best_state"]
+        self.precision.load_state_dict(state["scaler"])
+        resume.restore_rng(state["rng"], self._generators())
+        link = f"#/experiments/{src['experiment']}/runs/{src['stage']}"
+        self.tracker.replay(entry.journal, {"stage_cache": "reused", "stage_cache.key": entry.key,
+                                            "stage_cache.source_run": str(src["parent"]),
+                                            "stage_cache.source_stage_run": str(src["stage"]),
+                                            "stage_cache.source_link": link})
+        for record in (r for r in result.history if r.stage == stage.name):
+            for hook in self.trainer.epoch_hooks:  # an Optuna trial sees the epochs as if it had trained them
+                hook(record)
+        self.cache_reused.append(stage.name)
+        log.info("[%s] REUSED from the stage cache (computed by run %s; %s): epochs %d, the same end state",
+                 stage.name, src["parent"], self.cache.path(entry.key), stage.epochs)
+        return state["epoch"]
+
+    def _after_stage(self, index: int, result: LoopResult, epoch: int) -> None:
+        stage = self.stages[index]
         save_classifier(self.info.output_dir / f"stage-{stage.name}.pt", self.model, stage.name,
                         self.splits.train.class_names, window_s=self.config.dataset.duration_s)
         if index + 1 < len(self.stages):  # between stages: the next one starts fresh on resume
             self._checkpoint(EpochEnd(0, epoch, None, None, {}), stage_index=index + 1,
                              stage=self.stages[index + 1], result=result)
-        return epoch
 
     def _checkpoint(self, end: EpochEnd, *, stage_index: int, stage: StagePlan, result: LoopResult) -> None:
         """After every epoch, before its metrics are logged: everything needed to continue from here."""

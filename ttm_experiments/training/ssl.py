@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttm_experiments import faults
 from ttm_experiments.config.schema import OptimConf, StageConf, StageKind, TrainerConf
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.models.backbones import Backbone, amplitude_features, pool_patches
@@ -237,12 +238,13 @@ class SSLRunner:
                     self.precision.step(parts["loss"], optimizer, grad_clip=self.optim.grad_clip)
                     scheduler.step()
                     signals.check()  # SIGTERM/SIGINT: stop after a whole step
+                    faults.point("step")  # chaos test (bench/chaos.py): a SIGKILL after a step
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(index)
         out = {f"ssl_{k}" if k != "loss" else "ssl_loss": float(v) / sum(len(b) for b in batches)
                for k, v in sums.items()}
         if not math.isfinite(out["ssl_loss"]):
-            raise FloatingPointError(f"{desc}: the self-supervised loss is {out['ssl_loss']}. Lower optim.lr.")
+            raise FloatingPointError(f"{desc}: the self-supervised loss is {out['ssl_loss']}. Lower optim.ssl_lr.")
         return out
 
     def _setup(self, stage: StagePlan, train_size: int, resume: dict | None):
@@ -287,6 +289,7 @@ class SSLRunner:
                 heads = {"recon": objective.recon.state_dict(), "proj": objective.proj.state_dict()}
                 on_epoch_end(EpochEnd(stage_epoch, epoch, optimizer, scheduler, metrics,
                                       {"ssl_heads": heads, "ssl_history": list(history)}))
+            faults.point("epoch.ssl")  # chaos test: the state written, the metrics not yet logged
             self.tracker.log_metrics(metrics, step=epoch)
             log.info("%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
                      desc, train["ssl_loss"], val["ssl_loss"], val["ssl_masked"], val["ssl_zero_baseline"])

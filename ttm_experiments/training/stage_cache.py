@@ -1,0 +1,169 @@
+"""Stages shared across runs: a stage's end state stored content-addressed, reused by every run that would
+compute it again (`trainer.stage_cache`, on by default; entries in `paths.stage_cache_dir`).
+
+A grid over `unfreeze.last_n` x `optim.lr` with `schedule=hybrid` recomputes the same self-supervised stages
+in every job; with the cache the first job computes them and the others start after them. The key of stage k
+hashes everything its end state depends on: the code that trains (the package's training, model, data and
+config sources and the library versions), the data (a digest of the train and validation windows, and of the
+pretraining corpus), the backbone and its initial weights (a digest of a local checkpoint, the hub commit), the
+seed, the device and thread count, and the settings of stages 0..k (their rates, epochs and, for supervised
+stages, every `optim.*`, `unfreeze.*`, `trainer.*` setting and the selection metric that affect them). An entry
+holds what the next stage needs (weights, results so far, best checkpoint, every random generator, the loss
+scale) and the stage's MLflow record (every call the stage made: tags, metrics, artifacts), replayed onto a
+reusing run's own stage run, which is tagged `stage_cache=reused` with the run that computed it.
+
+Concurrency: a job takes a lock on an entry (`<entry>.lock`, flock, also on NFS with lockd) before it looks
+for it, so jobs that need the same stage compute it once; the others wait and read it. Entries are written
+atomically (temporary file, then rename); one that cannot be read, has another format, key or code version is
+recomputed and replaced, never trusted. The last stage of a schedule is not stored (no run starts after it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ttm_experiments import faults
+from ttm_experiments.errors import ConfigError
+from ttm_experiments.files import atomic_file
+from ttm_experiments.locks import file_lock
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ttm-experiments-stage-cache/1"
+# the sources whose code decides a stage's end state (reports, CLIs, the sweeper and serving do not)
+CODE = ("config", "data", "models", "training", "unfreeze.py", "metrics.py", "files.py")
+LIBRARIES = ("torch", "numpy", "granite-tsfm", "transformers", "scikit-learn", "scipy")
+# what torch.load raises on a truncated or foreign file
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """SHA-256 (16 hex) of the package sources in CODE and the versions of the libraries that compute."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for part in CODE:
+        for path in sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]:
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for lib in LIBRARIES:
+        h.update(f"{lib}={metadata.version(lib)}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 (32 hex) of a JSON-able description (dataclasses and enums included)."""
+    payload = json.dumps(obj, sort_keys=True, default=_plain).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return getattr(value, "value", str(value))  # enums by value, paths and the rest as text
+
+
+def weights_digest(path: str | None) -> str | None:
+    """A digest of a local checkpoint (a file, or every file of a directory); None for a hub id or no path."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    if not files:
+        return None  # a hub id: its commit hash (in the run's init) identifies the weights
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def stage_keys(inputs: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """Key of each stage: the run's inputs and the settings of that stage and every stage before it."""
+    return [digest({"format": FORMAT, "code": code_version(), "inputs": inputs, "stages": stages[: i + 1]})
+            for i in range(len(stages))]
+
+
+@dataclass
+class Entry:
+    """A stored stage: the state the next stage starts from, its MLflow record, and who computed it."""
+
+    key: str
+    stage: str
+    state: dict[str, Any]
+    journal: list[tuple]
+    source: dict[str, str | None]  # experiment id, parent run id, stage run id of the computing run
+
+
+class StageCache:
+    """Entries under `root` (`<root>/<key[:2]>/<key>.pt`); checked writable when opened."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"paths.stage_cache_dir={self.root} cannot be created: {err}. Fix: "
+                              "paths.stage_cache_dir=<a writable directory>, or trainer.stage_cache=false.") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigError(f"paths.stage_cache_dir={self.root} is not writable. Fix: paths.stage_cache_dir="
+                              "<a writable directory>, or trainer.stage_cache=false (every stage trains).")
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    @contextmanager
+    def claim(self, key: str, stage: str) -> Iterator[Entry | None]:
+        """Hold the entry's lock; yields the stored entry, or None: then compute the stage and `store` it."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path, what=f"stage cache entry {path}", wait_s=math.inf, holding=f"computes stage {stage!r}",
+                       fix="trainer.stage_cache=false, or paths.stage_cache_dir on a filesystem with locks"):
+            yield self.read(key, stage)
+
+    def read(self, key: str, stage: str) -> Entry | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)  # our own pickle (see resume.py)
+        except UNREADABLE as err:
+            return self._untrusted(path, f"cannot be read ({type(err).__name__}: {err})")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            return self._untrusted(path, "is not a stage cache entry of this version")
+        if data.get("key") != key or data.get("code") != code_version() or data.get("stage") != stage:
+            return self._untrusted(path, f"was written for another key, code version or stage ({data.get('stage')!r})")
+        return Entry(key, stage, data["state"], data["journal"], data["source"])
+
+    @staticmethod
+    def _untrusted(path: Path, why: str) -> None:
+        log.warning("stage cache entry %s %s: the stage is recomputed and the entry replaced", path, why)
+        return None
+
+    def store(self, entry: Entry) -> None:
+        """Write atomically (the caller holds the entry's lock): a kill leaves the old entry or none."""
+        path = self.path(entry.key)
+        with atomic_file(path) as tmp:
+            torch.save({"format": FORMAT, "key": entry.key, "code": code_version(), "stage": entry.stage,
+                        "state": entry.state, "journal": entry.journal, "source": entry.source}, tmp)
+            faults.point("stage_cache.write")  # chaos test: the temporary file written, not renamed
+        log.info("[%s] stored in the stage cache: %s", entry.stage, path)
