@@ -3,6 +3,9 @@ reuses them ends exactly where an uncached run ends, with the same MLflow histor
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -88,6 +91,15 @@ def test_a_fine_tuning_grid_shares_the_ssl_stages_and_nothing_else(smoke, runs_d
     assert third.data.tags["stage_cache.reused"] == "none"
     stages = _children(found, second)
     assert stages["pretrain"].data.params == {} and stages["pretrain"].data.tags["stage_cache"] == "reused"
+    # `ttm-train --cfg job` says what a next job of the grid would reuse
+    shown = subprocess.run([sys.executable, "-m", "ttm_experiments.train", "debug=smoke", *HYBRID, "optim.lr=1e-4",
+                            f"paths.runs_dir={runs_dir}", "--cfg", "job"], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    plan = shown.stdout.split("# stage cache", 1)[1]
+    assert f"pretrain: stored, would be REUSED (computed by run {first.info.run_id})" in plan
+    assert f"target_ssl: stored, would be REUSED (computed by run {first.info.run_id})" in plan
+    assert "head: not stored, would be trained and stored" in plan
 
 
 def test_the_ssl_rate_does_not_follow_optim_lr(smoke):

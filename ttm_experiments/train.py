@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME, user_errors_exit
-from ttm_experiments.errors import TrackingError
+from ttm_experiments.errors import TrackingError, UserError
 
 # torch, scikit-learn and the training code are imported when a run starts, not at import: `ttm-train --cfg job`
 # and `--help` answer in about a second instead of five (BENCHMARKS.md, start-up)
@@ -65,9 +65,41 @@ def train(cfg: DictConfig) -> float:
         return run_recipe(recipe(config, run_info(cfg))).objective
 
 
+def cache_plan(argv: list[str]) -> list[str] | None:
+    """After `ttm-train --cfg job` (one run, the shipped configs): which stages the stage cache would reuse."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.cfg not in ("job", "all") or args.multirun or args.config_dir or args.config_name or args.config_path:
+        return None
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.training.baseline import BASELINE_KINDS
+    from ttm_experiments.training.recipe import RunInfo, TrainRecipe
+
+    logging.getLogger("ttm_experiments").setLevel(logging.WARNING)  # the plan, not the loading chatter
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = to_config(compose(config_name=CONFIG_NAME, overrides=args.overrides))
+    if config.backbone.kind.value in BASELINE_KINDS:
+        return None
+    return TrainRecipe(config, RunInfo(output_dir=Path("."), config_yaml="")).cache_plan()
+
+
+def main() -> None:
+    """The `ttm-train` command: Hydra's app, then (after `--cfg job`) the stage cache's plan for the config."""
+    _app()
+    try:
+        plan = cache_plan(sys.argv[1:])
+    except UserError as err:  # as a run would report it
+        print(f"\nerror: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if plan:
+        print("\n".join(f"# {line}" for line in plan))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 @user_errors_exit
-def main(cfg: DictConfig) -> float:
+def _app(cfg: DictConfig) -> float:
     from ttm_experiments.training.signals import RESUMABLE, Stopped
 
     try:

@@ -163,7 +163,9 @@ class TrainRecipe:
         self.info = info
 
     # -- setup: fail before any long work --------------------------------------------------------
-    def setup(self) -> None:
+    def setup(self, *, track: bool = True) -> None:
+        """Everything before the first epoch; `track=False` (the stage cache plan) opens no MLflow run and
+        reads no resume state."""
         c = self.config
         self.t0 = time.perf_counter()
         torch.manual_seed(c.seed)
@@ -173,8 +175,9 @@ class TrainRecipe:
         # auto: multirun job j takes visible GPU j % n (joblib n_jobs=K packs K jobs over them); logged there
         self.device = specs.pick_device(c.trainer.device, job_num=self.info.job_num)
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
-        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
-                                     log_system_metrics=c.tracking.log_system_metrics)
+        if track:
+            self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
+                                         log_system_metrics=c.tracking.log_system_metrics)
         self.splits = load_splits(c)
         self.stages = plan_stages(c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr,
                                   max_epochs=c.trainer.max_epochs_per_stage)
@@ -183,7 +186,7 @@ class TrainRecipe:
                                             num_classes=len(self.splits.train.class_names))
         self.init_kind = self.init.kind
         self.stages, self.optim = finetune_rates(self.stages, c.optim, init=self.init_kind)
-        self.resume_state = self._resume_state()
+        self.resume_state = self._resume_state() if track else None
         if self.resume_state is not None:
             self.model.load_state_dict(self.resume_state["model"])
         # every stage's selection, before training: an empty or out-of-range selection stops here
@@ -227,6 +230,20 @@ class TrainRecipe:
             return {**plan, "optim": {k: getattr(o, k) for k in SSL_OPTIM}}
         return {**plan, "optim": o, "unfreeze": c.unfreeze, "selection": c.optimized_metric,
                 "collapse": [t.collapse_threshold, t.collapse_action]}
+
+    def cache_plan(self) -> list[str]:
+        """Per stage whether the stage cache holds it now, and who computed it (`ttm-train --cfg job`)."""
+        self.setup(track=False)
+        if self.cache is None:
+            why = "off (trainer.stage_cache=false)" if not self.config.trainer.stage_cache else "one stage: nothing to share"
+            return [f"stage cache: {why}"]
+        lines = [f"stage cache {self.cache.root}:"]
+        for stage, key in zip(self.stages, self.cache_keys):
+            entry = self.cache.read(key, stage.name)
+            lines.append(f"  {stage.name}: " + (f"stored, would be REUSED (computed by run {entry.source['parent']})"
+                                               if entry is not None else "not stored, would be trained and stored"))
+        lines.append(f"  {self.stages[-1].name}: trained (the last stage is not stored)")
+        return lines
 
     def _resume_state(self) -> dict | None:
         """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
