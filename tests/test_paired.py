@@ -63,3 +63,26 @@ def test_models_scored_on_other_windows_are_refused():
     probs = _probs(rng.normal(size=len(labels)))
     with pytest.raises(ValueError, match="same windows"):
         auroc_differences([PairedFold(labels, subjects, probs, probs[:-1])])
+
+
+def test_a_param_interpolated_from_the_compared_group_does_not_break_the_pair():
+    """`unfreeze.pattern: ${backbone.block_pattern}` differs between a TTM and the SQI baseline: the runs still
+    pair on `backbone`; a real difference elsewhere (`optim.lr`), or a number that only equals a backbone
+    field by chance, still keeps them apart."""
+    from types import SimpleNamespace
+
+    from ttm_experiments.report_compare import comparisons
+
+    def row(backbone: str, pattern: str, fold: int, **extra):
+        params = {"backbone.name": backbone, "backbone.block_pattern": pattern, "backbone.num_layers": "2",
+                  "unfreeze.pattern": pattern, "unfreeze.last_n": "2", "optim.lr": "0.001",
+                  "dataset.fold": str(fold), "seed": "0", **extra}
+        return SimpleNamespace(params=params, state="finished", metrics={"test/auroc": 0.8}, run_id=f"{backbone}{fold}")
+
+    rows = [row(b, p, f) for b, p in (("ttm_1024", r"mixers\.\d+"), ("baseline_sqi", "^$")) for f in (0, 1)]
+    (comp,) = comparisons(rows, "backbone", "baseline_sqi")
+    assert sorted(comp.runs) == [0, 1] and comp.value == "ttm_1024"
+    apart = [row("ttm_1024", r"mixers\.\d+", 0, **{"optim.lr": "0.0003"}), row("baseline_sqi", "^$", 0)]
+    assert comparisons(apart, "backbone", "baseline_sqi") == []
+    by_chance = [row("ttm_1024", "a", 0, **{"unfreeze.last_n": "4"}), row("baseline_sqi", "b", 0)]
+    assert comparisons(by_chance, "backbone", "baseline_sqi") == []

@@ -67,9 +67,26 @@ def varying_settings(rows: list) -> list[str]:
     return found + [k for k in singles if len({p.get(k) for p in params}) > 1]
 
 
+def _derived(row, owned: list[str]) -> set[str]:
+    """Params that take their value from the setting (`unfreeze.pattern: ${backbone.block_pattern}`): a text
+    value equal to one of the setting's own params in the same run. Numbers are left out: a coincidence
+    (`unfreeze.last_n=2`, `backbone.num_layers=2`) would hide a real difference."""
+    own = {row.params[o] for o in owned if o in row.params and not _numeric(row.params[o])}
+    return {k for k, v in row.params.items() if k not in owned and v in own}
+
+
+def _numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return value in ("True", "False", "None", "true", "false", "null", "")
+    return True
+
+
 def _signature(row, owned: list[str]) -> tuple:
+    derived = _derived(row, owned)
     return tuple(sorted((k, v) for k, v in row.params.items()
-                        if not _bookkeeping(k) and k not in _PAIRED_ON and k not in owned))
+                        if not _bookkeeping(k) and k not in _PAIRED_ON and k not in owned and k not in derived))
 
 
 def comparisons(rows: list, setting: str, baseline: str | None) -> list[Comparison]:
