@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: predict setup train test test-slow sweep pretrain inspect ui clean tune nested-cv report dashboard bench load
+.PHONY: predict setup train test test-slow sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: $(STAMP)  ## suite vs bare loop vs transformers.Trainer, start-up, search
 
 load: $(STAMP)  ## 16 processes on a fresh and an initialised SQLite store, 4 Optuna workers, an mlflow server (ARGS='--procs 4')
 	$(BIN)/python bench/load.py $(ARGS)
+
+chaos: $(STAMP)  ## SIGKILL runs at 20 random points (seed printed), resume each, compare with uninterrupted runs (ARGS='--kills 6 --seed 1')
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	mkdir -p runs

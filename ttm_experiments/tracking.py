@@ -209,6 +209,9 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for run_id in filter(None, run_ids if run_ids is not None else (self.run_id, self.stage_run_id)):
+            # a resumed run redoes what followed its last state (a stage's probe, the test): no step logged twice
+            if self.resumed and metrics and self.has_metric_step(next(iter(metrics)), step, run_id=run_id):
+                continue
             _retry_locked(lambda: self.client.log_batch(run_id, metrics=batch))
             faults.point("mlflow.log")  # chaos test: after each batch (the parent's: the stage run's not yet)
 

@@ -11,7 +11,7 @@ from ttm_experiments.config.schema import Metric, TrainConfig, parse_metric
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion
-from ttm_experiments.tracking import MlflowTracker, flatten
+from ttm_experiments.tracking import MlflowTracker, _retry_locked, flatten
 from ttm_experiments.training.loop import LoopResult
 
 
@@ -62,6 +62,10 @@ def record_model(tracker: MlflowTracker, *, checkpoint, split: WindowSet, probs:
     registered as a new version of `register_as` when given; the run is tagged with the model's URIs."""
     from ttm_experiments.models.pyfunc import log_classifier
 
+    # a run killed after logging its model (while writing its finished marker) redoes its end on resume: the same
+    # model is logged already (and registered); a second copy and version would be noise (seen by bench/chaos.py)
+    if tracker.resumed and "model.uri" in _retry_locked(lambda: tracker.client.get_run(tracker.run_id)).data.tags:
+        return
     n = min(2, len(split))
     logged = log_classifier(tracking_uri=tracker.uri, run_id=tracker.run_id, checkpoint=checkpoint,
                             example=np.ascontiguousarray(split.signals[:n]), probs=probs[:n],

@@ -249,7 +249,10 @@ class SSLRunner:
 
     def _setup(self, stage: StagePlan, train_size: int, resume: dict | None):
         """The objective (backbone + SSL heads, all trainable), its optimizer and schedule, restored on resume."""
-        objective = SSLObjective(self.backbone, stage.conf).to(self.device)
+        # on resume the heads' weights are loaded below: initialising them must not draw from the torch generator,
+        # restored to where the killed run stood (the redone epoch's dropout draws from it; seen by bench/chaos.py)
+        with torch.random.fork_rng(devices=[], enabled=resume is not None):
+            objective = SSLObjective(self.backbone, stage.conf).to(self.device)
         objective.requires_grad_(True)
         heads = [p for n, p in objective.named_parameters() if not n.startswith("backbone.")]
         groups = [{"params": list(self.backbone.parameters()), "lr": stage.backbone_lr},
