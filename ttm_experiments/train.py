@@ -90,9 +90,8 @@ def main() -> None:
     _app()
     try:
         plan = cache_plan(sys.argv[1:])
-    except UserError as err:  # as a run would report it
-        print(f"\nerror: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except UserError as err:  # the config printed is still what was asked for; say why the plan is missing
+        plan = [f"stage cache: cannot tell, the run would stop before training: {err}"]
     if plan:
         print("\n".join(f"# {line}" for line in plan))
 

@@ -190,7 +190,7 @@ class TrainRecipe:
         if self.resume_state is not None:
             self.model.load_state_dict(self.resume_state["model"])
         # every stage's selection, before training: an empty or out-of-range selection stops here
-        self.empty_stages = [
+        self.empty_stages = [] if not track else [
             s.name for s in self.stages
             if s.supervised and plan_stage(self.model.backbone.model, c.unfreeze, scope=s.scope, stage=s.name)[1]
         ]
