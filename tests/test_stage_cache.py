@@ -17,7 +17,9 @@ from ttm_experiments.errors import ConfigError
 from ttm_experiments.train import train
 from ttm_experiments.training.stage_cache import FORMAT, StageCache
 
-HYBRID = ("schedule=hybrid", "trainer.max_epochs_per_stage=2")
+# the thread count is part of a stage's key (it can change float sums): fixed, so that runs in this process
+# and the `--cfg job` subprocess agree whatever earlier tests set torch's thread count to
+HYBRID = ("schedule=hybrid", "trainer.max_epochs_per_stage=2", "trainer.num_threads=1")
 
 
 def _runs(runs_dir: Path, experiment: str) -> tuple[MlflowClient, list]:
