@@ -21,8 +21,8 @@ again), and compares with the reference:
   the reference's values (exact float equality: CPU runs are deterministic), so the test metrics too;
 - an Optuna study: the requested number of trials, all COMPLETE, with the reference's parameters and values.
 
-Prints one line per kill, then `kills survived: S/K`; exits 1 when a kill was not survived. The sweeper does not
-resume a study killed by SIGKILL (README, Reliability): the `optuna` kills fail until it does.
+Prints one line per kill, then `kills survived: S/K`; exits 1 when a kill was not survived. A killed study is
+resumed by the sweeper's rerun (`ttm_experiments/search/adopt.py`; README, Reliability).
 """
 
 from __future__ import annotations

@@ -139,6 +139,9 @@ def test_ttm_train_sigterm_exits_resumable_and_the_same_command_resumes_to_the_r
     client, parents, found = _runs(runs, "stop")
     _, ref, _ = _runs(ref_runs, "stop")
     assert len(parents) == 1 and len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
+    # the stop is history once the run continues: no stale stop_reason on a FINISHED run, kept as resumed.after
+    for run in (parents[0], next(r for r in found if r.data.tags.get("stage") == "partial")):
+        assert "stop_reason" not in run.data.tags and run.data.tags["resumed.after"] == "stop_reason=preempted"
     assert [m.step for m in client.get_metric_history(parents[0].info.run_id, "val/auroc")] == list(range(1, 13))
     keys = [k for k in ref[0].data.metrics if k.startswith(COMPARED)]
     assert {k: parents[0].data.metrics[k] for k in keys} == {k: ref[0].data.metrics[k] for k in keys}

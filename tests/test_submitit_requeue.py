@@ -81,6 +81,9 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_r
     assert "RESUMING" in logs  # the requeued task continued from last.pt, not from scratch
     client, parents, stages = _parents_and_stages(f"sqlite:///{runs}/mlflow.db", "requeue")
     assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags.get("resumed") == "true"
+    # submitit's exit (144) was recorded as a preemption, and is history once the requeued task resumed
+    assert "failure" not in parents[0].data.tags and "stop_reason" not in parents[0].data.tags
+    assert parents[0].data.tags["resumed.after"] == "stop_reason=preempted"
     assert sorted(s.data.tags["stage"] for s in stages) == ["full", "head", "partial"]
     assert all(s.info.status == "FINISHED" for s in stages)
     for run in (*parents, *stages):  # every epoch logged exactly once

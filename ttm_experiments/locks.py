@@ -49,6 +49,31 @@ def file_lock(target: Path, *, what: str, fix: str, wait_s: float = WAIT_S,
         os.close(fd)  # closing releases the lock
 
 
+def try_lock(target: Path, *, what: str, fix: str) -> int | None:
+    """Take the lock on `<target>.lock` without waiting: the open descriptor that holds it (`os.close` releases
+    it; so does the holder's death), or None while a live process holds it."""
+    path = lock_path(target)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        if err.errno in NO_LOCKS:
+            raise StoreError(f"{what}: the filesystem of {path.parent} does not support file locks "
+                             f"({os.strerror(err.errno)}). Fix: {fix}") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def holder(target: Path) -> str:
+    """The pid written into `<target>.lock` by its last holder ('?' when unknown)."""
+    return _holder(lock_path(target))
+
+
 def _acquire(fd: int, path: Path, *, what: str, fix: str, wait_s: float, holding: str) -> None:
     deadline, logged = time.monotonic() + wait_s, False
     while True:

@@ -173,6 +173,17 @@ class MlflowTracker:
         found = _retry_locked(lambda: self.client.search_runs([self.experiment_id], query, max_results=1))
         return found[0].info.run_id if found else None
 
+    def move_tags(self, keys: tuple[str, ...], to: str, run_id: str) -> None:
+        """Delete the tags `keys` of run `run_id`; their values, if any, become tag `to` (`key=value; ...`)."""
+        tags = _retry_locked(lambda: self.client.get_run(run_id)).data.tags
+        found = {k: tags[k] for k in keys if k in tags}
+        if not found:
+            return
+        for key in found:
+            _retry_locked(lambda: self.client.delete_tag(run_id, key))
+        text = "; ".join(f"{k}={v}" for k, v in found.items())[:4000]
+        _retry_locked(lambda: self.client.set_tag(run_id, to, text))
+
     def has_metric_step(self, key: str, step: int, run_id: str | None = None) -> bool:
         """Has run `run_id` (default: the parent) logged `key` at `step`?"""
         history = _retry_locked(lambda: self.client.get_metric_history(run_id or self.run_id, key))

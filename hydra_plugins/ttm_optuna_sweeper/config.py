@@ -36,7 +36,8 @@ class OptunaSweeperConf:
     storage: Optional[str] = "sqlite:///${paths.runs_dir}/optuna.db"
     # the same name on the same storage resumes the study; null = a new study with a generated name
     study_name: Optional[str] = None
-    # trials this invocation adds to the study
+    # trials this sweep adds to the study; a rerun with the same hydra.sweep.dir (after a kill) resumes the trials
+    # left RUNNING and asks only the ones still missing
     n_trials: int = 20
     # trials launched at once (each batch goes to hydra/launcher: basic runs them one after another)
     n_jobs: int = 1

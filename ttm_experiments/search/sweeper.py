@@ -1,8 +1,9 @@
 """The Optuna sweeper behind `hydra/sweeper: optuna` (registered by `hydra_plugins.ttm_optuna_sweeper`).
 
 It checks the search space against the config before anything runs, creates or resumes the study
-(`load_if_exists`), launches `n_jobs` trials at a time through the configured launcher (each job reports to
-the storage itself and prunes itself, see `pruning`), reads every trial's state back from the storage (a
+(`load_if_exists`), takes over the trials a dead sweeper left RUNNING (`adopt`), launches `n_jobs` trials at
+a time through the configured launcher (each job reports to the storage itself and prunes itself, see
+`pruning`; trial n runs in `<hydra.sweep.dir>/<n>`), reads every trial's state back from the storage (a
 failed job is a FAIL trial and the study goes on), and ends with the best trial as a ready-to-run command.
 """
 
@@ -27,8 +28,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ttm_experiments import faults
 from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, UserError
+from ttm_experiments.locks import holder
 from ttm_experiments.run_names import trial_name
 from ttm_experiments.search import nested, summary
+from ttm_experiments.search.adopt import ATTR_JOB_DIR, ATTR_SWEEP, Orphan, TrialLocks, adopt_orphans, seeded_per_trial
 from ttm_experiments.search.pruning import ATTR_OVERRIDES, ATTR_PARENT_RUN, ATTR_RUN
 from ttm_experiments.search.space import (SearchSpace, SearchSpaceError, SweepError, format_value, grid, parse,
                                          probe_values, quote)
@@ -51,6 +54,7 @@ class _Plan:
     metric: str
     sampler: Any
     n_trials: int
+    sweep_dir: Path  # absolute: trial n runs in <sweep_dir>/<n>
 
     @property
     def storage_shown(self) -> str:
@@ -120,13 +124,20 @@ class OptunaSweeperImpl(Sweeper):
         sampler = instantiate(conf) if isinstance(conf, (DictConfig, dict)) else conf
         if sampler is None:
             return optuna.samplers.TPESampler(), None
+        size, grid_space = None, None
         if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
             grid_space = {name: grid(name, d) for name, d in space.distributions.items()}
             size = math.prod(len(v) for v in grid_space.values()) if grid_space else 1
-            return sampler(grid_space), size
+            sampler = sampler(grid_space)
         if not isinstance(sampler, optuna.samplers.BaseSampler):
             raise ConfigError(f"hydra.sweeper.sampler builds a {type(sampler).__name__}, not an Optuna sampler")
-        return sampler, None
+        seed = conf.get("seed") if isinstance(conf, (DictConfig, dict)) else None
+        # TPE and random search draw from their generator trial after trial: rebuilt per trial (search/adopt.py),
+        # a rerun samples what the uninterrupted study did. Grid (its order) and QMC (its scramble) need one seed
+        # for the whole study, and their trial n depends only on n and the storage: they resume as they are.
+        if seed is not None and type(sampler) in (optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
+            sampler = seeded_per_trial(lambda trial_seed: instantiate(conf, seed=trial_seed), int(seed))
+        return sampler, size
 
     def _trial_node_ok(self) -> bool:
         assert self.config is not None
@@ -228,8 +239,13 @@ class OptunaSweeperImpl(Sweeper):
         n_trials = self.n_trials if grid_size is None else min(self.n_trials, grid_size)
         if n_trials < 1 or self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} and n_jobs={self.n_jobs} must be >= 1")
+        subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+        if subdir != "${hydra.job.num}":
+            log.warning("hydra.sweep.subdir=%s is not used by the Optuna sweeper: trial n runs in <hydra.sweep.dir>/n, "
+                        "so that a rerun finds a killed trial's job directory", subdir)
         return _Plan(space=space, direction=direction, pruner=pruner, storage_url=storage_url, metric=metric,
-                     sampler=sampler, n_trials=n_trials)
+                     sampler=sampler, n_trials=n_trials,
+                     sweep_dir=Path(str(cfg.hydra.sweep.dir)).expanduser().resolve())
 
     def _open_study(self, plan: "_Plan"):
         """Create or resume the study; a resumed one must keep its direction and distributions."""
@@ -261,30 +277,61 @@ class OptunaSweeperImpl(Sweeper):
         self.validate(plan.space, self._search_overrides("validation", plan.storage_url, 0, plan.pruner, plan.direction))
         study = self._open_study(plan)
         log.info("Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s", study.study_name,
-                 plan.storage_shown, plan.n_trials, self.n_jobs, type(plan.sampler).__name__, plan.pruner,
+                 plan.storage_shown, plan.n_trials, self.n_jobs, _sampler_name(plan.sampler), plan.pruner,
                  plan.direction, plan.metric)
         log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in plan.space.distributions.items()))
         study_run = self._study_run(study.study_name, plan.storage_shown, plan.direction, plan.metric, plan.sampler,
                                     plan.pruner)
         asked: list[int] = []
         failures: list[str] = []
+        locks = TrialLocks()
         try:
-            for job_idx in range(0, plan.n_trials, self.n_jobs):
-                batch = min(plan.n_trials - job_idx, self.n_jobs)
-                failures += self._run_batch(study, plan, study_run, batch=batch, job_idx=job_idx, asked=asked)
-        except BaseException:
-            self._fail_running(study, plan.storage_url, asked)
+            trials = study.get_trials(deepcopy=False)
+            orphans = adopt_orphans(trials, locks)
+            before = sum(1 for t in trials if t.user_attrs.get(ATTR_SWEEP) == str(plan.sweep_dir))
+            new = max(plan.n_trials - before, 0)
+            if before:
+                log.info("this sweep (hydra.sweep.dir=%s) asked %d of its n_trials=%d trials before: %d to ask now%s",
+                         plan.sweep_dir, before, plan.n_trials, new,
+                         "" if new else " (another hydra.sweep.dir, e.g. the default new one, adds n_trials more)")
+            job_idx = 0
+            failures += self._finish_adopted(study, plan, study_run, [o for o in orphans if o.finished], asked)
+            relaunch = [o for o in orphans if not o.finished]
+            for i in range(0, len(relaunch), self.n_jobs):
+                batch = relaunch[i:i + self.n_jobs]
+                jobs = [(o.number, self._relaunch_overrides(o, plan)) for o in batch]
+                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked)
+                job_idx += len(batch)
+            for i in range(0, new, self.n_jobs):
+                jobs = [self._ask_job(study, plan, study_run, locks) for _ in range(min(new - i, self.n_jobs))]
+                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked)
+                job_idx += len(jobs)
+        except BaseException as err:
+            if _resumable(err):  # a graceful stop: the jobs saved their state; the same command resumes them
+                log.warning("trials %s stay RUNNING: rerun the same command to resume them", asked)
+            else:
+                self._fail_running(study, plan.storage_url, asked)
             if study_run is not None:
                 study_run.end("KILLED")
             raise
+        finally:
+            locks.release_all()
         results = self._finish(study, plan.storage_url, asked, plan.metric, plan.direction, study_run,
                                time.perf_counter() - t0)
         if asked and len(failures) == len(asked):
             raise SweepError(f"all {len(asked)} trials of this run failed; the first: {failures[0]}")
         return results
 
-    def _job_overrides(self, study, plan: "_Plan", trial, study_run) -> list[str]:
-        """One trial's job: its sampled overrides, where to report, and its run name."""
+    def _ask_job(self, study, plan: "_Plan", study_run, locks: TrialLocks) -> tuple[int, list[str]]:
+        """A new trial and its job: its sampled overrides, where to report, its run name and job directory (whose
+        lock this sweeper holds until the trial is told: a rerun takes over only trials whose sweeper is gone)."""
+        trial = self._ask(study, plan.storage_url, plan.space)
+        job_dir = plan.sweep_dir / str(trial.number)
+        if not locks.take(trial.number, job_dir):
+            self._fail_running(study, plan.storage_url, [trial.number])
+            raise SweepError(f"error: the job directory {job_dir} of trial {trial.number} is in use by process "
+                             f"{holder(job_dir)} (another study in the same hydra.sweep.dir?). Fix: give this "
+                             "study its own hydra.sweep.dir")
         if self.custom_search_space:
             from hydra.utils import get_method
 
@@ -293,30 +340,54 @@ class OptunaSweeperImpl(Sweeper):
             study.study_name, plan.storage_url, trial.number, plan.pruner, plan.direction)
         if self.add_run_name:
             job.append(f"run_name={quote(trial_name(trial.number, trial.params))}")  # `trial 3: last_n=2 lr=0.0004`
+        job.append(f"hydra.sweep.subdir={trial.number}")
         trial.set_user_attr(ATTR_OVERRIDES, job)
         if study_run is not None:
             trial.set_user_attr(ATTR_PARENT_RUN, study_run.run_id)
-        return job
+        trial.set_user_attr(ATTR_SWEEP, str(plan.sweep_dir))
+        trial.set_user_attr(ATTR_JOB_DIR, str(job_dir))  # last: from here on a dead sweeper's trial can be adopted
+        return trial.number, job
 
-    def _run_batch(self, study, plan: "_Plan", study_run, *, batch: int, job_idx: int, asked: list[int]) -> list[str]:
-        """Ask `batch` trials, launch them together, record each; returns the failure messages."""
-        trials, overrides = [], []
-        for _ in range(batch):
-            trial = self._ask(study, plan.storage_url, plan.space)
-            overrides.append(tuple(self._job_overrides(study, plan, trial, study_run)))
-            trials.append(trial)
-            asked.append(trial.number)
+    @staticmethod
+    def _relaunch_overrides(orphan: Orphan, plan: "_Plan") -> list[str]:
+        """An adopted trial's job as it was launched, into its own job directory (under its own sweep's dir)."""
+        if orphan.sweep_dir and orphan.sweep_dir != str(plan.sweep_dir):
+            return [*orphan.overrides, f"hydra.sweep.dir={quote(orphan.sweep_dir)}"]
+        return list(orphan.overrides)
+
+    def _finish_adopted(self, study, plan: "_Plan", study_run, orphans: list[Orphan], asked: list[int]) -> list[str]:
+        """Adopted trials whose job had finished before its sweeper died: the study learns what they recorded."""
+        import optuna
+
+        failures = []
+        for o in orphans:
+            state, value = o.finished  # type: ignore[misc]
+            asked.append(o.number)
+            if state == "COMPLETE":
+                self._tell(study, o.number, values=value)
+            else:
+                self._tell(study, o.number, state=optuna.trial.TrialState.PRUNED)
+            tid = trial_id(plan.storage_url, study.study_name, o.number)
+            self._log_trial(study, open_storage(plan.storage_url).get_trial(tid), failure=None, metric=plan.metric,
+                            study_run=study_run)
+        return failures
+
+    def _run_batch(self, study, plan: "_Plan", study_run, jobs: list[tuple[int, list[str]]], *, job_idx: int,
+                   asked: list[int]) -> list[str]:
+        """Launch a batch of trials' jobs together, record each; returns the failure messages."""
+        numbers, overrides = [n for n, _ in jobs], [tuple(o) for _, o in jobs]
+        asked += numbers
         self.validate_batch_is_legal(overrides)
         launch_error: Optional[BaseException] = None
         try:
             returns = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
         except Exception as err:  # e.g. a submitit job killed by the system: the whole batch failed, recorded as FAIL
-            log.error("the launcher failed on trials %s: %s", [t.number for t in trials], err)
-            returns, launch_error = [None] * batch, err
+            log.error("the launcher failed on trials %s: %s", numbers, err)
+            returns, launch_error = [None] * len(jobs), err
         faults.point("optuna.trial")  # chaos test: the batch's jobs ran, their trials not yet told
-        failures = [self._record(study, trial, ret, storage_url=plan.storage_url, launch_error=launch_error,
+        failures = [self._record(study, number, ret, storage_url=plan.storage_url, launch_error=launch_error,
                                  metric=plan.metric, study_run=study_run)
-                    for trial, ret in zip(trials, returns)]
+                    for number, ret in zip(numbers, returns)]
         return [f for f in failures if f]
 
     def _ask(self, study, storage_url: str, space: SearchSpace):
@@ -360,10 +431,10 @@ class OptunaSweeperImpl(Sweeper):
         from ttm_experiments.search.mlflow_study import StudyRun
 
         return StudyRun(uri, experiment, study_name, storage, {
-            "optuna.direction": direction, "optuna.metric": metric, "optuna.sampler": type(sampler).__name__,
+            "optuna.direction": direction, "optuna.metric": metric, "optuna.sampler": _sampler_name(sampler),
             "optuna.pruner": pruner, "sweep": str(self.config.hydra.sweep.dir)})
 
-    def _record(self, study, trial, ret, *, storage_url: str, launch_error: Optional[BaseException], metric: str,
+    def _record(self, study, number: int, ret, *, storage_url: str, launch_error: Optional[BaseException], metric: str,
                 study_run) -> Optional[str]:
         """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
         import optuna
@@ -371,7 +442,7 @@ class OptunaSweeperImpl(Sweeper):
 
         TrialState = optuna.trial.TrialState
         storage = open_storage(storage_url)
-        tid = trial_id(storage_url, study.study_name, trial.number)
+        tid = trial_id(storage_url, study.study_name, number)
         frozen = storage.get_trial(tid)
         failure = None
         if frozen.state.is_finished():  # the job pruned itself (or another process finished it)
@@ -381,17 +452,17 @@ class OptunaSweeperImpl(Sweeper):
                 value = float(ret.return_value)
                 if not math.isfinite(value):
                     raise ValueError(f"the objective is {value}")
-                self._tell(study, trial, values=value)
+                self._tell(study, number, values=value)
             except (TypeError, ValueError) as err:
                 failure = f"the job returned {ret.return_value!r} ({err}); it must return a finite float"
-                self._tell(study, trial, state=TrialState.FAIL)
+                self._tell(study, number, state=TrialState.FAIL)
         else:
             err = launch_error if ret is None else ret._return_value
             failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
             storage.set_trial_user_attr(tid, "fail_reason", failure)
-            self._tell(study, trial, state=TrialState.FAIL)
+            self._tell(study, number, state=TrialState.FAIL)
             if not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
-                log.error("trial %d failed", trial.number, exc_info=err)
+                log.error("trial %d failed", number, exc_info=err)
         self._log_trial(study, storage.get_trial(tid), failure=failure, metric=metric, study_run=study_run)
         return failure
 
@@ -420,7 +491,7 @@ class OptunaSweeperImpl(Sweeper):
                 log.exception("could not record trial %d in MLflow", frozen.number)
 
     @staticmethod
-    def _tell(study, trial, **kwargs) -> None:
+    def _tell(study, trial: int, **kwargs) -> None:
         try:
             study.tell(trial, **kwargs)
         except RuntimeError as err:  # GridSampler asks the study to stop once the grid is used up: the state is set
@@ -546,6 +617,17 @@ class OptunaSweeperImpl(Sweeper):
             study_run.finish(tags, metrics, texts, figures, [])
         except Exception:
             log.exception("could not log the study's result to MLflow")
+
+
+def _sampler_name(sampler: Any) -> str:
+    return str(getattr(sampler, "name", type(sampler).__name__))  # a per-trial seeded sampler names its kind
+
+
+def _resumable(err: BaseException) -> bool:
+    """A graceful stop (SIGTERM/SIGINT: exit status 75) or a second Ctrl-C: the jobs' states are resumable."""
+    from ttm_experiments.training.signals import RESUMABLE
+
+    return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and err.code == RESUMABLE)
 
 
 def _explain(err: BaseException) -> str:

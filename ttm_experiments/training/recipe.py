@@ -8,6 +8,7 @@ store, the data, the checkpoint, and every stage's unfreeze selection. `Baseline
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,11 +84,12 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
     try:
         return recipe.finish(recipe.train())
     except BaseException as err:
-        status = "KILLED" if isinstance(err, (KeyboardInterrupt, Pruned, signals.Stopped)) else "FAILED"
+        stopped = isinstance(err, (KeyboardInterrupt, signals.Stopped, SystemExit))
+        status = "KILLED" if stopped or isinstance(err, Pruned) else "FAILED"
         if recipe.tracker.run_id is not None:
             try:
-                if isinstance(err, (KeyboardInterrupt, signals.Stopped)):  # on the stage run too
-                    stop = {"stop_reason": getattr(err, "reason", "interrupted")}
+                if stopped:  # on the stage run too; resumable from last.pt
+                    stop = {"stop_reason": _stop_reason(err)}
                     recipe.tracker.set_tags(stop)
                     if recipe.tracker.stage_run_id is not None:
                         recipe.tracker.set_tags(stop, stage=True)
@@ -98,6 +100,14 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
             except Exception:  # the original error matters more than a tracking hiccup
                 log.exception("could not mark the MLflow run %s", status)
         raise
+
+
+def _stop_reason(err: BaseException) -> str:
+    """`stop_reason` of a run stopped from outside: a signal (preempted / interrupted), or a `sys.exit` inside
+    the run, which is submitit's preemption (its USR2 handler checkpoints the job, then exits for the requeue)."""
+    if isinstance(err, SystemExit):
+        return "preempted" if os.environ.get("SUBMITIT_EXECUTOR") else f"exited (status {err.code})"
+    return getattr(err, "reason", "interrupted")
 
 
 def load_splits(c: TrainConfig) -> Splits:
@@ -447,11 +457,11 @@ class TrainRecipe:
         summary = summary_table(result, test, self.splits.test.class_names, metric=parse_metric(c.optimized_metric))
         publish_summary(self.tracker, summary)
         (self.info.output_dir / "summary.txt").write_text(summary + "\n")
-        self._end_run()
+        objective = objective_value(result, c.optimized_metric)
+        self._end_run(objective)
         log.info("run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id,
                  time.perf_counter() - self.t0, ckpt)
-        return RunOutcome(objective_value(result, c.optimized_metric), test, self.tracker.run_id, result.best_epoch,
-                          result.best_stage)
+        return RunOutcome(objective, test, self.tracker.run_id, result.best_epoch, result.best_stage)
 
     def _record_best(self, result: LoopResult, test_collapsed: list[str], *, step: int) -> None:
         """The selected checkpoint's numbers, and collapse: `mode_collapse` describes the selected checkpoint
@@ -469,9 +479,9 @@ class TrainRecipe:
             "best.stage": result.best_stage,
         })
 
-    def _end_run(self) -> None:
+    def _end_run(self, objective: float) -> None:
         resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(self.config),
-                             run_id=self.tracker.run_id)
+                             run_id=self.tracker.run_id, objective=objective)
         self.tracker.end_run("FINISHED")
 
     def _finish_pretrain(self, result: LoopResult) -> RunOutcome:
@@ -481,5 +491,5 @@ class TrainRecipe:
         self.tracker.log_artifact(foundation)
         self.tracker.set_tags({"foundation": str(foundation.resolve())})
         publish_summary(self.tracker, pretrain_summary(result, foundation))
-        self._end_run()
+        self._end_run(last["probe_val_auroc"])
         return RunOutcome(last["probe_val_auroc"], {}, self.tracker.run_id, last["epoch"], last["stage"])

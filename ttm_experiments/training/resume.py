@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "last.pt"
 FORMAT = "ttm-experiments-resume/1"
+# what the stopped process recorded about its end: no longer true once the run continues (kept as `resumed.after`)
+STALE_TAGS = ("stop_reason", "failure")
 # keys that may change between the killed run and its resumption
 MAY_DIFFER = ("resume", "trainer.progress", "trainer.num_threads")
 
@@ -149,15 +151,20 @@ def save_epoch(path: Path, end: EpochEnd, *, config: dict[str, Any], stage_index
     })
 
 
-def mark_finished(path: Path, *, config: dict[str, Any], run_id: str, pruned: bool = False) -> None:
-    """A finished (or pruned) run keeps no resumable state (its results are in MLflow), only a marker."""
-    save_state(path, {"finished": True, "pruned": pruned, "config": config, "run_ids": {"parent": run_id}})
+def mark_finished(path: Path, *, config: dict[str, Any], run_id: str, pruned: bool = False,
+                  objective: float | None = None) -> None:
+    """A finished (or pruned) run keeps no resumable state (its results are in MLflow), only a marker with
+    what the run returned (an Optuna sweeper killed before it told the trial reads it from here)."""
+    save_state(path, {"finished": True, "pruned": pruned, "config": config, "run_ids": {"parent": run_id},
+                      "objective": objective})
 
 
 def continue_tracking(tracker, state: dict[str, Any]) -> None:
     """Re-attach the MLflow runs of the killed process and log the epoch it saved but did not log."""
     tracker.attach(state["run_ids"]["parent"], state["run_ids"]["stage"])
     tracker.set_tags({"resumed": "true"})
+    for rid in filter(None, (state["run_ids"]["parent"], state["run_ids"]["stage"])):
+        tracker.move_tags(STALE_TAGS, "resumed.after", run_id=rid)
     pending = state.get("pending")
     if pending and pending["metrics"]:
         # per run: a kill between the parent's write and the stage run's leaves only the stage run short
