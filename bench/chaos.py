@@ -333,7 +333,8 @@ def chaos(kill: Kill, ref: Reference, root: Path) -> Outcome:
         failed.append(f"not finished after {MAX_RERUNS} reruns (exit statuses {codes})")
     problems = failed + compare(ref.record, read_record(ref.cfg, root), ref.cfg)
     reruns = f"{len(codes)} rerun{'s' if len(codes) > 1 else ''}"
-    # a kill inside an atomic write leaves its temporary file (nothing reads it): said, not failed
+    # a kill inside an atomic write leaves its temporary file; the next write of that file (or the resumed run, in
+    # its own directory) removes it, so one still here is a defect of the cleanup: said, not failed
     left = sorted(p.name for p in root.rglob(".*.tmp"))
     litter = f"; {len(left)} temporary file{'s' if len(left) > 1 else ''} left ({', '.join(left)})" if left else ""
     if problems:

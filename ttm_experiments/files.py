@@ -1,17 +1,29 @@
 """Atomic writes: fill a temporary file or directory beside the target, fsync it, then ``os.replace``.
 
 Readers (a concurrent run, a resumed run, a later cache hit) see the old content or the new one, never half
-of it; a failed write leaves the old target as it was and no temporary behind.
+of it; a failed write leaves the old target as it was and no temporary behind. A writer killed by SIGKILL
+cannot remove its temporary file (`.<name>.<random>.tmp`): the writer holds a `flock` on it while writing, so
+the next write of the same target (and a resumed run, for its whole directory) deletes those no live writer
+holds.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 2.0  # younger temporaries are left alone (a writer between creating and locking its file)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 @contextmanager
@@ -19,16 +31,55 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to (``torch.save(obj, tmp)``, ``np.save(tmp, a)``, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     tmp = Path(name)
     try:
+        _lock(fd)  # held until the rename: marks the temporary as in use
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: Path, name: str = "*") -> list[Path]:
+    """Delete the temporary files of `atomic_file` for target `name` (any: "*") in `directory` that no live
+    writer holds (a writer killed mid-write); returns them."""
+    removed = []
+    for tmp in Path(directory).glob(f".{name}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:  # another process removed it first
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, *_NO_LOCKS):
+                raise
+            continue  # a live writer (or no locks here: cannot tell, left alone)
+        else:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d temporary file(s) left by a writer that was killed: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
+def _lock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:  # no locks on this filesystem: the temporary is unmarked, the write itself still atomic
+        if err.errno not in _NO_LOCKS:
+            raise
 
 
 @contextmanager

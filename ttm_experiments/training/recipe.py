@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ttm_experiments.config import spec as specs
+from ttm_experiments.files import remove_stale_temporaries
 from ttm_experiments.config.schema import TrainConfig, parse_metric
 from ttm_experiments.data.prepare import (
     RowView, Splits, check_windows, describe_splits, load_windows, split_subject_wise,
@@ -263,6 +264,7 @@ class TrainRecipe:
             return None
         state, path = found
         self.info.output_dir = path.parent
+        remove_stale_temporaries(path.parent)  # a kill inside a write of last.pt or best.pt left its temporary
         log.warning("RESUMING %s at stage %r, after epoch %d (MLflow run %s)", path, state["stage_name"],
                     state["epoch"], state["run_ids"]["parent"])
         return state

@@ -39,7 +39,7 @@ import torch
 
 from ttm_experiments import faults
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.files import atomic_file
+from ttm_experiments.files import atomic_file, remove_stale_temporaries
 from ttm_experiments.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ class StageCache:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ConfigError(f"paths.stage_cache_dir={self.root} is not writable. Fix: paths.stage_cache_dir="
                               "<a writable directory>, or trainer.stage_cache=false (every stage trains).")
+        for bucket in self.root.glob("??"):  # temporaries of writers killed mid-store (none held by a live one)
+            remove_stale_temporaries(bucket)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
