@@ -120,6 +120,48 @@ def test_bootstrap_interval_resamples_subjects_and_brackets_the_point_value():
     assert high_s - low_s > high_w - low_w
 
 
+def _sklearn_bootstrap(y, probs, subjects, n_boot, seed):
+    """The bootstrap as it was written first: one sklearn call per subject resample."""
+    k = probs.shape[1]
+    groups = np.unique(subjects)
+    members = [np.flatnonzero(subjects == g) for g in groups]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        index = np.concatenate([members[i] for i in rng.integers(0, len(groups), len(groups))])
+        if len(np.unique(y[index])) < k:
+            continue
+        p = probs[index]
+        values.append(roc_auc_score(y[index], p[:, 1]) if k == 2 else
+                      roc_auc_score(y[index], p, multi_class="ovr", average="macro", labels=list(range(k))))
+    return np.array(values)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_vectorised_bootstrap_equals_sklearn_on_every_resample(k):
+    """Subjects of different sizes, tied scores (rounded probabilities), resamples missing a class skipped."""
+    from ttm_experiments.metrics import bootstrap_auroc_ci, weighted_auroc
+
+    rng = np.random.default_rng(k)
+    subjects = np.repeat(np.arange(15), rng.integers(1, 12, 15))
+    n = len(subjects)
+    y = rng.integers(0, k - 1, n)
+    y[np.isin(subjects, [0, 1]) & (rng.random(n) < 0.6)] = k - 1  # the last class: only in subjects 0 and 1
+    logits = rng.normal(size=(n, k)) + np.eye(k)[y]
+    probs = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1)  # many ties
+    probs /= probs.sum(1, keepdims=True)
+    expected = _sklearn_bootstrap(y, probs, subjects, 400, 7)
+    assert 0 < len(expected) < 400  # some resamples lack a class
+    low, high = bootstrap_auroc_ci(y, probs, subjects, n_boot=400, seed=7)
+    assert (low, high) == pytest.approx((np.quantile(expected, 0.025), np.quantile(expected, 0.975)), abs=1e-12)
+    # and resample by resample, with weights: a window counted twice is two windows
+    w = rng.integers(0, 3, (5, n)).astype(float)
+    for row in w:
+        rep = np.repeat(np.arange(n), row.astype(int))
+        assert weighted_auroc(probs[:, 1], y == 1, row[None])[0] == pytest.approx(
+            roc_auc_score(y[rep] == 1, probs[rep, 1]), abs=1e-12)
+
+
 def test_bootstrap_interval_undefined_with_one_class():
     from ttm_experiments.metrics import bootstrap_auroc_ci
 
