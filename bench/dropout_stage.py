@@ -27,6 +27,7 @@ TARGET = 1.15
 def stage_seconds(runs: Path, cache: Path, dropout: float, epochs: int) -> float:
     from mlflow.tracking import MlflowClient
 
+    runs.parent.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).parent / "ttm-train"
     cmd = [str(exe), "schedule=full", f"trainer.max_epochs_per_stage={epochs}", f"backbone.dropout={dropout}",
            f"paths.runs_dir={runs}", f"paths.cache_dir={cache}", "trainer.progress=false", "experiment_name=dropout",
@@ -50,7 +51,6 @@ def measure(pairs: int, epochs: int) -> dict:
         for i in range(pairs):
             for p in ((0.2, 0.0) if i % 2 == 0 else (0.0, 0.2)):
                 runs = Path(tmp) / f"{i}-{p}" / "runs"
-                runs.parent.mkdir(parents=True)
                 times[p].append(stage_seconds(runs, cache, p, epochs))
                 print(f"pair {i + 1}/{pairs} dropout {p}: full stage {times[p][-1]:.1f} s", flush=True)
     ratio = statistics.median(a / b for a, b in zip(times[0.2], times[0.0]))
