@@ -250,10 +250,11 @@ def bench_stage_cache() -> list[dict]:
     same = found[True].keys() == found[False].keys() and all(found[True][j]["test"] == found[False][j]["test"]
                                                              for j in found[False])
     log(f"  uncached {walls[False]:.1f} s, cached {walls[True]:.1f} s; test metrics identical: {same}")
-    return [{"item": "12.2", "what": "8-job schedule=hybrid grid (last_n x lr, --quick sizes): cached vs uncached wall "
-             f"(issue 12: <= 0.55); test metrics identical: {'yes' if same else 'NO'}", "suite": walls[True],
+    return [{"item": "12.2", "what": "8-job schedule=hybrid grid (last_n x lr, --quick sizes): cached vs uncached wall; "
+             f"test metrics identical: {'yes' if same else 'NO'} (issue 12's <= 0.55 is for the default-size grid, "
+             "`python bench/stage_cache.py`: item 10)", "suite": walls[True],
              "reference": walls[False], "reference_name": "trainer.stage_cache=false", "ratio": walls[True] / walls[False],
-             "target": 0.55, "unit": "s", "lower_is_better": True}]
+             "target": None, "unit": "s", "lower_is_better": True}]
 
 
 def bench_compile(cfg: Config, device, store: Path, amp: bool = False, label: str = "",
