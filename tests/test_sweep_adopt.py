@@ -122,6 +122,9 @@ def test_a_trial_whose_sweeper_lives_is_left_to_it_and_taken_over_once_it_is_kil
                                 "search.adopt import TrialLocks; print(TrialLocks().take(0, Path(sys.argv[1])))",
                                 str(job_dir)], capture_output=True, text=True, timeout=60)
         assert other.stdout.strip() == "False", other.stderr
+        assert locks.held() == [0]
+        locks.release(0)
+        assert locks.held() == [] and locks.take(0, job_dir)  # released: free to take again
         locks.release_all()
     finally:
         holder.kill()

@@ -53,6 +53,9 @@ class TrialLocks:
         if fd is not None:
             os.close(fd)
 
+    def held(self) -> list[int]:
+        return sorted(self._fds)
+
     def release_all(self) -> None:
         for number in list(self._fds):
             self.release(number)

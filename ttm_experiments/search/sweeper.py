@@ -296,19 +296,22 @@ class OptunaSweeperImpl(Sweeper):
                          "" if new else " (another hydra.sweep.dir, e.g. the default new one, adds n_trials more)")
             job_idx = 0
             failures += self._finish_adopted(study, plan, study_run, [o for o in orphans if o.finished], asked)
+            for o in orphans:
+                if o.finished:
+                    locks.release(o.number)
             relaunch = [o for o in orphans if not o.finished]
             for i in range(0, len(relaunch), self.n_jobs):
                 batch = relaunch[i:i + self.n_jobs]
                 jobs = [(o.number, self._relaunch_overrides(o, plan)) for o in batch]
-                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked)
+                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked, locks=locks)
                 job_idx += len(batch)
             for i in range(0, new, self.n_jobs):
                 jobs = [self._ask_job(study, plan, study_run, locks) for _ in range(min(new - i, self.n_jobs))]
-                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked)
+                failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked, locks=locks)
                 job_idx += len(jobs)
         except BaseException as err:
             if _resumable(err):  # a graceful stop: the jobs saved their state; the same command resumes them
-                log.warning("trials %s stay RUNNING: rerun the same command to resume them", asked)
+                log.warning("trials %s stay RUNNING: rerun the same command to resume them", locks.held())
             else:
                 self._fail_running(study, plan.storage_url, asked)
             if study_run is not None:
@@ -373,7 +376,7 @@ class OptunaSweeperImpl(Sweeper):
         return failures
 
     def _run_batch(self, study, plan: "_Plan", study_run, jobs: list[tuple[int, list[str]]], *, job_idx: int,
-                   asked: list[int]) -> list[str]:
+                   asked: list[int], locks: TrialLocks) -> list[str]:
         """Launch a batch of trials' jobs together, record each; returns the failure messages."""
         numbers, overrides = [n for n, _ in jobs], [tuple(o) for _, o in jobs]
         asked += numbers
@@ -388,6 +391,8 @@ class OptunaSweeperImpl(Sweeper):
         failures = [self._record(study, number, ret, storage_url=plan.storage_url, launch_error=launch_error,
                                  metric=plan.metric, study_run=study_run)
                     for number, ret in zip(numbers, returns)]
+        for number in numbers:  # told: nothing left to adopt (one descriptor per trial in flight, not per study)
+            locks.release(number)
         return [f for f in failures if f]
 
     def _ask(self, study, storage_url: str, space: SearchSpace):
