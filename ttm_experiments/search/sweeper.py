@@ -295,10 +295,7 @@ class OptunaSweeperImpl(Sweeper):
                          plan.sweep_dir, before, plan.n_trials, new,
                          "" if new else " (another hydra.sweep.dir, e.g. the default new one, adds n_trials more)")
             job_idx = 0
-            failures += self._finish_adopted(study, plan, study_run, [o for o in orphans if o.finished], asked)
-            for o in orphans:
-                if o.finished:
-                    locks.release(o.number)
+            self._finish_adopted(study, plan, study_run, [o for o in orphans if o.finished], asked, locks)
             relaunch = [o for o in orphans if not o.finished]
             for i in range(0, len(relaunch), self.n_jobs):
                 batch = relaunch[i:i + self.n_jobs]
@@ -358,11 +355,11 @@ class OptunaSweeperImpl(Sweeper):
             return [*orphan.overrides, f"hydra.sweep.dir={quote(orphan.sweep_dir)}"]
         return list(orphan.overrides)
 
-    def _finish_adopted(self, study, plan: "_Plan", study_run, orphans: list[Orphan], asked: list[int]) -> list[str]:
+    def _finish_adopted(self, study, plan: "_Plan", study_run, orphans: list[Orphan], asked: list[int],
+                        locks: TrialLocks) -> None:
         """Adopted trials whose job had finished before its sweeper died: the study learns what they recorded."""
         import optuna
 
-        failures = []
         for o in orphans:
             state, value = o.finished  # type: ignore[misc]
             asked.append(o.number)
@@ -373,7 +370,7 @@ class OptunaSweeperImpl(Sweeper):
             tid = trial_id(plan.storage_url, study.study_name, o.number)
             self._log_trial(study, open_storage(plan.storage_url).get_trial(tid), failure=None, metric=plan.metric,
                             study_run=study_run)
-        return failures
+            locks.release(o.number)
 
     def _run_batch(self, study, plan: "_Plan", study_run, jobs: list[tuple[int, list[str]]], *, job_idx: int,
                    asked: list[int], locks: TrialLocks) -> list[str]:
