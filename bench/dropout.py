@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))  # the package, installed or not
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ttm_experiments.models.dropout import FastDropout, random_lanes, use_fast_dropout  # noqa: E402
+from ttm_experiments.models.dropout import FastDropout, keep_mask, use_fast_dropout  # noqa: E402
 
 VARIANTS = ("stock", "fast", "off")
 
@@ -151,6 +152,12 @@ def _torch_lanes(numel: int) -> torch.Tensor:
     return words.view(torch.int16)[:numel]
 
 
+def _sfc64_lanes(numel: int) -> torch.Tensor:
+    """Candidate (the previous choice): numpy's SFC64, seeded per call, cut into 16-bit lanes."""
+    bits = np.random.SFC64(int(torch.randint(0, 2**62, ())))
+    return torch.from_numpy(bits.random_raw((numel + 3) // 4).view(np.int16)[:numel])
+
+
 def bench_candidates(args) -> dict:
     """Per-call forward cost (ms) of each mask source on the largest dropout tensor of a ttm_1024 step.
 
@@ -171,7 +178,8 @@ def bench_candidates(args) -> dict:
         "mask: torch.rand_like(x) >= p": lambda: torch.rand_like(x).ge_(p).mul_(scale),
         "mask: torch int64 random_ (MT19937) -> 4 x 16-bit lanes": lambda: from_lanes(_torch_lanes(numel)),
         "mask: 32-bit hash of an index tensor (lowbias32) -> 2 lanes": lambda: from_lanes(_hash32(numel, key)),
-        "mask: numpy SFC64 -> 4 x 16-bit lanes (chosen)": lambda: from_lanes(random_lanes(shape)),
+        "mask: numpy SFC64 -> 4 x 16-bit lanes (the previous choice)": lambda: from_lanes(_sfc64_lanes(numel)),
+        "mask: numba Philox4x32-10 -> 8 x 16-bit lanes, one pass (chosen)": lambda: keep_mask(shape, p),
         "FastDropout forward (chosen mask + mul)": lambda: FastDropout(p)(x),
     }
     out = {}

@@ -4,21 +4,29 @@ On CPU, PyTorch's `F.dropout` draws one Bernoulli float per element (`bernoulli_
 divides the noise by 1-p and multiplies; in TinyTimeMixer's mixer MLPs that doubles a training step
 (issue 12). `FastDropout` keeps the stock semantics (each element kept independently with probability
 1-p and scaled by 1/(1-p); identity in evaluation mode or with p=0) and pays for little more than the
-multiply: each 64-bit random word gives four independent 16-bit lanes, and an element is kept when
-its lane is >= round(p * 65536). So the drop probability is p rounded to a multiple of 1/65536 (error
-<= 2**-17, e.g. 0.2 -> 13107/65536 = 0.1999969); outside [1/65536, 1 - 1/65536] the stock kernel runs
-instead, and so it does for tensors under `MIN_FAST_NUMEL` elements, where it is the cheaper one. The
-words come from numpy's SFC64 seeded per call from torch's generator (`random_lanes`), so
-`torch.manual_seed` and torch's RNG state decide every mask.
+multiply: one compiled pass (numba, `dropout_kernels`) writes the mask, and a plain `x * mask` does the
+rest (autograd saves the mask, as stock saves its noise; backward is `grad * mask` on torch's threads;
+in-place use, double backward and forward-mode AD work as for any mul).
 
-On a GPU (any device but the CPU) and under `torch.compile` it calls `F.dropout`, which is a fused
-kernel there. Masks are not the stock ones: a run with fast dropout is reproducible under the same
-seed, but not bit-identical to a run with `nn.Dropout` (other random numbers, like another seed).
+- **Random bits**: Philox4x32-10 (Salmon et al., SC'11; the counter-based generator of cuRAND and of
+  PyTorch's CUDA dropout), keyed per call with 160 bits drawn from torch's CPU generator (`draw_key`). So
+  `torch.manual_seed` and torch's RNG state decide every mask, `get_rng_state` / `set_rng_state` replay
+  them, numpy's state is untouched, and the masks do not depend on thread counts. Being counter-based,
+  the generator vectorises (four blocks at a time with AVX2), which numpy's and torch's sequential
+  generators cannot: the mask costs a third of what it cost from numpy's SFC64.
+- **Decision**: each 128-bit block gives eight independent 16-bit lanes; an element is kept when its lane
+  is >= k = round(p * 65536). So the drop probability is p rounded to a multiple of 1/65536 (error
+  <= 2**-17, e.g. 0.2 -> 13107/65536 = 0.1999969); outside [1/65536, 1 - 1/65536] the stock kernel runs
+  instead. Lane j of block i decides element j * ceil(n / 8) + i of the flattened tensor.
+
+Tensors under `MIN_FAST_NUMEL` elements, non-CPU devices (on a GPU `F.dropout` is a fused kernel) and
+`torch.compile` get `F.dropout`. Masks are not the stock ones: a run with fast dropout is reproducible
+under the same seed, but not bit-identical to a run with `nn.Dropout` (other random numbers, like
+another seed). numba compiles the kernel on first use and caches it next to `dropout_kernels.py` (or in
+numba's user cache where that is read-only): ~2 s once per dtype, milliseconds in later processes.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import torch
@@ -27,62 +35,57 @@ from torch import nn
 
 LANE_BITS = 16
 _LANES = 1 << LANE_BITS  # 65536: the resolution of p is 1/65536
-_LANES_PER_DRAW = 64 // LANE_BITS
-# below this many elements the stock kernel is cheaper: the fast path costs ~80 us a call in Python and
-# dispatch, F.dropout ~10 ns an element (crossover measured near 8k elements on 2 Xeon/EPYC cores)
+LANES_PER_BLOCK = 128 // LANE_BITS  # a Philox4x32 block: four 32-bit words, eight lanes (dropout_kernels)
+# below this many elements the stock kernel is cheaper (the fast path's fixed cost is Python, drawing
+# the key and numba's dispatch; F.dropout costs ~10 ns an element on 2 Xeon/EPYC cores)
 MIN_FAST_NUMEL = 8192
+_MAX_BLOCKS = 1 << 32  # the block index is Philox's first counter word
+_KERNEL_DTYPES = (torch.float32, torch.float64)  # other dtypes: a float32 mask, converted
 
 
-_local = threading.local()  # one bit generator per thread, reseeded on every call
+def kernels():
+    """The compiled kernels (`dropout_kernels`), imported on first use."""
+    from ttm_experiments.models import dropout_kernels
+
+    return dropout_kernels
 
 
-def random_lanes(shape: torch.Size, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A CPU int16 tensor of `shape`, independent uniform values, four from each 64-bit random word.
-
-    The words come from numpy's SFC64, seeded per call the way SFC64 seeds itself (three 64-bit words,
-    counter 1, twelve rounds discarded) with 192 bits drawn from `generator` (default: torch's global
-    CPU generator). So `torch.manual_seed` decides every mask, `torch.get_rng_state` / `set_rng_state`
-    replay them, and numpy's global state is untouched. SFC64 streams about twice as fast as torch's own
-    `random_` (Mersenne Twister, one call per element); setting the state of a kept generator costs
-    ~2 us where building one from a SeedSequence costs ~12 us (24 calls per ttm_1024 step).
-    """
-    seed = torch.empty(3, dtype=torch.int64).random_(-(2**63), None, generator=generator).numpy().view(np.uint64)
-    bits = getattr(_local, "sfc64", None)
-    if bits is None:
-        bits = _local.sfc64 = np.random.SFC64(0)
-    bits.state = {"bit_generator": "SFC64", "state": {"state": np.array([*seed, 1], dtype=np.uint64)},
-                  "has_uint32": 0, "uinteger": 0}
-    bits.random_raw(12, output=False)
-    numel = shape.numel()
-    words = bits.random_raw((numel + _LANES_PER_DRAW - 1) // _LANES_PER_DRAW)
-    # reshaped in numpy: a torch view costs more than this whole line on a small tensor
-    return torch.from_numpy(words.view(np.int16)[:numel].reshape(shape))
+def draw_key(generator: torch.Generator | None = None) -> tuple[np.uint32, ...]:
+    """Five 32-bit words for one call, (k0, k1, c1, c2, c3): Philox's key and the counter words above the
+    block index, from `generator` (default: torch's global CPU generator)."""
+    words = torch.empty(3, dtype=torch.int64).random_(-(2**63), None, generator=generator).numpy()
+    return tuple(words.view(np.uint32)[:5])
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """A CPU tensor of `shape` and `dtype`: 1/(1-p) where an element is kept, 0 where it is dropped.
 
-    Each element is kept independently with probability 1 - k/65536, k = round(p * 65536) (see
-    `random_lanes` for the randomness). `p` must lie in [1/65536, 1 - 1/65536].
+    Each element is kept independently with probability 1 - k/65536, k = round(p * 65536), from the
+    Philox stream of one key drawn from `generator` (see the module docstring). `p` must lie in
+    [1/65536, 1 - 1/65536].
     """
     k = round(p * _LANES)
     if not 0 < k < _LANES:
         raise ValueError(f"keep_mask needs p in [1/65536, 1 - 1/65536] (16-bit lanes), got p={p}")
-    lanes = random_lanes(shape, generator)
-    # a lane is uniform on [-32768, 32767], so P(lane >= k - 32768) = 1 - k/65536. The comparison writes
-    # its 1.0 / 0.0 straight into a float32 tensor (one pass; converting the lanes to float first and
-    # comparing in place was two, 17 % slower a call), unlike a bool mask times a float tensor (a casting
-    # loop, 4x slower); a float mask also makes backward one mul
-    mask = torch.empty(shape, dtype=torch.float32)
-    torch.ge(lanes, k - _LANES // 2, out=mask)
-    if dtype != torch.float32:
-        mask = mask.to(dtype)
-    return mask.mul_(1.0 / (1.0 - p))
+    numel = shape.numel()
+    blocks = -(-numel // LANES_PER_BLOCK)
+    if blocks > _MAX_BLOCKS:
+        raise ValueError(f"keep_mask draws at most {LANES_PER_BLOCK * _MAX_BLOCKS} elements a call, got {numel}")
+    kernel_dtype = dtype if dtype in _KERNEL_DTYPES else torch.float32
+    # the lanes of the last block that fall past the end are drawn too, into padding, so that the
+    # kernel's loop has no bounds to check (and LLVM vectorises it)
+    mask = torch.empty(blocks * LANES_PER_BLOCK, dtype=kernel_dtype)
+    scale = 1.0 / (1.0 - p)
+    kernels().mask_lanes(mask.numpy(), *draw_key(generator), np.uint32(k),
+                         np.float32(scale) if kernel_dtype == torch.float32 else np.float64(scale))
+    mask = mask[:numel].view(shape)
+    return mask if kernel_dtype == dtype else mask.to(dtype)
 
 
 def _fast_path(x: torch.Tensor, p: float) -> bool:
-    return (x.device.type == "cpu" and 0 < round(p * _LANES) < _LANES and x.numel() >= MIN_FAST_NUMEL
+    return (x.device.type == "cpu" and 0 < round(p * _LANES) < _LANES
+            and MIN_FAST_NUMEL <= x.numel() <= LANES_PER_BLOCK * _MAX_BLOCKS
             and not torch.compiler.is_compiling())
 
 
@@ -96,7 +99,8 @@ def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace
         return F.dropout(x, p, training, inplace)
     mask = keep_mask(x.shape, p, x.dtype)
     # a plain differentiable mul: autograd saves the mask (as stock saves its noise tensor), backward is
-    # grad * mask, and in-place use, double backward and forward-mode AD work as for any mul
+    # grad * mask on torch's threads, and in-place use, double backward and forward-mode AD work as for
+    # any mul
     return x.mul_(mask) if inplace else x.mul(mask)
 
 
