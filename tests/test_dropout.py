@@ -36,6 +36,35 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
+# Random123's published known-answer vectors for Philox4x32-10: (counter, key) -> output
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
+def test_the_generator_is_philox4x32_10(counter, key, expected):
+    assert tuple(int(w) for w in fd.kernels().philox4x32_10(*counter, *key)) == expected
+
+
+@pytest.mark.parametrize("numel", [8192, 8192 * 3 + 5])  # a multiple of 8, and one whose last block is padded
+def test_mask_is_the_philox_lanes_laid_out_as_documented(numel):
+    """Element e is lane e // g of block e % g (g = ceil(n / 8)), kept when the lane is >= round(p * 65536),
+    the block keyed by the five words drawn from torch's generator: pins the generator, the lanes, the
+    layout, the threshold and the source of the key together."""
+    p, gen = 0.3, torch.Generator().manual_seed(11)
+    k0, k1, c1, c2, c3 = fd.draw_key(torch.Generator().manual_seed(11))
+    mask = fd.keep_mask(torch.Size([numel]), p, generator=gen)
+    g = -(-numel // 8)
+    words = np.array([fd.kernels().philox4x32_10(i, c1, c2, c3, k0, k1) for i in range(g)], dtype=np.uint32)
+    lanes = words.view(np.uint16).T.reshape(-1)  # lane j of block i at j * g + i (little-endian halves)
+    expected = np.where(lanes[:numel] >= round(p * 65536), np.float32(1 / (1 - p)), np.float32(0))
+    assert mask.dtype == torch.float32 and np.array_equal(mask.numpy(), expected)
+
+
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
 def test_keep_rate_and_exact_scaling(p):
     torch.manual_seed(1)
@@ -63,8 +92,9 @@ def test_float64_scaling_is_exact():
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_neighbours_rows_and_channels_are_uncorrelated(p):
-    m = kept((64, 4, 64, 61), p)  # batch, channels, patches, features (odd last dim: words straddle rows)
-    for lag in range(1, 9):  # lags 1-3 include lanes of one 64-bit word
+    m = kept((64, 4, 64, 61), p)  # batch, channels, patches, features (odd last dim: blocks straddle rows)
+    g = -(-m.numel() // 8)  # the lanes of one Philox block lie g elements apart (j * g + i)
+    for lag in [*range(1, 9), g, 2 * g, 7 * g]:  # neighbours of a block and of its lanes
         flat = m.flatten()
         n = flat.numel() - lag
         assert abs(corr(flat[:-lag], flat[lag:])) <= Z / math.sqrt(n), lag
