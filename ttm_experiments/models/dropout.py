@@ -9,7 +9,7 @@ rest (autograd saves the mask, as stock saves its noise; backward is `grad * mas
 in-place use, double backward and forward-mode AD work as for any mul).
 
 - **Random bits**: Philox4x32-10 (Salmon et al., SC'11; the counter-based generator of cuRAND and of
-  PyTorch's CUDA dropout), keyed per call with 160 bits drawn from torch's CPU generator (`draw_key`). So
+  PyTorch's CUDA dropout), keyed per call with 160 bits drawn from torch's CPU generator (`draw_words`). So
   `torch.manual_seed` and torch's RNG state decide every mask, `get_rng_state` / `set_rng_state` replay
   them, numpy's state is untouched, and the masks do not depend on thread counts. Being counter-based,
   the generator vectorises (four blocks at a time with AVX2), which numpy's and torch's sequential
@@ -28,6 +28,8 @@ numba's user cache where that is read-only): ~2 s once per dtype, milliseconds i
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ _MAX_BLOCKS = 1 << 32  # the block index is Philox's first counter word
 _KERNEL_DTYPES = (torch.float32, torch.float64)  # other dtypes: a float32 mask, converted
 
 
+@functools.cache
 def kernels():
     """The compiled kernels (`dropout_kernels`), imported on first use."""
     from ttm_experiments.models import dropout_kernels
@@ -50,11 +53,11 @@ def kernels():
     return dropout_kernels
 
 
-def draw_key(generator: torch.Generator | None = None) -> tuple[np.uint32, ...]:
-    """Five 32-bit words for one call, (k0, k1, c1, c2, c3): Philox's key and the counter words above the
-    block index, from `generator` (default: torch's global CPU generator)."""
-    words = torch.empty(3, dtype=torch.int64).random_(-(2**63), None, generator=generator).numpy()
-    return tuple(words.view(np.uint32)[:5])
+def draw_words(generator: torch.Generator | None = None) -> np.ndarray:
+    """Three random int64 for one call from `generator` (default: torch's global CPU generator). Their
+    32-bit halves, low first, are Philox's key (k0, k1) and the counter words above the block index
+    (c1, c2, c3); the sixth half is unused."""
+    return torch.empty(3, dtype=torch.int64).random_(-(2**63), None, generator=generator).numpy()
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
@@ -69,17 +72,17 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
     if not 0 < k < _LANES:
         raise ValueError(f"keep_mask needs p in [1/65536, 1 - 1/65536] (16-bit lanes), got p={p}")
     numel = shape.numel()
-    blocks = -(-numel // LANES_PER_BLOCK)
-    if blocks > _MAX_BLOCKS:
+    padded = -(-numel // LANES_PER_BLOCK) * LANES_PER_BLOCK
+    if padded > LANES_PER_BLOCK * _MAX_BLOCKS:
         raise ValueError(f"keep_mask draws at most {LANES_PER_BLOCK * _MAX_BLOCKS} elements a call, got {numel}")
     kernel_dtype = dtype if dtype in _KERNEL_DTYPES else torch.float32
-    # the lanes of the last block that fall past the end are drawn too, into padding, so that the
-    # kernel's loop has no bounds to check (and LLVM vectorises it)
-    mask = torch.empty(blocks * LANES_PER_BLOCK, dtype=kernel_dtype)
-    scale = 1.0 / (1.0 - p)
-    kernels().mask_lanes(mask.numpy(), *draw_key(generator), np.uint32(k),
-                         np.float32(scale) if kernel_dtype == torch.float32 else np.float64(scale))
-    mask = mask[:numel].view(shape)
+    # the lanes of a last block that falls past the end are drawn too, into padding, so that the kernel's
+    # loop has no bounds to check (and LLVM vectorises it)
+    mask = torch.empty(shape if padded == numel else (padded,), dtype=kernel_dtype)
+    scale = (np.float32 if kernel_dtype == torch.float32 else np.float64)(1.0 / (1.0 - p))
+    kernels().mask_lanes(mask.numpy().reshape(-1), draw_words(generator), k, scale)
+    if padded != numel:
+        mask = mask[:numel].view(shape)
     return mask if kernel_dtype == dtype else mask.to(dtype)
 
 

@@ -1,7 +1,7 @@
 """The compiled kernels of `dropout.FastDropout` (numba), imported on first use: importing numba costs ~0.3 s.
 
 - `philox4x32_10(c0, c1, c2, c3, k0, k1)`: one Philox4x32-10 block (for the known-answer test);
-- `mask_lanes(mask, k0, k1, c1, c2, c3, threshold, scale)`: fills a flat float32 or float64 array with
+- `mask_lanes(mask, words, threshold, scale)`: fills a flat float32 or float64 array with
   the dropout mask, scale where an element is kept and 0 where it is dropped.
 
 Compiled on first use per dtype and cached next to this file (or in numba's user cache where that is
@@ -57,24 +57,29 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @jit
-def mask_lanes(mask, k0, k1, c1, c2, c3, threshold, scale):
+def mask_lanes(mask, words, threshold, scale):
     """mask[j * g + i] = scale if lane j of Philox block i >= threshold else 0, g = mask.size // 8.
 
-    mask.size must be a multiple of 8 (the caller pads): the loop then has no bounds to check, and LLVM
-    vectorises it (four blocks at a time with AVX2).
+    `words`: three int64 from torch's generator; their 32-bit halves, low first, are the key (k0, k1) and
+    the counter words above the block index (c1, c2, c3); the sixth half is unused. mask.size must be a
+    multiple of 8 (the caller pads): the loop then has no bounds to check, and LLVM vectorises it (four
+    blocks at a time with AVX2).
     """
+    w0, w1 = u64(words[0]), u64(words[1])
+    k0, k1, c1, c2, c3 = u32(w0), u32(w0 >> S32), u32(w1), u32(w1 >> S32), u32(u64(words[2]))
+    thr = u32(threshold)
     g = mask.size // LANES_PER_BLOCK
     zero = scale - scale
     for i in range(g):
         r0, r1, r2, r3 = _philox(u32(i), c1, c2, c3, k0, k1)
-        mask[i] = scale if (r0 & LANE_MASK) >= threshold else zero
-        mask[g + i] = scale if (r0 >> S16) >= threshold else zero
-        mask[2 * g + i] = scale if (r1 & LANE_MASK) >= threshold else zero
-        mask[3 * g + i] = scale if (r1 >> S16) >= threshold else zero
-        mask[4 * g + i] = scale if (r2 & LANE_MASK) >= threshold else zero
-        mask[5 * g + i] = scale if (r2 >> S16) >= threshold else zero
-        mask[6 * g + i] = scale if (r3 & LANE_MASK) >= threshold else zero
-        mask[7 * g + i] = scale if (r3 >> S16) >= threshold else zero
+        mask[i] = scale if (r0 & LANE_MASK) >= thr else zero
+        mask[g + i] = scale if (r0 >> S16) >= thr else zero
+        mask[2 * g + i] = scale if (r1 & LANE_MASK) >= thr else zero
+        mask[3 * g + i] = scale if (r1 >> S16) >= thr else zero
+        mask[4 * g + i] = scale if (r2 & LANE_MASK) >= thr else zero
+        mask[5 * g + i] = scale if (r2 >> S16) >= thr else zero
+        mask[6 * g + i] = scale if (r3 & LANE_MASK) >= thr else zero
+        mask[7 * g + i] = scale if (r3 >> S16) >= thr else zero
 
 
 @numba.njit(cache=True)

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 FORMAT = "ttm-experiments-stage-cache/1"
 # the sources whose code decides a stage's end state (reports, CLIs, the sweeper and serving do not)
 CODE = ("config", "data", "models", "training", "unfreeze.py", "metrics.py", "files.py")
-LIBRARIES = ("torch", "numpy", "granite-tsfm", "transformers", "scikit-learn", "scipy")
+# the libraries that compute (numba compiles the dropout masks: models/dropout_kernels.py)
+LIBRARIES = ("torch", "numpy", "numba", "granite-tsfm", "transformers", "scikit-learn", "scipy")
 # what torch.load raises on a truncated or foreign file
 UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 
