@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ttm_experiments.models import dropout as fd
@@ -75,8 +77,9 @@ def test_keep_rate_and_exact_scaling(p):
     assert abs(q - (1 - p)) <= 2**-17  # the resolution of p
     rate = keep.double().mean().item()
     assert abs(rate - q) <= Z * math.sqrt(q * (1 - q) / N), (rate, q)
-    # kept values scaled exactly by 1/(1-p) (the float32 product, as stock computes it), zeros elsewhere
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)
+    # kept values scaled by stock's own float32 scale (its noise value; for these p, 1 / float32(1 - p)), zeros
+    # elsewhere
+    scale = F.dropout(torch.ones(64), p, True).max()
     assert torch.equal(out[keep], x[keep] * scale)
     assert torch.equal(out[~keep], torch.zeros_like(out[~keep]))
 
@@ -203,6 +206,48 @@ def test_non_cpu_devices_dispatch_to_stock():
         out = FastDropout(0.2)(x)
     stock.assert_called_once()
     assert out.device.type == "meta" and out.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool])
+def test_integer_and_bool_inputs_are_refused_like_stock(dtype):
+    x = torch.ones(fd.MIN_FAST_NUMEL, dtype=dtype)  # a float mask cast to them would truncate 1/(1-p)
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        FastDropout(0.2)(x)
+
+
+def test_tracing_records_stock_dropout_and_the_default_device_is_ignored():
+    traced = torch.jit.trace(FastDropout(0.2), torch.ones(fd.MIN_FAST_NUMEL), check_trace=False)
+    assert "aten::dropout" in str(traced.graph)  # not an empty tensor the kernel would have filled
+    with torch.device("meta"):  # the mask and the key stay on the CPU, where the input is
+        out = FastDropout(0.2)(torch.ones(fd.MIN_FAST_NUMEL, device="cpu"))
+    assert out.device.type == "cpu" and (out == 0).any()
+
+
+def test_kernel_compiles_once_per_dtype_under_a_lock_in_numbas_cache_folder():
+    k = fd.kernels()
+    for dtype in (torch.float32, torch.float64):
+        fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL]), 0.2, dtype)
+        fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL + 3]), 0.2, dtype)  # padded: the same specialisation
+    kinds = sorted(str(sig[0].dtype) for sig in k.mask_lanes.signatures)
+    assert kinds == ["float32", "float64"]  # the calls used the signatures compiled under the lock
+    folder = k.mask_lanes._cache._cache_path
+    assert (Path(folder) / "dropout_kernels.lock").exists()
+
+
+def test_without_a_writable_numba_cache_the_kernel_compiles_with_a_warning(monkeypatch):
+    import numba.core.caching as caching
+
+    def unwritable(self):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(caching._CacheLocator, "ensure_cache_path", unwritable)
+
+    def double(a):
+        return a * 2
+
+    with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
+        kernel = fd.kernels().jit(double)
+    assert kernel(np.float32(2)) == 4
 
 
 def test_same_seed_same_masks_and_rng_state_replays():

@@ -13,18 +13,18 @@ in-place use, double backward and forward-mode AD work as for any mul).
   `torch.manual_seed` and torch's RNG state decide every mask, `get_rng_state` / `set_rng_state` replay
   them, numpy's state is untouched, and the masks do not depend on thread counts. Being counter-based,
   the generator vectorises (four blocks at a time with AVX2), which numpy's and torch's sequential
-  generators cannot: the mask costs ~40 % of what it cost from numpy's SFC64 (bench/dropout.py --candidates).
+  generators cannot (`bench/dropout.py --candidates` times the sources considered).
 - **Decision**: each 128-bit block gives eight independent 16-bit lanes; an element is kept when its lane
   is >= k = round(p * 65536). So the drop probability is p rounded to a multiple of 1/65536 (error
   <= 2**-17, e.g. 0.2 -> 13107/65536 = 0.1999969); outside [1/65536, 1 - 1/65536] the stock kernel runs
   instead. Lane j of block i decides element j * ceil(n / 8) + i of the flattened tensor.
 
-Tensors under `MIN_FAST_NUMEL` elements, non-CPU devices (on a GPU `F.dropout` is a fused kernel) and
-`torch.compile` get `F.dropout`. Masks are not the stock ones: a run with fast dropout is reproducible
-under the same seed, but not bit-identical to a run with `nn.Dropout` (other random numbers, like
-another seed). numba compiles the kernel on first use and caches it next to `dropout_kernels.py` (or in
-numba's user cache where that is read-only): ~2 s once per dtype; a later process pays ~0.3 s to
-import numba and ~0.5 s to load the cached kernel.
+Tensors under `MIN_FAST_NUMEL` elements, non-float tensors, non-CPU devices (on a GPU `F.dropout` is a
+fused kernel), `torch.compile` and `torch.jit.trace` get `F.dropout`. Masks are not the stock ones: a
+run with fast dropout is reproducible under the same seed, but not bit-identical to a run with
+`nn.Dropout` (other random numbers, like another seed). numba compiles the kernel on first use and
+caches it next to `dropout_kernels.py` (or in numba's user cache where that is read-only): ~2 s once per
+dtype; a later process pays ~0.3 s to import numba and ~0.5 s to load the cached kernel.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def draw_words(generator: torch.Generator | None = None) -> np.ndarray:
     """Three random int64 for one call from `generator` (default: torch's global CPU generator). Their
     32-bit halves, low first, are Philox's key (k0, k1) and the counter words above the block index
     (c1, c2, c3); the sixth half is unused."""
-    return torch.empty(3, dtype=torch.int64).random_(-(2**63), None, generator=generator).numpy()
+    return torch.empty(3, dtype=torch.int64, device="cpu").random_(-(2**63), None, generator=generator).numpy()
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
@@ -79,18 +79,25 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
     kernel_dtype = dtype if dtype in _KERNEL_DTYPES else torch.float32
     # the lanes of a last block that falls past the end are drawn too, into padding, so that the kernel's
     # loop has no bounds to check (and LLVM vectorises it)
-    mask = torch.empty(shape if padded == numel else (padded,), dtype=kernel_dtype)
-    scale = (np.float32 if kernel_dtype == torch.float32 else np.float64)(1.0 / (1.0 - p))
-    kernels().mask_lanes(mask.numpy().reshape(-1), draw_words(generator), k, scale)
+    mask = torch.empty(shape if padded == numel else (padded,), dtype=kernel_dtype, device="cpu")
+    # the scale as stock's noise.div_(1 - p) computes it, 1 / float32(1 - p) in float32 (equal to stock's noise
+    # value for 978 of the p in 0.001..0.999, one ulp off for the rest; float32(1 / (1 - p)): 762 of them)
+    if kernel_dtype == torch.float32:
+        scale = np.float32(1.0) / np.float32(1.0 - p)
+    else:
+        scale = np.float64(1.0 / (1.0 - p))
+    kernels().compiled(np.dtype(scale.dtype))(mask.numpy().reshape(-1), draw_words(generator), k, scale)
     if padded != numel:
         mask = mask[:numel].view(shape)
     return mask if kernel_dtype == dtype else mask.to(dtype)
 
 
 def _fast_path(x: torch.Tensor, p: float) -> bool:
-    return (x.device.type == "cpu" and 0 < round(p * _LANES) < _LANES
-            and MIN_FAST_NUMEL <= x.numel() <= LANES_PER_BLOCK * _MAX_BLOCKS
-            and not torch.compiler.is_compiling())
+    # floating point only: F.dropout refuses integer and bool tensors, and a mask cast to them would truncate
+    # the scale; tracing would record an empty tensor, not the kernel that fills it
+    return (not torch.jit.is_tracing() and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and x.is_floating_point() and 0 < round(p * _LANES) < _LANES
+            and MIN_FAST_NUMEL <= x.numel() <= LANES_PER_BLOCK * _MAX_BLOCKS)
 
 
 def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:

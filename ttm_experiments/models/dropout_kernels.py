@@ -4,16 +4,26 @@
 - `mask_lanes(mask, words, threshold, scale)`: fills a flat float32 or float64 array with
   the dropout mask, scale where an element is kept and 0 where it is dropped.
 
-Compiled on first use per dtype and cached next to this file (or in numba's user cache where that is
-read-only).
+Compiled on first use per dtype (`compiled(dtype)`) and cached next to this file, or in numba's user cache
+where that is read-only; where neither can be written, numba caches nothing and a warning says that each
+process compiles anew (~2 s; `NUMBA_CACHE_DIR` names a writable folder).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import warnings
+from pathlib import Path
 
 import numba
 import numpy as np
+
+from ttm_experiments import locks
+from ttm_experiments.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 LANES_PER_BLOCK = 8  # one Philox4x32 block: four 32-bit words, eight 16-bit lanes
 
@@ -21,7 +31,18 @@ u32, u64 = np.uint32, np.uint64
 M0, M1 = u64(0xD2511F53), u64(0xCD9E8D57)  # Philox4x32 multipliers
 W0, W1 = u32(0x9E3779B9), u32(0xBB67AE85)  # Weyl increments of the key
 S32, LANE_MASK, S16 = u64(32), u32(0xFFFF), u32(16)
-jit = functools.partial(numba.njit, cache=True, nogil=True, boundscheck=False)
+
+
+def jit(func):
+    """`numba.njit` with its disk cache; without one (no writable cache folder), with a warning."""
+    try:
+        return numba.njit(func, cache=True, nogil=True, boundscheck=False)
+    except RuntimeError as err:  # numba: "cannot cache function ...: no locator available for file ..."
+        if "no locator available" not in str(err):
+            raise
+        warnings.warn(f"numba cannot cache the dropout kernel ({err}): every process compiles it anew (~2 s). "
+                      f"Fix: set NUMBA_CACHE_DIR to a writable folder.", RuntimeWarning, stacklevel=2)
+        return numba.njit(func, cache=False, nogil=True, boundscheck=False)
 
 
 @numba.njit(inline="always")
@@ -85,3 +106,29 @@ def mask_lanes(mask, words, threshold, scale):
 @numba.njit(cache=True)
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return _philox(u32(c0), u32(c1), u32(c2), u32(c3), u32(k0), u32(k1))
+
+
+@functools.cache
+def compiled(dtype: np.dtype):
+    """`mask_lanes` compiled (or loaded from numba's cache) for a float mask of `dtype`, once per process.
+
+    numba's cache has no lock: two processes saving entries at once (float32 and float64, or one signature
+    on two CPU models sharing a checkout over NFS) can pick the same file name and leave the index pointing
+    at the other's code. So the first compile of each dtype holds a file lock in the cache folder, and a
+    process that comes second loads what the first saved.
+    """
+    signature = (numba.types.Array(numba.from_dtype(dtype), 1, "C"), numba.types.Array(numba.int64, 1, "C"),
+                 numba.int64, numba.from_dtype(dtype))
+    cache = getattr(mask_lanes, "_cache", None)
+    folder = getattr(cache, "_cache_path", None)
+    if folder is None or not os.access(folder, os.W_OK):
+        mask_lanes.compile(signature)
+        return mask_lanes
+    try:
+        with locks.file_lock(Path(folder) / "dropout_kernels", what=f"numba's cache {folder}",
+                             fix="set NUMBA_CACHE_DIR to a local folder", holding="compiles the dropout kernel"):
+            mask_lanes.compile(signature)
+    except StoreError as err:  # a filesystem without locks: compile unguarded, and say so
+        log.warning("%s; compiling the dropout kernel without the lock", err)
+        mask_lanes.compile(signature)
+    return mask_lanes
