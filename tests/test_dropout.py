@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import pickle
@@ -223,15 +224,32 @@ def test_tracing_records_stock_dropout_and_the_default_device_is_ignored():
     assert out.device.type == "cpu" and (out == 0).any()
 
 
-def test_kernel_compiles_once_per_dtype_under_a_lock_in_numbas_cache_folder():
+def test_kernel_compiles_once_per_dtype_under_a_lock_in_numbas_cache_folder(monkeypatch):
     k = fd.kernels()
-    for dtype in (torch.float32, torch.float64):
-        fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL]), 0.2, dtype)
-        fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL + 3]), 0.2, dtype)  # padded: the same specialisation
+    held = []  # (lock target, dtypes the kernel had while the lock was held)
+    real_lock = k.locks.file_lock
+
+    @contextlib.contextmanager
+    def spy(target, **kwargs):
+        with real_lock(target, **kwargs):
+            yield
+            held.append((Path(target), sorted(str(sig[0].dtype) for sig in k.mask_lanes.signatures)))
+
+    monkeypatch.setattr(k.locks, "file_lock", spy)
+    k.compiled.cache_clear()  # a fresh process: the first use of each dtype goes through the lock
+    try:
+        for dtype in (torch.float32, torch.float64):
+            for _ in range(2):
+                fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL]), 0.2, dtype)
+                fd.keep_mask(torch.Size([fd.MIN_FAST_NUMEL + 3]), 0.2, dtype)  # padded: the same specialisation
+    finally:
+        k.compiled.cache_clear()
+    folder = Path(k.mask_lanes._cache._cache_path)
+    # once per dtype, not per call, in numba's cache folder, with that dtype compiled inside the lock
+    assert [target for target, _ in held] == [folder / "dropout_kernels"] * 2
+    assert "float32" in held[0][1] and "float64" in held[1][1]
     kinds = sorted(str(sig[0].dtype) for sig in k.mask_lanes.signatures)
-    assert kinds == ["float32", "float64"]  # the calls used the signatures compiled under the lock
-    folder = k.mask_lanes._cache._cache_path
-    assert (Path(folder) / "dropout_kernels.lock").exists()
+    assert kinds == ["float32", "float64"]  # the calls used those signatures: nothing compiled outside the lock
 
 
 def test_without_a_writable_numba_cache_the_kernel_compiles_with_a_warning(monkeypatch):
