@@ -105,8 +105,9 @@ def test_quiet_mlflow_unless_verbose(monkeypatch):
 # -- a real 2-job multirun: names, datasets, system metrics, console ---------------------------------------------
 def test_multirun_names_datasets_system_metrics_and_quiet_output(runs_dir):
     cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "unfreeze.last_n=1,2",
-           "optim.lr=0.001", "tracking.log_system_metrics=true", f"paths.runs_dir={runs_dir}", "experiment_name=named"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
+           "optim.lr=0.001", "tracking.log_system_metrics=true", "tracking.system_metrics_interval_s=3600",
+           f"paths.runs_dir={runs_dir}", "experiment_name=named"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_LOGGING_LEVEL", None)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,8 +124,61 @@ def test_multirun_names_datasets_system_metrics_and_quiet_output(runs_dir):
     for parent in parents:
         names = {d.dataset.name for d in client.get_run(parent.info.run_id).inputs.dataset_inputs}
         assert names == {f"synthetic fold 0 {s}" for s in ("train", "val", "test")}
-        assert "system/cpu_utilization_percentage" in parent.data.metrics
+        # one sample when the job starts and one when it ends: no interval elapses in a smoke job
+        assert _system_steps(client.tracking_uri, parent.info.run_id) == [0, 1]
         assert "system/system_memory_usage_megabytes" in parent.data.metrics
+
+
+# -- system metrics: a sample when a run starts and when it ends, however short it is ---------------------------
+def _system_steps(uri: str, run_id: str) -> list[int]:
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "system/cpu_utilization_percentage")
+    return sorted(m.step for m in history)
+
+
+def test_a_run_shorter_than_the_interval_records_system_metrics_at_its_start_and_end(runs_dir):
+    from ttm_experiments.tracking import MlflowTracker
+
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    # an hour between samples: only the start and end samples can be there, whatever the machine's speed
+    tracker = MlflowTracker(uri, "sys", log_system_metrics=True, system_metrics_interval_s=3600)
+    run_id = tracker.start_run("short", {})
+    assert tracker._monitor.sampling_interval == 3600  # the config's interval, not MLflow's default
+    assert _system_steps(uri, run_id) == [0]  # written before start_run returns
+    tracker.end_run()
+    assert _system_steps(uri, run_id) == [0, 1]
+    metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    assert "system/system_memory_usage_megabytes" in metrics and "system/disk_usage_megabytes" in metrics
+
+    resumed = MlflowTracker(uri, "sys", log_system_metrics=True, system_metrics_interval_s=3600)
+    resumed.attach(run_id, None)  # a resumed run continues the steps of the stopped process
+    resumed.end_run()
+    assert _system_steps(uri, run_id) == [0, 1, 2, 3]
+
+
+def test_the_config_interval_wins_over_mlflows_environment_variable(runs_dir, monkeypatch):
+    from ttm_experiments.tracking import MlflowTracker
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.01")
+    tracker = MlflowTracker(f"sqlite:///{runs_dir}/mlflow.db", "sys", log_system_metrics=True,
+                            system_metrics_interval_s=3600)
+    tracker.start_run("env", {})
+    try:
+        assert tracker._monitor.sampling_interval == 3600
+    finally:
+        tracker.end_run()
+
+
+def test_system_metrics_are_off_by_default_and_the_interval_must_be_positive(runs_dir, smoke):
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.tracking import MlflowTracker
+
+    uri = f"sqlite:///{runs_dir}/mlflow.db"
+    tracker = MlflowTracker(uri, "sys")
+    run_id = tracker.start_run("off", {})
+    tracker.end_run()
+    assert _system_steps(uri, run_id) == []
+    with pytest.raises(ConfigError, match="tracking.system_metrics_interval_s=0.0 must be"):
+        to_config(smoke("tracking.system_metrics_interval_s=0"))
 
 
 # -- mixed precision ------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def artifact_root(uri: str) -> str | None:
 class MlflowTracker:
     """Parent run per `ttm-train` call, one nested run per stage; metrics go to both."""
 
-    def __init__(self, uri: str, experiment_name: str, *, log_system_metrics: bool = False):
+    def __init__(self, uri: str, experiment_name: str, *, log_system_metrics: bool = False,
+                 system_metrics_interval_s: float = 10.0):
         self.uri = uri
         self.experiment_name = experiment_name
         self.client, self.experiment_id = self._connect()
@@ -62,6 +63,7 @@ class MlflowTracker:
         self.stage_run_id: str | None = None
         self.resumed = False  # attach() continues runs of a stopped process
         self.log_system_metrics = log_system_metrics  # tracking.log_system_metrics: system/* on the parent run
+        self.system_metrics_interval_s = system_metrics_interval_s
         self._monitor = None
         self.last_stage_run_id: str | None = None  # the stage run opened last (still set after it ended)
         self.journal: list[tuple] | None = None  # while a cached stage runs: its calls, to replay on reuse
@@ -147,15 +149,26 @@ class MlflowTracker:
         return self.run_id
 
     def _start_monitor(self, *, resume: bool) -> None:
-        """MLflow's system metrics (CPU, memory, disk, network, GPU when present: `system/*`) on the parent run,
-        sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default) by a daemon thread."""
+        """MLflow's system metrics (CPU, memory, disk, network, GPU when present: `system/*`) on the parent run:
+        one sample now, one every `system_metrics_interval_s` seconds from a daemon thread, one when the run ends
+        (`end_run`), so a run shorter than the interval still records its start and end. A resumed run continues
+        the step count of the stopped process's samples."""
         if not self.log_system_metrics or self._monitor is not None:
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        # resume: continue the step count of the stopped process's system metrics
-        self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.uri)
-        self._monitor.start()
+        monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.uri)
+        # the config decides (MLflow would let MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL override the argument)
+        monitor.sampling_interval = self.system_metrics_interval_s
+        self._sample_system_metrics(monitor)
+        monitor.start()
+        self._monitor = monitor
+
+    def _sample_system_metrics(self, monitor: Any) -> None:
+        """One sample of every system metric, written at the monitor's next step before returning."""
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        _retry_locked(monitor.mlflow_logger.flush)
 
     def attach(self, run_id: str, stage_run_id: str | None) -> None:
         """Continue existing runs (resume): mark them RUNNING again instead of creating new ones."""
@@ -262,8 +275,9 @@ class MlflowTracker:
 
     def end_run(self, status: str = "FINISHED") -> None:
         self.end_stage(status)
-        if self._monitor is not None:  # its last samples are written before the run ends
+        if self._monitor is not None:  # the thread's samples, then a last one, are written before the run ends
             self._monitor.finish()
+            self._sample_system_metrics(self._monitor)
             self._monitor = None
         if self.run_id is not None:
             run_id = self.run_id

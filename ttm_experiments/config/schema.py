@@ -243,6 +243,8 @@ class TrainerConf:
 class TrackingConf:
     uri: str = "sqlite:///${paths.runs_dir}/mlflow.db"
     log_system_metrics: bool = False
+    # seconds between system-metric samples while a run lives; one more sample is taken when it starts and ends
+    system_metrics_interval_s: float = 10.0
     # a registered-model name: the run's MLflow model (its best checkpoint) becomes a new version of it
     register_model: Optional[str] = None
 

@@ -53,6 +53,7 @@ def validate(c: TrainConfig) -> None:
             "unset (it follows the backbone) or choose a backbone with that context length."
         )
     _positive("dataset.duration_s", c.dataset.duration_s)
+    _positive("tracking.system_metrics_interval_s", c.tracking.system_metrics_interval_s)
     if c.dataset.nonfinite not in ("error", "drop"):
         raise ConfigError(f"dataset.nonfinite={c.dataset.nonfinite!r} must be 'error' or 'drop'")
     if isinstance(c, InspectConfig) and c.inspect.format not in ("text", "json"):

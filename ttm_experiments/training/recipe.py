@@ -188,7 +188,8 @@ class TrainRecipe:
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         if track:
             self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
-                                         log_system_metrics=c.tracking.log_system_metrics)
+                                         log_system_metrics=c.tracking.log_system_metrics,
+                                         system_metrics_interval_s=c.tracking.system_metrics_interval_s)
         self.splits = load_splits(c)
         self.stages = plan_stages(c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr,
                                   max_epochs=c.trainer.max_epochs_per_stage)
