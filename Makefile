@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: predict setup train test test-slow sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
+.PHONY: predict setup train test test-slow lint format sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)  ## the fast test suite (a few minutes on 2 cores)
 
 test-slow: $(STAMP)  ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)  ## ruff: lint, import order and format check (config in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## ruff: fix import order and format in place
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
 
 sweep: $(STAMP)  ## the default grid: strategy (pattern vs the predecessor's depth rule) x unfreeze.last_n x optim.lr
 	$(BIN)/ttm-train -m unfreeze=pattern,depth unfreeze.on_empty=warn unfreeze.last_n=1,2,4 optim.lr=1e-4,1e-3 \

@@ -10,8 +10,8 @@ another folder.
 from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=find_namespace_packages(include=["ttm_experiments*", "hydra_plugins*"],
-                                     exclude=["*.__pycache__"]) + ["ttm_experiments.conf"],
+    packages=find_namespace_packages(include=["ttm_experiments*", "hydra_plugins*"], exclude=["*.__pycache__"])
+    + ["ttm_experiments.conf"],
     package_dir={"ttm_experiments.conf": "conf"},
     package_data={"ttm_experiments.conf": ["**/*.yaml"]},
     include_package_data=False,

@@ -9,8 +9,8 @@
 
 Everything that is compared runs in this one process, interleaved repeat by repeat (machines are noisy and
 absolute times drift), and the ratios are medians over the repeats of ratios measured side by side.
-Items (issue 7): 1 loop (suite vs bare loop), 2 hf (vs `transformers.Trainer`), 3 eval, compile (beyond the
-eager limit), 4 startup, 5 search, 6 scaling, 7 memory; dropout (issue 12: FastDropout vs stock nn.Dropout vs
+Items: 1 loop (suite vs bare loop), 2 hf (vs `transformers.Trainer`), 3 eval, compile (beyond the
+eager limit), 4 startup, 5 search, 6 scaling, 7 memory; dropout (FastDropout vs stock nn.Dropout vs
 dropout 0.0, bench/dropout.py's step). See workloads.py for exactly what each loop does.
 """
 
@@ -65,12 +65,21 @@ def machine(threads: int | None) -> dict:
 
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor() or cpu
-    info = {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "load_start": load_average()}
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_start": load_average(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -101,7 +110,9 @@ class Config:
 # ------------------------------------------------------------------------------------------------------
 
 
-def bench_loop(cfg: Config, device, store: Path, amp: bool = False, with_hf: bool = True, label: str = "") -> list[dict]:
+def bench_loop(
+    cfg: Config, device, store: Path, amp: bool = False, with_hf: bool = True, label: str = ""
+) -> list[dict]:
     """Items 1 and 2: bare loop, suite and transformers.Trainer on the same data, interleaved per repeat."""
     import workloads as w
 
@@ -135,32 +146,58 @@ def bench_loop(cfg: Config, device, store: Path, amp: bool = False, with_hf: boo
                 continue
             runs[what].append(t.samples_per_s)
             log(f"  {label}repeat {r + 1}/{cfg.repeats} {what:5s} {t.samples_per_s:8.1f} samples/s  ({t.wall_s:.1f} s)")
-        for what in (["bare_head", "suite_head"] if r % 2 == 0 else ["suite_head", "bare_head"]):
-            t = (w.run_bare(data, cfg.epochs, device, amp, scope="head") if what == "bare_head"
-                 else suite.run(data, cfg.epochs, device, amp, scope="head"))
+        for what in ["bare_head", "suite_head"] if r % 2 == 0 else ["suite_head", "bare_head"]:
+            t = (
+                w.run_bare(data, cfg.epochs, device, amp, scope="head")
+                if what == "bare_head"
+                else suite.run(data, cfg.epochs, device, amp, scope="head")
+            )
             runs[what].append(t.samples_per_s)
-            log(f"  {label}repeat {r + 1}/{cfg.repeats} {what:10s} {t.samples_per_s:8.1f} samples/s  ({t.wall_s:.1f} s)")
+            log(
+                f"  {label}repeat {r + 1}/{cfg.repeats} {what:10s} {t.samples_per_s:8.1f} samples/s  ({t.wall_s:.1f} s)"
+            )
     ratio = lambda a, b: median([x / y for x, y in zip(runs[a], runs[b])])
     shape = f"ttm_1024, batch 64, {cfg.n_train} train + {cfg.n_val} val windows, {cfg.epochs} epochs"
-    rows = [{
-        "item": "1", "what": f"{label}training, full stage ({shape})", "suite": median(runs["suite"]),
-        "reference": median(runs["bare"]), "reference_name": "bare loop", "ratio": ratio("suite", "bare"),
-        "target": 0.95, "unit": "samples/s",
-    }]
+    rows = [
+        {
+            "item": "1",
+            "what": f"{label}training, full stage ({shape})",
+            "suite": median(runs["suite"]),
+            "reference": median(runs["bare"]),
+            "reference_name": "bare loop",
+            "ratio": ratio("suite", "bare"),
+            "target": 0.95,
+            "unit": "samples/s",
+        }
+    ]
     if with_hf and runs["hf"]:
-        rows.append({
-            "item": "2", "what": f"{label}training vs transformers.Trainer (same model, data, epochs, eval per epoch, MLflow on)",
-            "suite": median(runs["suite"]), "reference": median(runs["hf"]), "reference_name": "transformers.Trainer",
-            "ratio": ratio("suite", "hf"), "target": 1.0, "unit": "samples/s",
-        })
+        rows.append(
+            {
+                "item": "2",
+                "what": f"{label}training vs transformers.Trainer "
+                "(same model, data, epochs, eval per epoch, MLflow on)",
+                "suite": median(runs["suite"]),
+                "reference": median(runs["hf"]),
+                "reference_name": "transformers.Trainer",
+                "ratio": ratio("suite", "hf"),
+                "target": 1.0,
+                "unit": "samples/s",
+            }
+        )
     if hf_missing:
         rows.append({"item": "2", "what": f"{label}training vs transformers.Trainer", "skipped": hf_missing})
-    rows.append({
-        "item": "1b", "what": f"{label}head-only stage (backbone frozen; suite caches its outputs, bare runs it per step)",
-        "suite": median(runs["suite_head"]), "reference": median(runs["bare_head"]),
-        "reference_name": "bare loop, frozen backbone", "ratio": ratio("suite_head", "bare_head"), "target": None,
-        "unit": "samples/s",
-    })
+    rows.append(
+        {
+            "item": "1b",
+            "what": f"{label}head-only stage (backbone frozen; suite caches its outputs, bare runs it per step)",
+            "suite": median(runs["suite_head"]),
+            "reference": median(runs["bare_head"]),
+            "reference_name": "bare loop, frozen backbone",
+            "ratio": ratio("suite_head", "bare_head"),
+            "target": None,
+            "unit": "samples/s",
+        }
+    )
     return rows
 
 
@@ -169,7 +206,11 @@ def _hf_missing() -> str:
     import importlib.util
 
     missing = [m for m in ("transformers", "accelerate") if importlib.util.find_spec(m) is None]
-    return f"{' and '.join(missing)} not installed (pip install -c requirements.lock {' '.join(missing)})" if missing else ""
+    return (
+        f"{' and '.join(missing)} not installed (pip install -c requirements.lock {' '.join(missing)})"
+        if missing
+        else ""
+    )
 
 
 def bench_eval(cfg: Config, device, store: Path, amp: bool = False, label: str = "") -> list[dict]:
@@ -183,20 +224,30 @@ def bench_eval(cfg: Config, device, store: Path, amp: bool = False, label: str =
     suite.evaluate(data, w.random_windows(256, 1024, 4), device, amp)
     bare, ours = [], []
     for r in range(cfg.repeats):
-        pair = [("bare", lambda: w.run_bare_eval(x, device, amp)), ("suite", lambda: suite.evaluate(data, x, device, amp))]
-        for what, fn in (pair if r % 2 == 0 else pair[::-1]):
+        pair = [
+            ("bare", lambda: w.run_bare_eval(x, device, amp)),
+            ("suite", lambda: suite.evaluate(data, x, device, amp)),
+        ]
+        for what, fn in pair if r % 2 == 0 else pair[::-1]:
             t = fn()
             (bare if what == "bare" else ours).append(t.samples_per_s)
             log(f"  {label}repeat {r + 1}/{cfg.repeats} eval {what:5s} {t.samples_per_s:8.1f} samples/s")
-    return [{
-        "item": "3", "what": f"{label}evaluation, {cfg.n_eval} windows, batch 256, inference mode (suite: + metrics, loss)",
-        "suite": median(ours), "reference": median(bare), "reference_name": "bare inference loop",
-        "ratio": median([a / b for a, b in zip(ours, bare)]), "target": 0.95, "unit": "samples/s",
-    }]
+    return [
+        {
+            "item": "3",
+            "what": f"{label}evaluation, {cfg.n_eval} windows, batch 256, inference mode (suite: + metrics, loss)",
+            "suite": median(ours),
+            "reference": median(bare),
+            "reference_name": "bare inference loop",
+            "ratio": median([a / b for a, b in zip(ours, bare)]),
+            "target": 0.95,
+            "unit": "samples/s",
+        }
+    ]
 
 
 def bench_dropout(cfg: Config, device) -> list[dict]:
-    """Issue 12: a ttm_1024 training step (batch 64) with FastDropout(0.2), stock nn.Dropout(0.2) and dropout 0.0,
+    """a ttm_1024 training step (batch 64) with FastDropout(0.2), stock nn.Dropout(0.2) and dropout 0.0,
     the three from the same weights side by side in this process (bench/dropout.py's measurement)."""
     import argparse as ap
 
@@ -204,9 +255,18 @@ def bench_dropout(cfg: Config, device) -> list[dict]:
     import workloads as w
 
     spec = w.TTM_1024
-    args = ap.Namespace(device=str(device), batch=64, context=spec.context_length, patch=spec.patch_length,
-                        d_model=spec.d_model, levels=spec.adaptive_patching_levels, layers=spec.num_layers,
-                        dropout=spec.dropout, repeats=3 if cfg.quick else 5, steps=3)
+    args = ap.Namespace(
+        device=str(device),
+        batch=64,
+        context=spec.context_length,
+        patch=spec.patch_length,
+        d_model=spec.d_model,
+        levels=spec.adaptive_patching_levels,
+        layers=spec.num_layers,
+        dropout=spec.dropout,
+        repeats=3 if cfg.quick else 5,
+        steps=3,
+    )
     result = dropout.bench_step(args)
     times = result["s_per_step_by_repeat"]
     rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
@@ -222,22 +282,43 @@ def bench_dropout(cfg: Config, device) -> list[dict]:
     stage = dropout_stage.measure(pairs, epochs)
     log(f"  full stage through the CLI: dropout 0.2 {stage['seconds']['0.2']} s, 0.0 {stage['seconds']['0.0']} s")
     return [
-        {"item": "12.1", "what": f"a whole `ttm-train schedule=full` stage ({epochs} epochs, MLflow stage run), "
-         f"{pairs} pairs: time with dropout 0.2 (FastDropout) / with 0.0 (issue 12: within 1.15x)",
-         "suite": statistics.median(stage["seconds"]["0.2"]), "reference": statistics.median(stage["seconds"]["0.0"]),
-         "reference_name": "backbone.dropout=0.0", "ratio": stage["ratio"], "target": 1.15, "unit": "s",
-         "lower_is_better": True},
-        {"item": "12.1", "what": f"{what}: FastDropout(0.2) vs dropout 0.0 (issue 12: within 1.15x, i.e. >= 0.87)",
-         "suite": rate["fast"], "reference": rate["off"], "reference_name": "dropout 0.0", "ratio": speed("fast", "off"),
-         "target": 0.87, "unit": "samples/s"},
-        {"item": "12.1", "what": f"{what}: FastDropout(0.2) vs stock nn.Dropout(0.2)", "suite": rate["fast"],
-         "reference": rate["stock"], "reference_name": "stock nn.Dropout", "ratio": speed("fast", "stock"),
-         "target": None, "unit": "samples/s"},
+        {
+            "item": "12.1",
+            "what": f"a whole `ttm-train schedule=full` stage ({epochs} epochs, MLflow stage run), "
+            f"{pairs} pairs: time with dropout 0.2 (FastDropout) / with 0.0 (target: within 1.15x)",
+            "suite": statistics.median(stage["seconds"]["0.2"]),
+            "reference": statistics.median(stage["seconds"]["0.0"]),
+            "reference_name": "backbone.dropout=0.0",
+            "ratio": stage["ratio"],
+            "target": 1.15,
+            "unit": "s",
+            "lower_is_better": True,
+        },
+        {
+            "item": "12.1",
+            "what": f"{what}: FastDropout(0.2) vs dropout 0.0 (target: within 1.15x, i.e. >= 0.87)",
+            "suite": rate["fast"],
+            "reference": rate["off"],
+            "reference_name": "dropout 0.0",
+            "ratio": speed("fast", "off"),
+            "target": 0.87,
+            "unit": "samples/s",
+        },
+        {
+            "item": "12.1",
+            "what": f"{what}: FastDropout(0.2) vs stock nn.Dropout(0.2)",
+            "suite": rate["fast"],
+            "reference": rate["stock"],
+            "reference_name": "stock nn.Dropout",
+            "ratio": speed("fast", "stock"),
+            "target": None,
+            "unit": "samples/s",
+        },
     ]
 
 
 def bench_stage_cache() -> list[dict]:
-    """Issue 12: an 8-job schedule=hybrid grid over unfreeze.last_n x optim.lr, uncached then cached, on the small
+    """an 8-job schedule=hybrid grid over unfreeze.last_n x optim.lr, uncached then cached, on the small
     grid of `bench/stage_cache.py --quick` (the default-size grid: `python bench/stage_cache.py`, ~25 min)."""
     import stage_cache as sc
 
@@ -247,18 +328,30 @@ def bench_stage_cache() -> list[dict]:
             runs = Path(tmp) / ("on" if cached else "off") / "runs"
             runs.parent.mkdir(parents=True)
             walls[cached], found[cached] = sc.run_grid(runs, cached, sc.QUICK)
-    same = found[True].keys() == found[False].keys() and all(found[True][j]["test"] == found[False][j]["test"]
-                                                             for j in found[False])
+    same = found[True].keys() == found[False].keys() and all(
+        found[True][j]["test"] == found[False][j]["test"] for j in found[False]
+    )
     log(f"  uncached {walls[False]:.1f} s, cached {walls[True]:.1f} s; test metrics identical: {same}")
-    return [{"item": "12.2", "what": "8-job schedule=hybrid grid (last_n x lr, --quick sizes): cached vs uncached wall; "
-             f"test metrics identical: {'yes' if same else 'NO'} (issue 12's <= 0.55 is for the default-size grid, "
-             "`python bench/stage_cache.py`: item 10)", "suite": walls[True],
-             "reference": walls[False], "reference_name": "trainer.stage_cache=false", "ratio": walls[True] / walls[False],
-             "target": None, "unit": "s", "lower_is_better": True}]
+    return [
+        {
+            "item": "12.2",
+            "what": "8-job schedule=hybrid grid (last_n x lr, --quick sizes): cached vs uncached wall; "
+            f"test metrics identical: {'yes' if same else 'NO'} (the target <= 0.55 is for the default-size grid, "
+            "`python bench/stage_cache.py`: item 10)",
+            "suite": walls[True],
+            "reference": walls[False],
+            "reference_name": "trainer.stage_cache=false",
+            "ratio": walls[True] / walls[False],
+            "target": None,
+            "unit": "s",
+            "lower_is_better": True,
+        }
+    ]
 
 
-def bench_compile(cfg: Config, device, store: Path, amp: bool = False, label: str = "",
-                  deadline: float | None = None) -> list[dict]:
+def bench_compile(
+    cfg: Config, device, store: Path, amp: bool = False, label: str = "", deadline: float | None = None
+) -> list[dict]:
     """Beyond the eager limit: torch.compile on the training and evaluation steps, against the eager bare loop.
 
     Sizes are multiples of the batch sizes (no ragged last batch: one graph for training, one for
@@ -271,10 +364,12 @@ def bench_compile(cfg: Config, device, store: Path, amp: bool = False, label: st
     epochs = cfg.epochs + 1
     suite = w.SuiteRunner(store, "bench-compile")
     out = {}
-    for what, fn in (("eager", lambda: w.run_bare(data, epochs, device, amp)),
-                     ("bare_compiled", lambda: w.run_bare(data, epochs, device, amp, compile=True)),
-                     ("suite_compiled", lambda: suite.run(data, epochs, device, amp, compile=True)),
-                     ("eager_again", lambda: w.run_bare(data, epochs, device, amp))):
+    for what, fn in (
+        ("eager", lambda: w.run_bare(data, epochs, device, amp)),
+        ("bare_compiled", lambda: w.run_bare(data, epochs, device, amp, compile=True)),
+        ("suite_compiled", lambda: suite.run(data, epochs, device, amp, compile=True)),
+        ("eager_again", lambda: w.run_bare(data, epochs, device, amp)),
+    ):
         if deadline is not None and time.perf_counter() > deadline:
             log(f"  {label}compile: {what} skipped (time budget)")
             continue
@@ -292,13 +387,20 @@ def bench_compile(cfg: Config, device, store: Path, amp: bool = False, label: st
     for key, name in (("bare_compiled", "bare loop, torch.compile"), ("suite_compiled", "suite, trainer.compile=true")):
         if key in out:
             t = out[key]
-            rows.append({
-                "item": "C", "what": f"{label}{name} (ttm_1024, batch 64, {n_train} windows; compile: first epoch "
-                                    f"{t.epoch_s[0]:.0f} s vs {out['eager'].epoch_s[0]:.0f} s eager)",
-                "suite": t.steady(n_train), "reference": eager, "reference_name": "eager bare loop",
-                "ratio": t.steady(n_train) / eager, "target": None, "unit": "samples/s",
-                "compile_first_epoch_s": t.epoch_s[0],
-            })
+            rows.append(
+                {
+                    "item": "C",
+                    "what": f"{label}{name} (ttm_1024, batch 64, {n_train} windows; compile: first epoch "
+                    f"{t.epoch_s[0]:.0f} s vs {out['eager'].epoch_s[0]:.0f} s eager)",
+                    "suite": t.steady(n_train),
+                    "reference": eager,
+                    "reference_name": "eager bare loop",
+                    "ratio": t.steady(n_train) / eager,
+                    "target": None,
+                    "unit": "samples/s",
+                    "compile_first_epoch_s": t.epoch_s[0],
+                }
+            )
     return rows
 
 
@@ -315,7 +417,7 @@ def _first_step(optimizer, args, kwargs):
 from torch.optim.optimizer import register_optimizer_step_post_hook
 register_optimizer_step_post_hook(_first_step)
 sys.argv = ["ttm-train", *sys.argv[1:]]
-from ttm_experiments.train import main
+from ttm_experiments.cli.train import main
 main()
 """
 
@@ -338,7 +440,7 @@ def _env() -> dict:
 
 def _script(name: str) -> list[str]:
     exe = Path(sys.executable).parent / name
-    module = {"ttm-train": "ttm_experiments.train", "ttm-inspect": "ttm_experiments.inspect"}[name]
+    module = {"ttm-train": "ttm_experiments.cli.train", "ttm-inspect": "ttm_experiments.cli.inspect_blocks"}[name]
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
@@ -364,8 +466,12 @@ def _run_measured(cmd: list[str], env: dict, timeout: float) -> tuple[float, flo
 
 
 def _train_overrides(runs: Path, threads: int | None) -> list[str]:
-    over = [f"paths.runs_dir={runs}", f"paths.cache_dir={ROOT / 'runs' / 'cache'}", "trainer.progress=false",
-            "experiment_name=bench"]
+    over = [
+        f"paths.runs_dir={runs}",
+        f"paths.cache_dir={ROOT / 'runs' / 'cache'}",
+        "trainer.progress=false",
+        "experiment_name=bench",
+    ]
     if threads:
         over.append(f"trainer.num_threads={threads}")
     return over
@@ -390,9 +496,16 @@ def bench_memory(cfg: Config, threads: int | None) -> list[dict]:
         log(out[-3000:])
         return [{"item": "7", "what": "make train peak RSS", "error": f"ttm-train exited {rc}"}]
     log(f"  ttm-train (1 epoch per stage): {wall:.1f} s, peak RSS {rss:.0f} MiB")
-    return [{"item": "7", "what": "peak RSS of `ttm-train trainer.max_epochs_per_stage=1` (make train's config: "
-             "ttm_1024, progressive, synthetic data; one epoch per stage)", "suite": rss, "unit": "MiB",
-             "wall_s": wall}]
+    return [
+        {
+            "item": "7",
+            "what": "peak RSS of `ttm-train trainer.max_epochs_per_stage=1` (make train's config: "
+            "ttm_1024, progressive, synthetic data; one epoch per stage)",
+            "suite": rss,
+            "unit": "MiB",
+            "wall_s": wall,
+        }
+    ]
 
 
 def bench_startup(cfg: Config, threads: int | None) -> list[dict]:
@@ -412,8 +525,15 @@ def bench_startup(cfg: Config, threads: int | None) -> list[dict]:
                 return [{"item": "4", "what": "start-up", "error": f"no training step (exit {rc})"}]
             firsts.append(float(match.group(1)) - t0)
             log(f"  first training step after {firsts[-1]:.1f} s")
-        rows.append({"item": "4", "what": "`ttm-train` (default config, cached data, existing MLflow store): "
-                     "process start to the end of the first optimizer step", "suite": median(firsts), "unit": "s"})
+        rows.append(
+            {
+                "item": "4",
+                "what": "`ttm-train` (default config, cached data, existing MLflow store): "
+                "process start to the end of the first optimizer step",
+                "suite": median(firsts),
+                "unit": "s",
+            }
+        )
         for name, args in (("ttm-train", ["--cfg", "job"]), ("ttm-inspect", [f"paths.runs_dir={runs}"])):
             walls = []
             for _ in range(cfg.startup_repeats):
@@ -421,20 +541,31 @@ def bench_startup(cfg: Config, threads: int | None) -> list[dict]:
                 if rc != 0:
                     log(out[-2000:])
                 walls.append(wall)
-            module = {"ttm-train": "ttm_experiments.train", "ttm-inspect": "ttm_experiments.inspect"}[name]
+            module = {"ttm-train": "ttm_experiments.cli.train", "ttm-inspect": "ttm_experiments.cli.inspect_blocks"}[
+                name
+            ]
             _, _, out, _ = _run_measured([sys.executable, "-c", _MODULES, module, *args], _env(), timeout=300)
             match = re.search(r"BENCH_MODULES (\S+)", out)
             modules = match.group(1).replace(",", ", ") if match else "?"
             log(f"  {name} {' '.join(args)}: {median(walls):.2f} s; heavy modules imported: {modules}")
             shown = f"{name} --cfg job" if name == "ttm-train" else name
-            rows.append({"item": "4", "what": f"`{shown}` wall time (heavy imports: {modules})", "suite": median(walls),
-                         "unit": "s"})
+            rows.append(
+                {
+                    "item": "4",
+                    "what": f"`{shown}` wall time (heavy imports: {modules})",
+                    "suite": median(walls),
+                    "unit": "s",
+                }
+            )
     return rows
 
 
 def bench_search(cfg: Config, threads: int | None) -> list[dict]:
     """Item 5: one Optuna study with the median pruner and one without, same space, seed and trial count."""
-    if not (ROOT / "ttm_experiments" / "search").is_dir() or not (ROOT / "hydra_plugins" / "ttm_optuna_sweeper").is_dir():
+    if (
+        not (ROOT / "ttm_experiments" / "search").is_dir()
+        or not (ROOT / "hydra_plugins" / "ttm_optuna_sweeper").is_dir()
+    ):
         log("  search: skipped, ttm_experiments/search or hydra_plugins/ttm_optuna_sweeper is missing")
         return [{"item": "5", "what": "search efficiency", "skipped": "the search package is not there"}]
     results = {}
@@ -442,31 +573,62 @@ def bench_search(cfg: Config, threads: int | None) -> list[dict]:
         runs = Path(tmp) / "runs"
         for pruned in (True, False):
             name = "bench-pruned" if pruned else "bench-unpruned"
-            pruner = (["hydra.sweeper.pruner.type=median", "hydra.sweeper.pruner.n_startup_trials=2",
-                       "hydra.sweeper.pruner.n_warmup_steps=2"] if pruned else ["hydra.sweeper.pruner=none"])
-            cmd = _script("ttm-train") + [
-                "-m", "hparams_search=unfreeze_lr", "debug=smoke", f"paths.runs_dir={runs}",
-                f"paths.cache_dir={ROOT / 'runs' / 'cache'}", "dataset.n_subjects=30", "dataset.windows_per_subject=20",
-                "trainer.max_epochs_per_stage=4", f"experiment_name={name}",
-                f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={cfg.search_trials}",
-                "hydra.sweeper.sampler.seed=0", "hydra.sweeper.sampler.n_startup_trials=3", *pruner,
-            ] + ([f"trainer.num_threads={threads}"] if threads else [])
+            pruner = (
+                [
+                    "hydra.sweeper.pruner.type=median",
+                    "hydra.sweeper.pruner.n_startup_trials=2",
+                    "hydra.sweeper.pruner.n_warmup_steps=2",
+                ]
+                if pruned
+                else ["hydra.sweeper.pruner=none"]
+            )
+            cmd = (
+                _script("ttm-train")
+                + [
+                    "-m",
+                    "hparams_search=unfreeze_lr",
+                    "debug=smoke",
+                    f"paths.runs_dir={runs}",
+                    f"paths.cache_dir={ROOT / 'runs' / 'cache'}",
+                    "dataset.n_subjects=30",
+                    "dataset.windows_per_subject=20",
+                    "trainer.max_epochs_per_stage=4",
+                    f"experiment_name={name}",
+                    f"hydra.sweeper.study_name={name}",
+                    f"hydra.sweeper.n_trials={cfg.search_trials}",
+                    "hydra.sweeper.sampler.seed=0",
+                    "hydra.sweeper.sampler.n_startup_trials=3",
+                    *pruner,
+                ]
+                + ([f"trainer.num_threads={threads}"] if threads else [])
+            )
             wall, _, out, rc = _run_measured(cmd, _env(), timeout=400)
             if rc != 0:
                 log(out[-3000:])
-                reason = f"`ttm-train -m hparams_search=unfreeze_lr` exited {rc}: {out.strip().splitlines()[-1][:200] if out.strip() else ''}"
+                last = out.strip().splitlines()[-1][:200] if out.strip() else ""
+                reason = f"`ttm-train -m hparams_search=unfreeze_lr` exited {rc}: {last}"
                 log(f"  search: skipped, {reason}")
                 return [{"item": "5", "what": "search efficiency", "skipped": reason}]
             results[name] = _study_summary(f"sqlite:///{runs}/optuna.db", name) | {"wall_s": wall}
             log(f"  {name}: {results[name]}")
     p, u = results["bench-pruned"], results["bench-unpruned"]
-    return [{"item": "5", "what": f"Optuna study `hparams_search=unfreeze_lr`, {cfg.search_trials} trials, debug=smoke "
-             f"(ttm_tiny) on 30 subjects x 20 windows, 4 epochs per stage (12 per trial), TPE seed 0: median pruner "
-             f"(after 2 complete trials, from epoch 3; {p['pruned']} trials pruned) vs none",
-             "suite": p["epochs"], "reference": u["epochs"], "reference_name": "epochs without pruning",
-             "ratio": p["epochs"] / u["epochs"] if u["epochs"] else float("nan"), "unit": "epochs trained",
-             "best_pruned": p["best"], "best_unpruned": u["best"], "wall_pruned_s": p["wall_s"],
-             "wall_unpruned_s": u["wall_s"]}]
+    return [
+        {
+            "item": "5",
+            "what": f"Optuna study `hparams_search=unfreeze_lr`, {cfg.search_trials} trials, debug=smoke "
+            f"(ttm_tiny) on 30 subjects x 20 windows, 4 epochs per stage (12 per trial), TPE seed 0: median pruner "
+            f"(after 2 complete trials, from epoch 3; {p['pruned']} trials pruned) vs none",
+            "suite": p["epochs"],
+            "reference": u["epochs"],
+            "reference_name": "epochs without pruning",
+            "ratio": p["epochs"] / u["epochs"] if u["epochs"] else float("nan"),
+            "unit": "epochs trained",
+            "best_pruned": p["best"],
+            "best_unpruned": u["best"],
+            "wall_pruned_s": p["wall_s"],
+            "wall_unpruned_s": u["wall_s"],
+        }
+    ]
 
 
 def _study_summary(storage: str, name: str) -> dict:
@@ -523,9 +685,11 @@ def bench_scaling(cfg: Config, threads: int | None) -> list[dict]:
                 continue
             res = json.loads(match.group(1))
             res["n"] = n
-            log(f"  {n:6d} windows: epoch {res['epoch_s']:.2f} s ({1000 * res['epoch_s'] / n:.2f} ms per window), "
+            log(
+                f"  {n:6d} windows: epoch {res['epoch_s']:.2f} s ({1000 * res['epoch_s'] / n:.2f} ms per window), "
                 f"peak RSS {res['peak_rss_mb']:.0f} MiB (anonymous {res['peak_anon_mb']:.0f}, of the data file "
-                f"{res['peak_data_mb']:.0f}), data {res['data_mb']:.0f} MiB")
+                f"{res['peak_data_mb']:.0f}), data {res['data_mb']:.0f} MiB"
+            )
             rows.append({"item": "6", **res})
     return rows
 
@@ -533,7 +697,6 @@ def bench_scaling(cfg: Config, threads: int | None) -> list[dict]:
 def scaling_worker(args) -> None:
     import numpy as np
     import torch
-
     import workloads as w
 
     if args.threads:
@@ -542,8 +705,13 @@ def scaling_worker(args) -> None:
     warnings.filterwarnings("ignore")
     train_path, val_path = args.paths
     train, val = (np.load(p, mmap_mode="r") for p in (train_path, val_path))
-    ws = lambda x, seed: w.WindowSet(x, (np.random.default_rng(seed).random(len(x)) < 0.21).astype(np.int64) | (
-        np.arange(len(x)) == 1), np.arange(len(x)), w.CLASS_NAMES, 12.8)
+    ws = lambda x, seed: w.WindowSet(
+        x,
+        (np.random.default_rng(seed).random(len(x)) < 0.21).astype(np.int64) | (np.arange(len(x)) == 1),
+        np.arange(len(x)),
+        w.CLASS_NAMES,
+        12.8,
+    )
     data = w.Data(ws(train, 0), ws(val, 1))
     suite = w.SuiteRunner(Path(args.store) / f"store-{len(train)}", "bench-scaling")
     peaks = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "data": 0}
@@ -559,21 +727,34 @@ def scaling_worker(args) -> None:
             peaks["data"] = max(peaks["data"], _mapped_rss_kb(data_files))
             stop.wait(0.05)
 
-    base = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-            if line.split(":")[0] in peaks}
+    base = {
+        line.split(":")[0]: int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.split(":")[0] in peaks
+    }
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t = suite.run(data, 1, torch.device("cpu"), spec=w.TTM_TINY)
     stop.set()
     sampler.join()
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM"))
-    print("BENCH_RESULT " + json.dumps({
-        "epoch_s": t.wall_s, "peak_rss_mb": hwm / 1024, "peak_anon_mb": peaks["RssAnon"] / 1024,
-        "peak_file_mb": peaks["RssFile"] / 1024, "base_rss_mb": base["VmRSS"] / 1024,
-        "peak_data_mb": peaks["data"] / 1024,
-        "data_mb": (train.nbytes + val.nbytes) / 2**20,
-    }), flush=True)
+    hwm = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
+    print(
+        "BENCH_RESULT "
+        + json.dumps(
+            {
+                "epoch_s": t.wall_s,
+                "peak_rss_mb": hwm / 1024,
+                "peak_anon_mb": peaks["RssAnon"] / 1024,
+                "peak_file_mb": peaks["RssFile"] / 1024,
+                "base_rss_mb": base["VmRSS"] / 1024,
+                "peak_data_mb": peaks["data"] / 1024,
+                "data_mb": (train.nbytes + val.nbytes) / 2**20,
+            }
+        ),
+        flush=True,
+    )
 
 
 def _mapped_rss_kb(files: set[str]) -> int:
@@ -604,14 +785,20 @@ def _fmt(v, unit: str = "") -> str:
 
 
 def render(rows: list[dict], info: dict, title: str, command: str) -> str:
-    lines = [f"### {title}", "",
-             f"Measured {info['date']} with `{command}` ({info.get('mode', 'full')} mode, {info['elapsed_s']:.0f} s).  ",
-             f"Machine: {info['nproc']} cores, {info['cpu']}" + (f", GPU {info['gpu']}" if info.get("gpu") else "")
-             + f"; torch {info['torch']}" + (f", transformers {info['transformers']}" if info.get("transformers") else "")
-             + f", Python {info['python']}; torch threads {info['torch_threads']}.  ",
-             f"Load average (1/5/15 min) at start: {info['load_start']}, at end: {info.get('load_end', 'n/a')}.", "",
-             "| # | measurement | suite | reference | suite / reference | target |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"### {title}",
+        "",
+        f"Measured {info['date']} with `{command}` ({info.get('mode', 'full')} mode, {info['elapsed_s']:.0f} s).  ",
+        f"Machine: {info['nproc']} cores, {info['cpu']}"
+        + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+        + f"; torch {info['torch']}"
+        + (f", transformers {info['transformers']}" if info.get("transformers") else "")
+        + f", Python {info['python']}; torch threads {info['torch_threads']}.  ",
+        f"Load average (1/5/15 min) at start: {info['load_start']}, at end: {info.get('load_end', 'n/a')}.",
+        "",
+        "| # | measurement | suite | reference | suite / reference | target |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         if r.get("item") == "6":
             continue
@@ -634,17 +821,24 @@ def render(rows: list[dict], info: dict, title: str, command: str) -> str:
         lines.append(f"| {r['item']} | {r['what']} | {suite} | {ref} | {ratio} | {target} |")
     scaling = [r for r in rows if r.get("item") == "6" and "error" not in r]
     if scaling:
-        lines += ["", "Scaling (item 6): one epoch of the suite's Trainer (train + validation of a quarter as many "
-                  "windows, ttm_tiny, batch 64, MLflow on) on memory-mapped windows (read-only `np.memmap`), one process "
-                  "per size, sampling itself every 50 ms: peak RSS, its anonymous part, and the resident pages of the "
-                  "data files (file-backed: the kernel drops them at will). Time should grow linearly and the "
-                  "anonymous memory stay flat.", "",
-                  "| windows | epoch | per 1k windows | peak RSS | peak anonymous (RssAnon) | resident pages of the data file | data on disk |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "Scaling (item 6): one epoch of the suite's Trainer (train + validation of a quarter as many "
+            "windows, ttm_tiny, batch 64, MLflow on) on memory-mapped windows (read-only `np.memmap`), one process "
+            "per size, sampling itself every 50 ms: peak RSS, its anonymous part, and the resident pages of the "
+            "data files (file-backed: the kernel drops them at will). Time should grow linearly and the "
+            "anonymous memory stay flat.",
+            "",
+            "| windows | epoch | per 1k windows | peak RSS | peak anonymous (RssAnon) "
+            "| resident pages of the data file | data on disk |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in scaling:
-            lines.append(f"| {r['n']:,} | {r['epoch_s']:.2f} s | {1000 * r['epoch_s'] / r['n']:.2f} s | "
-                         f"{r['peak_rss_mb']:.0f} MiB | {r['peak_anon_mb']:.0f} MiB | {r['peak_data_mb']:.0f} MiB | "
-                         f"{r['data_mb']:.0f} MiB |")
+            lines.append(
+                f"| {r['n']:,} | {r['epoch_s']:.2f} s | {1000 * r['epoch_s'] / r['n']:.2f} s | "
+                f"{r['peak_rss_mb']:.0f} MiB | {r['peak_anon_mb']:.0f} MiB | {r['peak_data_mb']:.0f} MiB | "
+                f"{r['data_mb']:.0f} MiB |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -653,7 +847,7 @@ def write_section(name: str, text: str) -> None:
     doc = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
     block = f"{begin}\n{text}{end}"
     if begin in doc and end in doc:
-        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(doc)
@@ -668,10 +862,16 @@ def print_rows(rows: list[dict]) -> None:
         if "ratio" in r and r.get("ratio") is not None:
             low = r.get("lower_is_better", False)
             met = r.get("target") is not None and (r["ratio"] <= r["target"] if low else r["ratio"] >= r["target"])
-            target = "" if r.get("target") is None else \
-                f"  (target {'<=' if low else '>='} {r['target']}: {'met' if met else 'NOT MET'})"
-            log(f"[{r['item']}] {r['what']}\n      suite {_fmt(r['suite'])} vs {r['reference_name']} {_fmt(r['reference'])}"
-                f"  ratio {r['ratio']:.3f}{target}")
+            target = (
+                ""
+                if r.get("target") is None
+                else f"  (target {'<=' if low else '>='} {r['target']}: {'met' if met else 'NOT MET'})"
+            )
+            log(
+                f"[{r['item']}] {r['what']}\n"
+                f"      suite {_fmt(r['suite'])} vs {r['reference_name']} {_fmt(r['reference'])}"
+                f"  ratio {r['ratio']:.3f}{target}"
+            )
         elif "suite" in r:
             log(f"[{r['item']}] {r['what']}: {_fmt(r['suite'], r.get('unit', ''))}")
         else:
@@ -699,12 +899,16 @@ def run_cpu(args) -> dict:
     cfg = Config(args.quick)
     items = args.items.split(",") if args.items else [i for i in ITEMS if not (args.quick and i == "compile")]
     info = machine(args.threads) | {"mode": "quick" if args.quick else "full"}
-    log(f"bench: {info['nproc']} cores ({info['cpu']}), torch {info['torch']}, {info['torch_threads']} threads, "
-        f"load {info['load_start']}; items {', '.join(items)}")
+    log(
+        f"bench: {info['nproc']} cores ({info['cpu']}), torch {info['torch']}, {info['torch_threads']} threads, "
+        f"load {info['load_start']}; items {', '.join(items)}"
+    )
     busy = float(info["load_start"].split()[0]) if info["load_start"] != "n/a" else 0.0
     if busy > 0.5 * (os.cpu_count() or 1) and info["torch_threads"] > 1:
-        log(f"warning: the machine is busy (load {busy:.1f} on {os.cpu_count()} cores): with {info['torch_threads']} "
-            "threads timings swing by 2x or more; --threads 1 is steadier (BENCHMARKS.md, Threads)")
+        log(
+            f"warning: the machine is busy (load {busy:.1f} on {os.cpu_count()} cores): with {info['torch_threads']} "
+            "threads timings swing by 2x or more; --threads 1 is steadier (BENCHMARKS.md, Threads)"
+        )
     device = torch.device("cpu")
     start = time.perf_counter()
     rows: list[dict] = []
@@ -747,8 +951,11 @@ def run_cpu(args) -> dict:
 
 def save_json(path: Path, info: dict, rows: list[dict], command: str, start: float) -> dict:
     """Written after every item, so that a run cut short (a time limit) still leaves what it measured."""
-    info |= {"elapsed_s": time.perf_counter() - start, "load_end": load_average(),
-             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    info |= {
+        "elapsed_s": time.perf_counter() - start,
+        "load_end": load_average(),
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
     result = {"machine": info, "rows": rows, "command": command}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
@@ -775,9 +982,12 @@ def run_gpu(args) -> dict:
     deadline = start + args.budget
     from workloads import mlflow_available  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-    info = machine(args.threads) | {"mode": "gpu" if device.type == "cuda" else "gpu script on CPU (dry run)",
-                                    "tracking": "MLflow (SQLite)" if mlflow_available() else
-                                    "none: MLflow is not installed on this machine, both loops run untracked"}
+    info = machine(args.threads) | {
+        "mode": "gpu" if device.type == "cuda" else "gpu script on CPU (dry run)",
+        "tracking": "MLflow (SQLite)"
+        if mlflow_available()
+        else "none: MLflow is not installed on this machine, both loops run untracked",
+    }
     log(f"bench --gpu on {info.get('gpu', 'CPU')}: torch {info['torch']}; budget {args.budget:.0f} s")
     out = Path(args.json) if args.json else Path(os.environ.get("OUT") or ROOT / "runs" / "bench") / "gpu_bench.json"
     rows: list[dict] = []
@@ -810,15 +1020,19 @@ def run_gpu(args) -> dict:
 
 def merge_gpu(path: str) -> None:
     result = json.loads(Path(path).read_text())
-    write_section("bench:gpu", render(result["rows"], result["machine"], f"GPU ({result['machine'].get('gpu', 'none')})",
-                                      result["command"]))
+    write_section(
+        "bench:gpu",
+        render(result["rows"], result["machine"], f"GPU ({result['machine'].get('gpu', 'none')})", result["command"]),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller data, no compile, no 64k")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--items", default="", help=f"comma-separated subset of {','.join(ITEMS)} (BENCHMARKS.md untouched)")
+    parser.add_argument(
+        "--items", default="", help=f"comma-separated subset of {','.join(ITEMS)} (BENCHMARKS.md untouched)"
+    )
     parser.add_argument("--json", default="", help="where the results go (default runs/bench/<mode>_bench.json)")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--gpu", action="store_true", help="items 1-3 on CUDA with and without bf16 autocast")

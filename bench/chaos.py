@@ -1,4 +1,4 @@
-"""Chaos test (issue 15): SIGKILL runs at random points, resume each by rerunning its command, compare with an
+"""Chaos test: SIGKILL runs at random points, resume each by rerunning its command, compare with an
 uninterrupted reference of the same config.
 
     python bench/chaos.py                              # 20 kills, random seed (printed) (make chaos)
@@ -8,7 +8,7 @@ uninterrupted reference of the same config.
 Configs: `hybrid` (schedule=hybrid, tiny: both self-supervised stages, then head, partial and full, 2 epochs
 each, 2-3 optimizer steps per epoch) and `optuna` (`-m hparams_search=unfreeze_lr hydra.sweeper.n_trials=2`,
 debug=smoke). Each config's reference runs once, uninterrupted, with `TTM_FAULT=count:<file>`
-(ttm_experiments/faults.py): the file lists every kill point the config reaches, in order, and the kills are
+(ttm_experiments/utils/faults.py): the file lists every kill point the config reaches, in order, and the kills are
 drawn from it: first one per stage of the hybrid run (its steps and epoch ends), one inside a checkpoint write,
 one in MLflow logging, one inside an Optuna trial (asked, not told) and one inside a trial's job, one in a
 stage-cache write when the stage cache is there; the rest at random. A kill runs the config's command in a
@@ -45,14 +45,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ttm_experiments.faults import ENV as FAULT_ENV, POINTS  # noqa: E402
 from ttm_experiments.training.signals import RESUMABLE  # noqa: E402
+from ttm_experiments.utils.faults import ENV as FAULT_ENV  # noqa: E402
+from ttm_experiments.utils.faults import POINTS  # noqa: E402
 
 # one thread per process: references and kills run side by side (--jobs) and must compute the same floats
-ENV = {**{k: v for k, v in os.environ.items() if k != FAULT_ENV}, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-       "OMP_NUM_THREADS": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
-TINY = ["debug=smoke", "trainer.num_threads=1", "trainer.max_batches=2", "dataset.windows_per_subject=4",
-        "optim.batch_size=8"]
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != FAULT_ENV},
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "OMP_NUM_THREADS": "1",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+}
+TINY = [
+    "debug=smoke",
+    "trainer.num_threads=1",
+    "trainer.max_batches=2",
+    "dataset.windows_per_subject=4",
+    "optim.batch_size=8",
+]
 MAX_RERUNS = 3
 EPOCH_POINTS = ("epoch.supervised", "epoch.ssl")
 
@@ -66,8 +77,17 @@ class Config:
 
     def command(self, root: Path) -> list[str]:
         where = f"hydra.sweep.dir={root / 'sweep'}" if self.multirun else f"hydra.run.dir={root / 'out'}"
-        return [sys.executable, "-m", "ttm_experiments.train", *(["-m"] if self.multirun else []), *TINY,
-                *self.overrides, f"paths.runs_dir={root / 'runs'}", where, f"experiment_name=chaos-{self.name}"]
+        return [
+            sys.executable,
+            "-m",
+            "ttm_experiments.cli.train",
+            *(["-m"] if self.multirun else []),
+            *TINY,
+            *self.overrides,
+            f"paths.runs_dir={root / 'runs'}",
+            where,
+            f"experiment_name=chaos-{self.name}",
+        ]
 
 
 CONFIGS = {
@@ -116,16 +136,22 @@ def read_record(cfg: Config, root: Path) -> Record:
             rec.problems.append(f"two MLflow parent runs for {key}")
             continue
         stages: dict[str, dict] = {}
-        for child in (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                      and "stage" in r.data.tags):
+        for child in (
+            r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and "stage" in r.data.tags
+        ):
             name = child.data.tags["stage"]
             if name in stages:
                 rec.problems.append(f"{key}: two stage runs '{name}'")
                 continue
-            stages[name] = {"status": child.info.status,
-                            "metrics": _histories(client, child, f"{key} stage {name}", rec.problems)}
-        rec.runs[key] = {"status": parent.info.status, "metrics": _histories(client, parent, key, rec.problems),
-                         "stages": stages}
+            stages[name] = {
+                "status": child.info.status,
+                "metrics": _histories(client, child, f"{key} stage {name}", rec.problems),
+            }
+        rec.runs[key] = {
+            "status": parent.info.status,
+            "metrics": _histories(client, parent, key, rec.problems),
+            "stages": stages,
+        }
     if cfg.multirun:
         import optuna
 
@@ -181,8 +207,10 @@ def compare(ref: Record, got: Record, cfg: Config) -> list[str]:
         for number in sorted(set(ref.trials) | set(got.trials)):
             r, g = ref.trials.get(number), got.trials.get(number)
             if r != g:
-                out.append(f"trial {number}: {g[0] + ' ' + str(g[1]) if g else 'missing'}"
-                           f"{' ' + str(g[2]) if g else ''}, reference {r[0] + ' ' + str(r[1]) if r else 'none'}")
+                out.append(
+                    f"trial {number}: {g[0] + ' ' + str(g[1]) if g else 'missing'}"
+                    f"{' ' + str(g[2]) if g else ''}, reference {r[0] + ' ' + str(r[1]) if r else 'none'}"
+                )
         if any(s != "FINISHED" for s in got.study_runs) or len(got.study_runs) != len(ref.study_runs):
             out.append(f"MLflow study runs {got.study_runs}, reference {ref.study_runs}")
     return out
@@ -218,7 +246,7 @@ def reference(cfg: Config, root: Path) -> Reference:
     events = events_file.read_text().split()
     unknown = set(events) - set(POINTS)
     if unknown:
-        raise RuntimeError(f"{cfg.name}: points {unknown} are not in ttm_experiments.faults.POINTS")
+        raise RuntimeError(f"{cfg.name}: points {unknown} are not in ttm_experiments.utils.faults.POINTS")
     ref = Reference(cfg, read_record(cfg, root), events, time.perf_counter() - t0)
     if ref.record.problems:
         raise RuntimeError(f"the reference of {cfg.name} itself has problems: {ref.record.problems}")
@@ -276,11 +304,13 @@ def choose(refs: dict[str, Reference], count: int, rng: random.Random) -> list[K
     if "hybrid" in refs:
         hybrid = [k for k in pool if k.config == "hybrid" and k.stage is not None]
         groups += [[k for k in hybrid if k.stage == stage] for stage in dict.fromkeys(k.stage for k in hybrid)]
-    groups += [[k for k in pool if k.point == "checkpoint.write"],
-               [k for k in pool if k.point == "mlflow.log"],
-               [k for k in pool if k.point == "optuna.trial"],
-               [k for k in pool if k.config == "optuna" and k.stage is not None],  # inside a trial's job
-               [k for k in pool if k.point == "stage_cache.write"]]
+    groups += [
+        [k for k in pool if k.point == "checkpoint.write"],
+        [k for k in pool if k.point == "mlflow.log"],
+        [k for k in pool if k.point == "optuna.trial"],
+        [k for k in pool if k.config == "optuna" and k.stage is not None],  # inside a trial's job
+        [k for k in pool if k.point == "stage_cache.write"],
+    ]
     groups = [g for g in groups if g]
     rng.shuffle(groups)
     chosen: list[Kill] = []
@@ -350,8 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--jobs", type=int, default=2, help="scenarios run side by side (one thread each)")
     parser.add_argument("--keep", help="write below this directory (kept) instead of a temporary one")
-    parser.add_argument("--kill", action="append", default=[], metavar="CONFIG:POINT:N",
-                        help="these kills instead of random ones (repeatable), e.g. hybrid:step:8")
+    parser.add_argument(
+        "--kill",
+        action="append",
+        default=[],
+        metavar="CONFIG:POINT:N",
+        help="these kills instead of random ones (repeatable), e.g. hybrid:step:8",
+    )
     args = parser.parse_args(argv)
     names = args.configs.split(",")
     if args.kill:  # only the configs the named kills need
@@ -362,28 +397,41 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     root = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="ttm-chaos-"))
     t0 = time.perf_counter()
-    print(f"chaos: {len(args.kill) or args.kills} kills, seed {seed}, configs {names}, {args.jobs} at a time, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, below {root}", flush=True)
+    print(
+        f"chaos: {len(args.kill) or args.kills} kills, seed {seed}, configs {names}, {args.jobs} at a time, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, below {root}",
+        flush=True,
+    )
     with ThreadPoolExecutor(args.jobs) as pool:
         refs = dict(zip(names, pool.map(lambda n: reference(CONFIGS[n], root / n / "reference"), names)))
         for name, ref in refs.items():
-            print(f"reference {name}: {len(ref.events)} kill points ({dict(Counter(ref.events))}), "
-                  f"{ref.seconds:.0f} s", flush=True)
+            print(
+                f"reference {name}: {len(ref.events)} kill points ({dict(Counter(ref.events))}), {ref.seconds:.0f} s",
+                flush=True,
+            )
         kills = named(refs, args.kill) if args.kill else choose(refs, args.kills, random.Random(seed))
-        futures = [pool.submit(chaos, k, refs[k.config], root / k.config / f"kill-{i:02d}")
-                   for i, k in enumerate(kills)]
+        futures = [
+            pool.submit(chaos, k, refs[k.config], root / k.config / f"kill-{i:02d}") for i, k in enumerate(kills)
+        ]
         outcomes = []
         for i, future in enumerate(futures):
             o = future.result()
             outcomes.append(o)
-            print(f"[{i + 1:2d}/{len(kills)}] {o.kill.config:7s} {o.kill.fault:20s} {o.kill.where:30s} "
-                  f"{'OK  ' if o.ok else 'FAIL'} {o.seconds:4.0f} s  {o.detail}", flush=True)
+            print(
+                f"[{i + 1:2d}/{len(kills)}] {o.kill.config:7s} {o.kill.fault:20s} {o.kill.where:30s} "
+                f"{'OK  ' if o.ok else 'FAIL'} {o.seconds:4.0f} s  {o.detail}",
+                flush=True,
+            )
     survived = sum(o.ok for o in outcomes)
-    per = {n: f"{sum(o.ok for o in outcomes if o.kill.config == n)}/{sum(o.kill.config == n for o in outcomes)}"
-           for n in names}
-    print(f"kills survived: {survived}/{len(outcomes)}  ({', '.join(f'{n} {v}' for n, v in per.items())})  seed {seed}"
-          f"  wall {time.perf_counter() - t0:.0f} s  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
-          flush=True)
+    per = {
+        n: f"{sum(o.ok for o in outcomes if o.kill.config == n)}/{sum(o.kill.config == n for o in outcomes)}"
+        for n in names
+    }
+    print(
+        f"kills survived: {survived}/{len(outcomes)}  ({', '.join(f'{n} {v}' for n, v in per.items())})  seed {seed}"
+        f"  wall {time.perf_counter() - t0:.0f} s  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     if survived == len(outcomes) and not args.keep:
         shutil.rmtree(root)
     elif survived < len(outcomes):

@@ -41,15 +41,25 @@ VARIANTS = ("stock", "fast", "off")
 class StepModel(nn.Module):
     """TTM backbone + a linear head on the mean-pooled patches."""
 
-    def __init__(self, context: int, patch: int, d_model: int, levels: int, layers: int, dropout: float,
-                 num_classes: int = 2):
+    def __init__(
+        self, context: int, patch: int, d_model: int, levels: int, layers: int, dropout: float, num_classes: int = 2
+    ):
         super().__init__()
         from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerModel
 
-        config = TinyTimeMixerConfig(context_length=context, patch_length=patch, patch_stride=patch,
-                                     num_input_channels=1, d_model=d_model, num_layers=layers,
-                                     adaptive_patching_levels=levels, expansion_factor=2, dropout=dropout,
-                                     scaling="std", mode="common_channel")
+        config = TinyTimeMixerConfig(
+            context_length=context,
+            patch_length=patch,
+            patch_stride=patch,
+            num_input_channels=1,
+            d_model=d_model,
+            num_layers=layers,
+            adaptive_patching_levels=levels,
+            expansion_factor=2,
+            dropout=dropout,
+            scaling="std",
+            mode="common_channel",
+        )
         self.backbone = TinyTimeMixerModel(config)
         self.head = nn.Linear(d_model, num_classes)
 
@@ -66,8 +76,11 @@ def make_variants(args) -> dict[str, StepModel]:
     for m in off.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    print(f"dropout modules: {n} swapped to FastDropout; F.dropout calls in TTM's code: only in "
-          f"self-attention (config.self_attn={stock.backbone.config.self_attn})", flush=True)
+    print(
+        f"dropout modules: {n} swapped to FastDropout; F.dropout calls in TTM's code: only in "
+        f"self-attention (config.self_attn={stock.backbone.config.self_attn})",
+        flush=True,
+    )
     return {"stock": stock, "fast": fast, "off": off}
 
 
@@ -118,7 +131,7 @@ def bench_step(args) -> dict:
     wall = {name: [] for name in VARIANTS}
     cpu = {name: [] for name in VARIANTS}
     for rep in range(args.repeats):
-        order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # each variant runs first, second, third in turn
+        order = VARIANTS[rep % 3 :] + VARIANTS[: rep % 3]  # each variant runs first, second, third in turn
         for name in order:
             w, c = time_steps(models[name], optimizers[name], x, y, args.steps, device)
             wall[name].append(w)
@@ -220,8 +233,10 @@ def main() -> None:
             print(f"  {ms:7.3f} ms/call  {name}", flush=True)
     result["step"] = bench_step(args)
     ms, ratios = result["step"]["ms_per_step"], result["step"]["ratios"]
-    print(f"ms/step ({args.threads} threads, batch {args.batch}, {args.device}): stock 0.2 {ms['stock']:.1f}, "
-          f"fast 0.2 {ms['fast']:.1f}, dropout 0.0 {ms['off']:.1f}")
+    print(
+        f"ms/step ({args.threads} threads, batch {args.batch}, {args.device}): stock 0.2 {ms['stock']:.1f}, "
+        f"fast 0.2 {ms['fast']:.1f}, dropout 0.0 {ms['off']:.1f}"
+    )
     print("ratios (median of interleaved repeats): " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     cpu = result["step"]["cpu_ratios"]
     print("process-CPU-time ratios:                " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))

@@ -1,4 +1,4 @@
-"""Dropout's price in a whole training stage through the CLI (issue 12: dropout 0.2 within 1.15x of 0.0).
+"""Dropout's price in a whole training stage through the CLI (target: dropout 0.2 within 1.15x of 0.0).
 
     python bench/dropout_stage.py                 # 3 pairs, 3 epochs of schedule=full (ttm_1024, default data)
     python bench/dropout_stage.py --pairs 2 --epochs 2
@@ -29,11 +29,20 @@ def stage_seconds(runs: Path, cache: Path, dropout: float, epochs: int) -> float
 
     runs.parent.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).parent / "ttm-train"
-    cmd = [str(exe), "schedule=full", f"trainer.max_epochs_per_stage={epochs}", f"backbone.dropout={dropout}",
-           f"paths.runs_dir={runs}", f"paths.cache_dir={cache}", "trainer.progress=false", "experiment_name=dropout",
-           "trainer.stage_cache=false"]
-    proc = subprocess.run(cmd, cwd=runs.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True)
+    cmd = [
+        str(exe),
+        "schedule=full",
+        f"trainer.max_epochs_per_stage={epochs}",
+        f"backbone.dropout={dropout}",
+        f"paths.runs_dir={runs}",
+        f"paths.cache_dir={cache}",
+        "trainer.progress=false",
+        "experiment_name=dropout",
+        "trainer.stage_cache=false",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=runs.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-3000:])
         raise SystemExit(f"run failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -49,7 +58,7 @@ def measure(pairs: int, epochs: int) -> dict:
         cache = Path(tmp) / "cache"
         stage_seconds(Path(tmp) / "warm" / "runs", cache, 0.0, 1)  # builds the data cache, untimed
         for i in range(pairs):
-            for p in ((0.2, 0.0) if i % 2 == 0 else (0.0, 0.2)):
+            for p in (0.2, 0.0) if i % 2 == 0 else (0.0, 0.2):
                 runs = Path(tmp) / f"{i}-{p}" / "runs"
                 times[p].append(stage_seconds(runs, cache, p, epochs))
                 print(f"pair {i + 1}/{pairs} dropout {p}: full stage {times[p][-1]:.1f} s", flush=True)
@@ -64,9 +73,11 @@ def main() -> int:
     args = ap.parse_args()
     load = os.getloadavg()[0]
     res = measure(args.pairs, args.epochs)
-    print(f"\nfull ttm_1024 stage, {args.epochs} epochs, {args.pairs} pairs: dropout 0.2 (FastDropout) / 0.0 = "
-          f"{res['ratio']:.3f} (target <= {TARGET}: {'met' if res['ratio'] <= TARGET else 'NOT MET'}); "
-          f"load average at start {load:.2f}")
+    print(
+        f"\nfull ttm_1024 stage, {args.epochs} epochs, {args.pairs} pairs: dropout 0.2 (FastDropout) / 0.0 = "
+        f"{res['ratio']:.3f} (target <= {TARGET}: {'met' if res['ratio'] <= TARGET else 'NOT MET'}); "
+        f"load average at start {load:.2f}"
+    )
     return 0
 
 

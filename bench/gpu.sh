@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks on a CUDA GPU. First issue 12's sweep throughput (bench/gpu_pack.py: 8 jobs packed on one GPU vs
+# Benchmarks on a CUDA GPU. First the sweep throughput (bench/gpu_pack.py: 8 jobs packed on one GPU vs
 # 1 alone, target >= 6x, and the evaluation ratio vs a bare loop, target >= 0.95; about 1.5 minutes), then items
 # 1-3 with bf16 autocast off and on, then torch.compile while the budget lasts: the suite's Trainer vs a bare
 # PyTorch loop vs transformers.Trainer, and evaluation (about 3 minutes on an H100 including imports; it stops

@@ -4,7 +4,7 @@
     python bench/gpu_pack.py --allow-cpu      # a dry run on CPU with tiny sizes: the script works, no figures
     python bench/gpu_pack.py --merge gpu_pack.json gpu_bench.json   # append its rows to bench.py --gpu's JSON
 
-Packing (issue 12, target >= 6): a job is what one process of a `hydra/launcher=joblib
+Packing (target >= 6): a job is what one process of a `hydra/launcher=joblib
 hydra.launcher.n_jobs=K` sweep does per step: the suite's `Trainer.train_epoch` (training/loop.py: shuffled
 batches by index, fused AdamW, warm-up/cosine, the epoch's metrics) on ttm_1024 at batch 64 in fp32, untracked,
 on the device `pick_device("auto", job_num=j)` gives job j (the suite's own rule: with one visible GPU all jobs
@@ -49,22 +49,29 @@ def log(msg: str) -> None:
 
 def worker(args) -> None:
     import torch
+    import workloads as w
 
     import bench  # quiet(): the suite's and the libraries' logging off
-    import workloads as w
     from ttm_experiments.config.spec import pick_device
+    from ttm_experiments.models.unfreeze import apply_stage
     from ttm_experiments.training.loop import Trainer
     from ttm_experiments.training.optim import make_optimizer, warmup_cosine
-    from ttm_experiments.unfreeze import apply_stage
 
     bench.quiet()
     torch.set_num_threads(args.threads)
     device = pick_device("auto", job_num=args.job)  # the assignment a sweep job gets
     spec = w.TTM_TINY if args.tiny else w.TTM_1024
-    data = w.Data(w.random_windows(args.steps * args.batch, spec.context_length, args.job),
-                  w.random_windows(64, spec.context_length, 1000 + args.job))
-    trainer = Trainer(w.build_model(spec, seed=args.job), data.train, data.val,
-                      **w.settings(device, amp=args.amp, batch_size=args.batch), tracker=w.NoTracker())
+    data = w.Data(
+        w.random_windows(args.steps * args.batch, spec.context_length, args.job),
+        w.random_windows(64, spec.context_length, 1000 + args.job),
+    )
+    trainer = Trainer(
+        w.build_model(spec, seed=args.job),
+        data.train,
+        data.val,
+        **w.settings(device, amp=args.amp, batch_size=args.batch),
+        tracker=w.NoTracker(),
+    )
     apply_stage(trainer.model, w.BLOCKS, scope="full", stage="full")
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     optimizer = make_optimizer([{"params": params, "lr": w.LR}], weight_decay=w.WEIGHT_DECAY, device=device)
@@ -86,8 +93,10 @@ def worker(args) -> None:
         if line.strip() != "run":
             raise SystemExit(f"worker {args.job}: unknown command {line.strip()!r} (expected run or quit)")
         start, end = steps(args.steps)
-        print("RESULT " + json.dumps({"job": args.job, "start": start, "end": end,
-                                      "samples": args.steps * args.batch}), flush=True)
+        print(
+            "RESULT " + json.dumps({"job": args.job, "start": start, "end": end, "samples": args.steps * args.batch}),
+            flush=True,
+        )
 
 
 class Workers:
@@ -96,13 +105,30 @@ class Workers:
     def __init__(self, args, log_dir: Path):
         self.procs, self.logs = [], []
         for job in range(args.jobs):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--job", str(job),
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--rounds", str(args.rounds),
-                   "--threads", str(args.threads)] + (["--tiny"] if args.tiny else []) + (["--amp"] if args.amp else [])
+            cmd = (
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    "--job",
+                    str(job),
+                    "--steps",
+                    str(args.steps),
+                    "--batch",
+                    str(args.batch),
+                    "--rounds",
+                    str(args.rounds),
+                    "--threads",
+                    str(args.threads),
+                ]
+                + (["--tiny"] if args.tiny else [])
+                + (["--amp"] if args.amp else [])
+            )
             err = (log_dir / f"worker-{job}.log").open("w")
             self.logs.append(err)
-            self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                               text=True, bufsize=1))
+            self.procs.append(
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+            )
         self.devices = [self._answer(j, "READY")["device"] for j in range(args.jobs)]
 
     def _answer(self, job: int, kind: str) -> dict:
@@ -159,11 +185,16 @@ def bench_pack(args) -> dict:
             workers.close()
     model = "ttm_tiny" if args.tiny else "ttm_1024"
     return {
-        "item": "12.3", "what": f"sweep throughput: {args.jobs} jobs packed on one device vs 1 alone (suite's "
-                                f"Trainer, {model}, batch {args.batch}, {'bf16' if args.amp else 'fp32'}, "
-                                f"{args.steps} steps per job)",
-        "suite": statistics.median(packed), "reference": statistics.median(alone), "reference_name": "1 job alone",
-        "ratio": statistics.median(p / a for p, a in zip(packed, alone)), "target": 6.0, "unit": "samples/s",
+        "item": "12.3",
+        "what": f"sweep throughput: {args.jobs} jobs packed on one device vs 1 alone (suite's "
+        f"Trainer, {model}, batch {args.batch}, {'bf16' if args.amp else 'fp32'}, "
+        f"{args.steps} steps per job)",
+        "suite": statistics.median(packed),
+        "reference": statistics.median(alone),
+        "reference_name": "1 job alone",
+        "ratio": statistics.median(p / a for p, a in zip(packed, alone)),
+        "target": 6.0,
+        "unit": "samples/s",
         "devices": sorted(set(workers.devices)),
     }
 
@@ -226,19 +257,25 @@ def main() -> None:
         return
     dry = not torch.cuda.is_available()
     defaults = (2, 4, 16, 1) if dry else (8, 200, 64, 3)
-    args.jobs, args.steps, args.batch, args.rounds = (v or d for v, d in zip(
-        (args.jobs, args.steps, args.batch, args.rounds), defaults))
+    args.jobs, args.steps, args.batch, args.rounds = (
+        v or d for v, d in zip((args.jobs, args.steps, args.batch, args.rounds), defaults)
+    )
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     args.tiny = dry
     import bench
 
     bench.quiet()
-    info = bench.machine(args.threads) | {"mode": "gpu" if not dry else "gpu_pack on CPU (dry run: tiny model)",
-                                          "jobs": args.jobs, "threads_per_job": args.threads}
+    info = bench.machine(args.threads) | {
+        "mode": "gpu" if not dry else "gpu_pack on CPU (dry run: tiny model)",
+        "jobs": args.jobs,
+        "threads_per_job": args.threads,
+    }
     out = Path(args.json) if args.json else Path(os.environ.get("OUT") or ROOT / "runs" / "bench") / "gpu_pack.json"
     start = time.perf_counter()
-    log(f"gpu_pack on {info.get('gpu', 'CPU (dry run)')}: {args.jobs} jobs x {args.steps} steps, batch {args.batch}, "
-        f"{args.rounds} rounds, {args.threads} torch threads per job; load {info['load_start']}")
+    log(
+        f"gpu_pack on {info.get('gpu', 'CPU (dry run)')}: {args.jobs} jobs x {args.steps} steps, batch {args.batch}, "
+        f"{args.rounds} rounds, {args.threads} torch threads per job; load {info['load_start']}"
+    )
     rows = [bench_pack(args)]
     save(out, info, rows)
     log("\n== evaluation")

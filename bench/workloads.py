@@ -25,10 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttm_experiments.data.base import WindowSet
 from ttm_experiments.config.schema import (
-    BackboneConf, OptimConf, StageConf, TrainerConf, TrainScope, UnfreezeConf,
+    BackboneConf,
+    OptimConf,
+    StageConf,
+    TrainerConf,
+    TrainScope,
+    UnfreezeConf,
 )
+from ttm_experiments.data.base import WindowSet
 from ttm_experiments.models.backbones import Classifier, build_classifier
 from ttm_experiments.training.loop import LoopResult, Trainer, class_weights
 from ttm_experiments.training.optim import Precision, warmup_cosine
@@ -40,10 +45,29 @@ PATTERN = r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+"
 BLOCKS = UnfreezeConf(pattern=PATTERN)
 
 # conf/backbone/ttm_1024.yaml and ttm_tiny.yaml, with the default head (conf/backbone schema defaults)
-TTM_1024 = BackboneConf(name="ttm_1024", context_length=1024, patch_length=64, patch_stride=64, d_model=192,
-                        num_layers=2, adaptive_patching_levels=3, dropout=0.2, block_pattern=PATTERN)
-TTM_TINY = BackboneConf(name="ttm_tiny", context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
-                        adaptive_patching_levels=2, dropout=0.1, block_pattern=PATTERN, head_hidden=16)
+TTM_1024 = BackboneConf(
+    name="ttm_1024",
+    context_length=1024,
+    patch_length=64,
+    patch_stride=64,
+    d_model=192,
+    num_layers=2,
+    adaptive_patching_levels=3,
+    dropout=0.2,
+    block_pattern=PATTERN,
+)
+TTM_TINY = BackboneConf(
+    name="ttm_tiny",
+    context_length=128,
+    patch_length=16,
+    patch_stride=16,
+    d_model=16,
+    num_layers=2,
+    adaptive_patching_levels=2,
+    dropout=0.1,
+    block_pattern=PATTERN,
+    head_hidden=16,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -71,13 +95,23 @@ class Data:
     val: WindowSet
 
 
-def settings(device: torch.device, amp: bool = False, compile: bool = False, batch_size: int = 64,
-             eval_batch_size: int = 256) -> dict:
+def settings(
+    device: torch.device, amp: bool = False, compile: bool = False, batch_size: int = 64, eval_batch_size: int = 256
+) -> dict:
     """The Trainer's settings: conf/optim/default.yaml and conf/trainer/default.yaml, without progress bars."""
-    return {"optim": OptimConf(batch_size=batch_size, eval_batch_size=eval_batch_size, weight_decay=WEIGHT_DECAY,
-                               warmup_frac=WARMUP, grad_clip=CLIP),
-            "trainer": TrainerConf(amp=amp, progress=False, compile=compile), "unfreeze": BLOCKS,
-            "device": device, "seed": 0}
+    return {
+        "optim": OptimConf(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            weight_decay=WEIGHT_DECAY,
+            warmup_frac=WARMUP,
+            grad_clip=CLIP,
+        ),
+        "trainer": TrainerConf(amp=amp, progress=False, compile=compile),
+        "unfreeze": BLOCKS,
+        "device": device,
+        "seed": 0,
+    }
 
 
 @dataclass
@@ -93,9 +127,17 @@ class Timing:
         return n_train * len(rest) / sum(rest) if rest else self.samples_per_s
 
 
-def run_bare(data: Data, epochs: int, device: torch.device, amp: bool = False, compile: bool = False,
-             scope: str = "full", batch_size: int = 64, eval_batch_size: int = 256,
-             spec: BackboneConf = TTM_1024) -> Timing:
+def run_bare(
+    data: Data,
+    epochs: int,
+    device: torch.device,
+    amp: bool = False,
+    compile: bool = False,
+    scope: str = "full",
+    batch_size: int = 64,
+    eval_batch_size: int = 256,
+    spec: BackboneConf = TTM_1024,
+) -> Timing:
     model = build_model(spec).to(device)
     if scope == "head":  # what a hand-written head-only stage does: freeze the backbone, same loop
         model.backbone.requires_grad_(False)
@@ -155,19 +197,34 @@ class SuiteRunner:
         if not mlflow_available():
             self.tracker = NoTracker()
             return
-        from ttm_experiments.tracking import MlflowTracker
+        from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
         self.tracker = MlflowTracker(f"sqlite:///{store_dir}/mlflow.db", experiment)
 
-    def run(self, data: Data, epochs: int, device: torch.device, amp: bool = False, compile: bool = False,
-            scope: str = "full", batch_size: int = 64, spec: BackboneConf = TTM_1024) -> Timing:
+    def run(
+        self,
+        data: Data,
+        epochs: int,
+        device: torch.device,
+        amp: bool = False,
+        compile: bool = False,
+        scope: str = "full",
+        batch_size: int = 64,
+        spec: BackboneConf = TTM_1024,
+    ) -> Timing:
         model = build_model(spec)
         self.tracker.start_run("bench", {"bench": "suite"})
         marks: list[float] = []
         sync(device)
         start = time.perf_counter()
-        trainer = Trainer(model, data.train, data.val, **settings(device, amp, compile, batch_size),
-                          tracker=self.tracker, epoch_hooks=(lambda record: marks.append(time.perf_counter()),))
+        trainer = Trainer(
+            model,
+            data.train,
+            data.val,
+            **settings(device, amp, compile, batch_size),
+            tracker=self.tracker,
+            epoch_hooks=(lambda record: marks.append(time.perf_counter()),),
+        )
         result = LoopResult()
         stage = StagePlan(StageConf(name=scope, train=TrainScope(scope)), epochs=epochs, head_lr=LR, backbone_lr=LR)
         trainer.run_stage(stage, result, 0)
@@ -175,14 +232,27 @@ class SuiteRunner:
         wall = time.perf_counter() - start
         self.tracker.end_run()
         epoch_s = list(np.diff([start] + marks))
-        return Timing(wall, epochs * len(data.train) / wall, epoch_s,
-                      {"val_auroc": result.history[-1].val.get("auroc", math.nan)})
+        return Timing(
+            wall, epochs * len(data.train) / wall, epoch_s, {"val_auroc": result.history[-1].val.get("auroc", math.nan)}
+        )
 
-    def evaluate(self, data: Data, x: WindowSet, device: torch.device, amp: bool = False,
-                 eval_batch_size: int = 256, spec: BackboneConf = TTM_1024) -> Timing:
+    def evaluate(
+        self,
+        data: Data,
+        x: WindowSet,
+        device: torch.device,
+        amp: bool = False,
+        eval_batch_size: int = 256,
+        spec: BackboneConf = TTM_1024,
+    ) -> Timing:
         """`Trainer.evaluate`: logits in inference mode, metrics and loss (what every epoch and the test do)."""
-        trainer = Trainer(build_model(spec), data.train, data.val,
-                          **settings(device, amp, eval_batch_size=eval_batch_size), tracker=self.tracker)
+        trainer = Trainer(
+            build_model(spec),
+            data.train,
+            data.val,
+            **settings(device, amp, eval_batch_size=eval_batch_size),
+            tracker=self.tracker,
+        )
         xt, yt = trainer.tensors(x)
         sync(device)
         start = time.perf_counter()
@@ -191,8 +261,9 @@ class SuiteRunner:
         return Timing(wall, len(x) / wall)
 
 
-def run_bare_eval(x: WindowSet, device: torch.device, amp: bool = False, eval_batch_size: int = 256,
-                  spec: BackboneConf = TTM_1024) -> Timing:
+def run_bare_eval(
+    x: WindowSet, device: torch.device, amp: bool = False, eval_batch_size: int = 256, spec: BackboneConf = TTM_1024
+) -> Timing:
     model = build_model(spec).to(device).eval()
     chunks = torch.from_numpy(x.signals).to(device).split(eval_batch_size)
     sync(device)
@@ -248,12 +319,20 @@ def prepare_hf_tracking(store_dir: Path, experiment: str = "bench-hf") -> None:
         mlflow.create_experiment(experiment)
 
 
-def run_hf(data: Data, epochs: int, device: torch.device, amp: bool = False, batch_size: int = 64,
-           eval_batch_size: int = 256, spec: BackboneConf = TTM_1024) -> Timing:
-    from transformers import Trainer as HFTrainer, TrainingArguments
+def run_hf(
+    data: Data,
+    epochs: int,
+    device: torch.device,
+    amp: bool = False,
+    batch_size: int = 64,
+    eval_batch_size: int = 256,
+    spec: BackboneConf = TTM_1024,
+) -> Timing:
+    from transformers import Trainer as HFTrainer
+    from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from ttm_experiments.metrics import classification_metrics, softmax
+    from ttm_experiments.metrics.classification import classification_metrics, softmax
 
     weight = class_weights(data.train.labels, len(CLASS_NAMES))
     model = _HFClassifier(build_model(spec), weight)
@@ -267,16 +346,34 @@ def run_hf(data: Data, epochs: int, device: torch.device, amp: bool = False, bat
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=eval_batch_size,
-            num_train_epochs=epochs, learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="cosine",
-            warmup_steps=int(WARMUP * steps), max_grad_norm=CLIP, eval_strategy="epoch", save_strategy="no",
-            logging_strategy="epoch", report_to=["mlflow"] if mlflow_available() else "none", disable_tqdm=True, use_cpu=device.type == "cpu",
-            bf16=amp and device.type == "cuda", seed=0, dataloader_num_workers=0,
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=eval_batch_size,
+            num_train_epochs=epochs,
+            learning_rate=LR,
+            weight_decay=WEIGHT_DECAY,
+            lr_scheduler_type="cosine",
+            warmup_steps=int(WARMUP * steps),
+            max_grad_norm=CLIP,
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="epoch",
+            report_to=["mlflow"] if mlflow_available() else "none",
+            disable_tqdm=True,
+            use_cpu=device.type == "cpu",
+            bf16=amp and device.type == "cuda",
+            seed=0,
+            dataloader_num_workers=0,
         )
         sync(device)
         start = time.perf_counter()
-        trainer = HFTrainer(model=model, args=args, train_dataset=_WindowDataset(data.train),
-                            eval_dataset=_WindowDataset(data.val), compute_metrics=metrics)
+        trainer = HFTrainer(
+            model=model,
+            args=args,
+            train_dataset=_WindowDataset(data.train),
+            eval_dataset=_WindowDataset(data.val),
+            compute_metrics=metrics,
+        )
         trainer.remove_callback(PrinterCallback)  # the suite prints nothing either (trainer.progress=false)
         trainer.train()
         sync(device)

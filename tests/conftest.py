@@ -13,9 +13,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ttm_experiments.cli import CONFIG_DIR, CONFIG_NAME  # noqa: E402  (registers the schema)
+from ttm_experiments.cli.common import CONFIG_DIR, CONFIG_NAME  # noqa: E402  (registers the schema)
 from ttm_experiments.config.schema import (  # noqa: E402
-    BackboneConf, BackboneKind, UnfreezeConf, UnfreezeStrategy,
+    BackboneConf,
+    BackboneKind,
+    UnfreezeConf,
+    UnfreezeStrategy,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,8 +35,14 @@ def backbone_conf(kind: str = "ttm", **fields) -> BackboneConf:
     return BackboneConf(name=f"test_{kind}", kind=BackboneKind(kind), block_pattern="", **fields)
 
 
-TINY_TTM = {"context_length": 128, "patch_length": 16, "patch_stride": 16, "d_model": 16, "num_layers": 2,
-            "adaptive_patching_levels": 2}  # 4 blocks, ~8k parameters
+TINY_TTM = {
+    "context_length": 128,
+    "patch_length": 16,
+    "patch_stride": 16,
+    "d_model": 16,
+    "num_layers": 2,
+    "adaptive_patching_levels": 2,
+}  # 4 blocks, ~8k parameters
 
 
 def unfreeze_rule(pattern: str | None = None, **fields) -> UnfreezeConf:

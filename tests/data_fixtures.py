@@ -15,8 +15,18 @@ import numpy as np
 
 BUT_FS = 30
 BUT_SAMPLES = 300
-SUBJECT_COLUMNS = ["ID", "Gender", "Age [years]", "Height [cm]", "Weight [kg]", "Ear/finger", "Motion",
-                   "Blood pressure [mmHg]", "SpO2 [%]", "Glycaemia [mmol/l]"]
+SUBJECT_COLUMNS = [
+    "ID",
+    "Gender",
+    "Age [years]",
+    "Height [cm]",
+    "Weight [kg]",
+    "Ear/finger",
+    "Motion",
+    "Blood pressure [mmHg]",
+    "SpO2 [%]",
+    "Glycaemia [mmol/l]",
+]
 
 
 def ppg(n: int, fs: float, rng: np.random.Generator, good: bool, hr: float = 72.0) -> np.ndarray:
@@ -44,23 +54,53 @@ def write_but_record(root: Path, rid: str, signal: np.ndarray, layout: str = "ok
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{rid}_PPG"
     if layout == "ok":
-        wfdb.wrsamp(name, fs=BUT_FS, units=["a.u."] * 3, sig_name=["PPG_R", "PPG_G", "PPG_B"], p_signal=signal,
-                    fmt=["16"] * 3, write_dir=str(folder))
+        wfdb.wrsamp(
+            name,
+            fs=BUT_FS,
+            units=["a.u."] * 3,
+            sig_name=["PPG_R", "PPG_G", "PPG_B"],
+            p_signal=signal,
+            fmt=["16"] * 3,
+            write_dir=str(folder),
+        )
     elif layout == "transposed":
         row = signal[:, :1].T  # [1, 300]: what a [channels, time] array written as [time, channels] looks like
-        wfdb.wrsamp(name, fs=BUT_FS, units=["a.u."] * row.shape[1], sig_name=[f"PPG{i}" for i in range(row.shape[1])],
-                    p_signal=row, fmt=["16"] * row.shape[1], write_dir=str(folder))
+        wfdb.wrsamp(
+            name,
+            fs=BUT_FS,
+            units=["a.u."] * row.shape[1],
+            sig_name=[f"PPG{i}" for i in range(row.shape[1])],
+            p_signal=row,
+            fmt=["16"] * row.shape[1],
+            write_dir=str(folder),
+        )
     elif layout == "interleaved":
-        wfdb.wrsamp(name, fs=BUT_FS, units=["a.u."], sig_name=["PPG"], p_signal=signal.reshape(-1, 1),
-                    fmt=["16"], write_dir=str(folder))
+        wfdb.wrsamp(
+            name,
+            fs=BUT_FS,
+            units=["a.u."],
+            sig_name=["PPG"],
+            p_signal=signal.reshape(-1, 1),
+            fmt=["16"],
+            write_dir=str(folder),
+        )
     else:
         raise ValueError(layout)
 
 
-def write_butppg(root: Path, n_subjects: int = 15, records_per_subject: int = 8, seed: int = 0, *,
-                 transposed: tuple[str, ...] = (), interleaved: tuple[str, ...] = (), nan: tuple[str, ...] = (),
-                 short: tuple[str, ...] = (), unlabeled: tuple[str, ...] = (), no_folder: tuple[str, ...] = ()
-                 ) -> dict[str, dict]:
+def write_butppg(
+    root: Path,
+    n_subjects: int = 15,
+    records_per_subject: int = 8,
+    seed: int = 0,
+    *,
+    transposed: tuple[str, ...] = (),
+    interleaved: tuple[str, ...] = (),
+    nan: tuple[str, ...] = (),
+    short: tuple[str, ...] = (),
+    unlabeled: tuple[str, ...] = (),
+    no_folder: tuple[str, ...] = (),
+) -> dict[str, dict]:
     """A BUT-PPG v2 tree. Subject s (100 + s) has records <subject>001..; record k has motion code k % 8 and
     quality good for k % 3 == 0, so every subject holds both qualities and all eight motion codes (with 8
     records). Even subjects are recorded at the finger (Ear/finger 1), odd ones at the ear (0).
@@ -81,9 +121,14 @@ def write_butppg(root: Path, n_subjects: int = 15, records_per_subject: int = 8,
             if rid in no_folder:
                 continue
             n = BUT_SAMPLES // 2 if rid in short else BUT_SAMPLES
-            channels = np.stack([150 + 10 * ppg(n, BUT_FS, rng, bool(quality), hr),
-                                 80 + 6 * ppg(n, BUT_FS, rng, bool(quality), hr),
-                                 30 + 3 * ppg(n, BUT_FS, rng, bool(quality), hr)], axis=1)
+            channels = np.stack(
+                [
+                    150 + 10 * ppg(n, BUT_FS, rng, bool(quality), hr),
+                    80 + 6 * ppg(n, BUT_FS, rng, bool(quality), hr),
+                    30 + 3 * ppg(n, BUT_FS, rng, bool(quality), hr),
+                ],
+                axis=1,
+            )
             if rid in nan:
                 channels[40:45, :] = np.nan
             layout = "transposed" if rid in transposed else "interleaved" if rid in interleaved else "ok"
@@ -93,8 +138,15 @@ def write_butppg(root: Path, n_subjects: int = 15, records_per_subject: int = 8,
     return truth
 
 
-def write_vital(path: Path, seconds: float, rng: np.random.Generator, *, nan_span: tuple[float, float] | None = None,
-                flat_span: tuple[float, float] | None = None, with_pleth: bool = True) -> None:
+def write_vital(
+    path: Path,
+    seconds: float,
+    rng: np.random.Generator,
+    *,
+    nan_span: tuple[float, float] | None = None,
+    flat_span: tuple[float, float] | None = None,
+    with_pleth: bool = True,
+) -> None:
     """One .vital case: SNUADC/PLETH at 500 Hz (optionally a NaN gap and a flat stretch) and a numeric HR track."""
     import vitaldb
 
@@ -104,17 +156,24 @@ def write_vital(path: Path, seconds: float, rng: np.random.Generator, *, nan_spa
     vf.dtstart, vf.dtend = t0, t0 + seconds
     x = (50 + 20 * ppg(int(seconds * fs), fs, rng, True)).astype(np.float32)
     if nan_span:
-        x[int(nan_span[0] * fs):int(nan_span[1] * fs)] = np.nan
+        x[int(nan_span[0] * fs) : int(nan_span[1] * fs)] = np.nan
     if flat_span:
-        x[int(flat_span[0] * fs):int(flat_span[1] * fs)] = 42.0
+        x[int(flat_span[0] * fs) : int(flat_span[1] * fs)] = 42.0
     track = "SNUADC/PLETH" if with_pleth else "SNUADC/ECG_II"
     vf.add_track(track, [{"dt": t0, "val": x}], srate=fs, unit="", mindisp=0, maxdisp=100)
     vf.add_track("Solar8000/HR", [{"dt": t0 + i, "val": 70.0} for i in range(int(seconds))])
     vf.to_vital(str(path))
 
 
-def write_windows(root: Path, splits: dict[str, list[str]], length: int = 128, fs: float = 12.8, seed: int = 0,
-                  channels: int = 1, drop_signal: str | None = None) -> None:
+def write_windows(
+    root: Path,
+    splits: dict[str, list[str]],
+    length: int = 128,
+    fs: float = 12.8,
+    seed: int = 0,
+    channels: int = 1,
+    drop_signal: str | None = None,
+) -> None:
     """<root>/<split>/window_NNNNNN.npz, one per record id in splits[split]; quality alternates by record."""
     rng = np.random.default_rng(seed)
     for split, rids in splits.items():

@@ -24,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-INSTALL_HINT = ("install the PostgreSQL server binaries (initdb, pg_ctl): `apt-get install postgresql` on "
-                "Debian/Ubuntu (or `python3 tests/postgres.py install`, which .ci/run does), "
-                "or put a directory holding them on PATH")
+INSTALL_HINT = (
+    "install the PostgreSQL server binaries (initdb, pg_ctl): `apt-get install postgresql` on "
+    "Debian/Ubuntu (or `python3 tests/postgres.py install`, which .ci/run does), "
+    "or put a directory holding them on PATH"
+)
 ROLE, PASSWORD = "ttm", "ttm-secret"
 
 
@@ -39,12 +41,15 @@ def bin_dir() -> Path:
     found = shutil.which("pg_ctl")
     if found and (Path(found).resolve().parent / "initdb").exists():
         return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                      key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     if versions:
         return Path(versions[-1]).parent
-    raise PostgresNotFound(f"PostgreSQL not found (no pg_ctl on PATH or under /usr/lib/postgresql/*/bin): "
-                           f"{INSTALL_HINT}")
+    raise PostgresNotFound(
+        f"PostgreSQL not found (no pg_ctl on PATH or under /usr/lib/postgresql/*/bin): {INSTALL_HINT}"
+    )
 
 
 def install() -> Path:
@@ -80,16 +85,38 @@ class PostgresServer:
 
     # -- commands as the server's user ----------------------------------------------------------------------
     def _run(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(args), user=self.user, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.root, env={**os.environ, "LC_ALL": "C"})
+        proc = subprocess.run(
+            list(args),
+            user=self.user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env={**os.environ, "LC_ALL": "C"},
+        )
         if proc.returncode:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{log}")
         return proc
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        return self._run(str(self.bin / "psql"), "-X", "-h", str(self.socket_dir), "-p", str(self.port),
-                         "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql).stdout.strip()
+        return self._run(
+            str(self.bin / "psql"),
+            "-X",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            sql,
+        ).stdout.strip()
 
     # -- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> "PostgresServer":
@@ -98,12 +125,34 @@ class PostgresServer:
             pw = pwd.getpwnam(self.user)
             for path in (self.root, self.socket_dir):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                  "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8")
-        options = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off " \
-                  "-c max_connections=200"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
-                  "-t", "60", "start")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+        options = (
+            f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
         return self
 

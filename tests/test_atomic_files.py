@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from ttm_experiments import files
-from ttm_experiments.files import atomic_file, remove_stale_temporaries
+from ttm_experiments.utils import files
+from ttm_experiments.utils.files import atomic_file, remove_stale_temporaries
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from ttm_experiments.files import atomic_file
+from ttm_experiments.utils.files import atomic_file
 with atomic_file(Path(sys.argv[1])) as tmp:
     tmp.write_text("half")
     print(tmp, flush=True)

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY_TTM, backbone_conf
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from ttm_experiments.cli.train import train
 from ttm_experiments.data import prepare
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import CheckpointError, ConfigError, DataError, TrackingError, UnfreezeError
-from conftest import TINY_TTM, backbone_conf
 from ttm_experiments.models.backbones import build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, save_classifier
-from ttm_experiments.train import train
 
 TINY = backbone_conf(**TINY_TTM, dropout=0.1, head_hidden=8)
 
@@ -35,19 +34,22 @@ def windows(n=40, length=128, channels=1, seed=0) -> WindowSet:
     )
 
 
-@pytest.mark.parametrize("override,error,words", [
-    ("unfreeze.last_n=9", UnfreezeError, ["last_n=9", "has 4 blocks"]),
-    ("unfreeze.last_n=-1", ConfigError, ["unfreeze.last_n=-1", ">= 0"]),
-    ("unfreeze.pattern=blocks\\.\\d+", UnfreezeError, ["matches no module", "Candidate modules"]),
-    ("unfreeze.pattern='enc('", ConfigError, ["not a valid regex"]),
-    ("optim.lr=0", ConfigError, ["optim.lr=0"]),
-    ("optim.lr=nan", ConfigError, ["optim.lr=nan"]),
-    ("dataset.window_length=100", ConfigError, ["dataset.window_length=100", "backbone.context_length=128"]),
-    ("dataset.fold=7", DataError, ["dataset.fold=7", "0..4"]),
-    ("dataset.n_folds=50", DataError, ["subjects cannot fill 50"]),
-    ("backbone.pretrained_path=/nonexistent/foundation.pt", CheckpointError, ["does not exist"]),
-    ("schedule.stages.0.epochs=0", ConfigError, ["epochs=0"]),
-])
+@pytest.mark.parametrize(
+    "override,error,words",
+    [
+        ("unfreeze.last_n=9", UnfreezeError, ["last_n=9", "has 4 blocks"]),
+        ("unfreeze.last_n=-1", ConfigError, ["unfreeze.last_n=-1", ">= 0"]),
+        ("unfreeze.pattern=blocks\\.\\d+", UnfreezeError, ["matches no module", "Candidate modules"]),
+        ("unfreeze.pattern='enc('", ConfigError, ["not a valid regex"]),
+        ("optim.lr=0", ConfigError, ["optim.lr=0"]),
+        ("optim.lr=nan", ConfigError, ["optim.lr=nan"]),
+        ("dataset.window_length=100", ConfigError, ["dataset.window_length=100", "backbone.context_length=128"]),
+        ("dataset.fold=7", DataError, ["dataset.fold=7", "0..4"]),
+        ("dataset.n_folds=50", DataError, ["subjects cannot fill 50"]),
+        ("backbone.pretrained_path=/nonexistent/foundation.pt", CheckpointError, ["does not exist"]),
+        ("schedule.stages.0.epochs=0", ConfigError, ["epochs=0"]),
+    ],
+)
 def test_bad_config_values(smoke, override, error, words):
     with pytest.raises(error) as err:
         train(smoke(override))
@@ -115,8 +117,7 @@ def test_split_with_one_class_is_refused():
 def test_checkpoint_of_another_architecture_shows_both(tmp_path):
     model = build_classifier(TINY, num_channels=1, num_classes=2)
     save_classifier(tmp_path / "ckpt.pt", model, "full", ("poor", "good"))
-    other = build_classifier(backbone_conf(**{**TINY_TTM, "d_model": 32}, head_hidden=8), num_channels=1,
-                             num_classes=2)
+    other = build_classifier(backbone_conf(**{**TINY_TTM, "d_model": 32}, head_hidden=8), num_channels=1, num_classes=2)
     with pytest.raises(CheckpointError) as err:
         load_backbone_weights(other.backbone, str(tmp_path / "ckpt.pt"))
     assert "d_model: model 32  checkpoint 16" in str(err.value)
@@ -143,35 +144,50 @@ def test_suite_checkpoint_round_trip_is_strict_and_exact(tmp_path):
 def test_hugging_face_directory_loads_the_encoder_of_a_forecasting_checkpoint(tmp_path):
     from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
-    config = TinyTimeMixerConfig(context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
-                                 adaptive_patching_levels=2, prediction_length=16, num_input_channels=1)
+    config = TinyTimeMixerConfig(
+        context_length=128,
+        patch_length=16,
+        patch_stride=16,
+        d_model=16,
+        num_layers=2,
+        adaptive_patching_levels=2,
+        prediction_length=16,
+        num_input_channels=1,
+    )
     TinyTimeMixerForPrediction(config).save_pretrained(tmp_path / "ttm")
     target = build_classifier(TINY, num_channels=1, num_classes=2)
     assert load_backbone_weights(target.backbone, str(tmp_path / "ttm")) == "pretrained"
     reference = TinyTimeMixerForPrediction.from_pretrained(tmp_path / "ttm").backbone.state_dict()
     for name, tensor in target.backbone.model.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
-    wrong = build_classifier(backbone_conf(**{**TINY_TTM, "context_length": 256}, head_hidden=8), num_channels=1,
-                             num_classes=2)
+    wrong = build_classifier(
+        backbone_conf(**{**TINY_TTM, "context_length": 256}, head_hidden=8), num_channels=1, num_classes=2
+    )
     with pytest.raises(CheckpointError, match="context_length: model 256  checkpoint 128"):
         load_backbone_weights(wrong.backbone, str(tmp_path / "ttm"))
 
 
 def _cli(*args: str, runs) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", *args, f"paths.runs_dir={runs}"], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args, f"paths.runs_dir={runs}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_cli_user_error_is_one_message_and_exit_2(runs_dir):
-    proc = _cli("ttm_experiments.inspect", "unfreeze=depth", runs=runs_dir)
+    proc = _cli("ttm_experiments.cli.inspect_blocks", "unfreeze=depth", runs=runs_dir)
     assert proc.returncode == 2
     assert "error: stage 'partial' asks for the last 2 blocks" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_cli_unknown_key_names_it(runs_dir):
-    proc = _cli("ttm_experiments.train", "optim.learning_rate=1e-3", runs=runs_dir)
+    proc = _cli("ttm_experiments.cli.train", "optim.learning_rate=1e-3", runs=runs_dir)
     assert proc.returncode != 0
     assert "optim.learning_rate" in proc.stderr and "Traceback" not in proc.stderr
 

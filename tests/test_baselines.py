@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ttm_experiments.baselines import SQI_NAMES, sqi_features
+from ttm_experiments.cli.train import train
 from ttm_experiments.errors import DataError
-from ttm_experiments.train import train
+from ttm_experiments.models.baselines import SQI_NAMES, sqi_features
 
 
 def test_sqi_features_separate_clean_from_corrupted_pulses():
@@ -24,12 +24,19 @@ def test_sqi_features_separate_clean_from_corrupted_pulses():
 def test_sqi_baseline_logs_the_contracted_metrics(smoke, runs_dir):
     objective = train(smoke("backbone=baseline_sqi", "experiment_name=baselines"))
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("baselines").experiment_id],
-                              "tags.model = 'baseline_sqi'")
+    runs = client.search_runs([client.get_experiment_by_name("baselines").experiment_id], "tags.model = 'baseline_sqi'")
     assert len(runs) == 1
     metrics = runs[0].data.metrics
-    for key in ("val/auroc", "val/acc/poor", "val/acc/good", "test/auroc", "test/acc/good", "test/balanced_acc",
-                "test/auroc_ci_low", "test/auroc_ci_high"):
+    for key in (
+        "val/auroc",
+        "val/acc/poor",
+        "val/acc/good",
+        "test/auroc",
+        "test/acc/good",
+        "test/balanced_acc",
+        "test/auroc_ci_low",
+        "test/auroc_ci_high",
+    ):
         assert key in metrics, key
     assert objective == pytest.approx(metrics["val/auroc"])
 
@@ -44,8 +51,15 @@ def test_site_baseline_on_the_butppg_layout(smoke, runs_dir, tmp_path):
 
     root = tmp_path / "butppg"
     write_butppg(root)
-    objective = train(smoke("backbone=baseline_site", "dataset=butppg", f"dataset.root={root}",
-                            "backbone.context_length=128", "experiment_name=site"))
+    objective = train(
+        smoke(
+            "backbone=baseline_site",
+            "dataset=butppg",
+            f"dataset.root={root}",
+            "backbone.context_length=128",
+            "experiment_name=site",
+        )
+    )
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("site").experiment_id], "tags.model = 'baseline_site'")[0]
     assert {"test/auroc", "test/acc/poor", "test/acc/good", "val/auroc"} <= run.data.metrics.keys()

@@ -1,4 +1,4 @@
-"""The chaos test (issue 15): the fault hook (ttm_experiments/faults.py), the checks of bench/chaos.py, and
+"""The chaos test: the fault hook (ttm_experiments/faults.py), the checks of bench/chaos.py, and
 (slow) kills at random points resumed to the uninterrupted result."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
@@ -25,8 +24,10 @@ def _load_chaos():
 
 chaos = _load_chaos()
 
-PROBE = ("from ttm_experiments import faults\n"
-         "for i in range(3):\n    faults.point('step')\n    print('after', i + 1, flush=True)\n")
+PROBE = (
+    "from ttm_experiments.utils import faults\n"
+    "for i in range(3):\n    faults.point('step')\n    print('after', i + 1, flush=True)\n"
+)
 
 
 def _probe(fault: str | None) -> subprocess.CompletedProcess:
@@ -73,13 +74,16 @@ def test_compare_accepts_the_reference_itself():
     assert chaos.compare(_record(), _record(), CFG) == []
 
 
-@pytest.mark.parametrize("got, expected", [
-    (_record(steps=(1, 1), values=(0.5, 0.5)), "steps [1, 1], reference [1, 2]"),  # a duplicate in place of 2
-    (_record(steps=(1,), values=(0.5,)), "steps [1], reference [1, 2]"),  # a gap
-    (_record(values=(0.5, 0.2500001)), "step 2 is 0.2500001, reference 0.25"),  # not bit-identical
-    (_record(status="RUNNING"), "run: MLflow run RUNNING"),
-    (_record(stage_status="KILLED"), "run stage head: MLflow run KILLED"),
-])
+@pytest.mark.parametrize(
+    "got, expected",
+    [
+        (_record(steps=(1, 1), values=(0.5, 0.5)), "steps [1, 1], reference [1, 2]"),  # a duplicate in place of 2
+        (_record(steps=(1,), values=(0.5,)), "steps [1], reference [1, 2]"),  # a gap
+        (_record(values=(0.5, 0.2500001)), "step 2 is 0.2500001, reference 0.25"),  # not bit-identical
+        (_record(status="RUNNING"), "run: MLflow run RUNNING"),
+        (_record(stage_status="KILLED"), "run stage head: MLflow run KILLED"),
+    ],
+)
 def test_compare_names_each_difference(got, expected):
     assert any(expected in p for p in chaos.compare(_record(), got, CFG)), chaos.compare(_record(), got, CFG)
 
@@ -97,15 +101,29 @@ def test_read_problems_and_a_lost_trial_fail_the_comparison():
 
 def test_kill_points_say_which_stage_and_epoch_a_kill_strikes():
     hist = lambda *steps: {"train/loss": [(s, 0.0) for s in steps]}
-    record = chaos.Record(runs={"run": {"status": "FINISHED", "metrics": {}, "stages": {
-        "pretrain": {"status": "FINISHED", "metrics": hist(1)}, "head": {"status": "FINISHED", "metrics": hist(2)}}}})
+    record = chaos.Record(
+        runs={
+            "run": {
+                "status": "FINISHED",
+                "metrics": {},
+                "stages": {
+                    "pretrain": {"status": "FINISHED", "metrics": hist(1)},
+                    "head": {"status": "FINISHED", "metrics": hist(2)},
+                },
+            }
+        }
+    )
     events = ["checkpoint.write", "step", "epoch.ssl", "mlflow.log", "step", "epoch.supervised", "checkpoint.write"]
     kills = chaos.kill_points(chaos.Reference(CFG, record, events, 0.0))
     assert [(k.fault, k.where, k.stage) for k in kills] == [
-        ("checkpoint.write:1", "before pretrain epoch 1", None), ("step:1", "in pretrain epoch 1", "pretrain"),
-        ("epoch.ssl:1", "in pretrain epoch 1", "pretrain"), ("mlflow.log:1", "after pretrain epoch 1", None),
-        ("step:2", "in head epoch 2", "head"), ("epoch.supervised:1", "in head epoch 2", "head"),
-        ("checkpoint.write:2", "after head epoch 2", None)]
+        ("checkpoint.write:1", "before pretrain epoch 1", None),
+        ("step:1", "in pretrain epoch 1", "pretrain"),
+        ("epoch.ssl:1", "in pretrain epoch 1", "pretrain"),
+        ("mlflow.log:1", "after pretrain epoch 1", None),
+        ("step:2", "in head epoch 2", "head"),
+        ("epoch.supervised:1", "in head epoch 2", "head"),
+        ("checkpoint.write:2", "after head epoch 2", None),
+    ]
     chosen = chaos.choose({"hybrid": chaos.Reference(CFG, record, events, 0.0)}, 4, random.Random(0))
     assert len(set(chosen)) == 4
     assert {k.stage for k in chosen} >= {"pretrain", "head"}  # every stage gets a kill before the random rest
@@ -116,8 +134,13 @@ def test_kill_points_say_which_stage_and_epoch_a_kill_strikes():
 def test_six_random_kills_of_a_hybrid_run_are_all_survived():
     """SIGKILL at 6 points (seed 1: both SSL stages and the supervised ones, a checkpoint write, MLflow logging),
     each resumed by rerunning its command: metrics and MLflow histories identical to the uninterrupted run."""
-    done = subprocess.run([sys.executable, "bench/chaos.py", "--configs", "hybrid", "--kills", "6", "--seed", "1",
-                           "--jobs", "1"], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "bench/chaos.py", "--configs", "hybrid", "--kills", "6", "--seed", "1", "--jobs", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "kills survived: 6/6" in done.stdout
 
@@ -130,8 +153,10 @@ def test_a_study_killed_inside_a_trial_resumes_to_the_uninterrupted_study(tmp_pa
     uninterrupted study: the same trials, parameters and values, every MLflow run FINISHED, histories exact."""
     ref = chaos.reference(chaos.CONFIGS["optuna"], tmp_path / "reference")
     points = chaos.kill_points(ref)
-    kills = [next(k for k in points if k.point == "optuna.trial"),
-             next(k for k in points if k.stage == "partial" and k.where.startswith("trial 0 "))]
+    kills = [
+        next(k for k in points if k.point == "optuna.trial"),
+        next(k for k in points if k.stage == "partial" and k.where.startswith("trial 0 ")),
+    ]
     for i, kill in enumerate(kills):
         outcome = chaos.chaos(kill, ref, tmp_path / f"kill-{i}")
         assert outcome.ok, (kill, outcome.detail)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import REPO, compose_config
 from ttm_experiments.config.spec import to_config
 
 GROUPS = sorted(p for p in (REPO / "conf").iterdir() if p.is_dir() and p.name != "hydra")
@@ -50,8 +50,10 @@ def test_unknown_group_option_fails():
     assert "ttm_2048" in str(err.value)
 
 
-@pytest.mark.parametrize("override,key", [("unfreeze.last_n=two", "last_n"), ("optim.lr=fast", "lr"),
-                                          ("unfreeze.on_empty=ignore", "on_empty")])
+@pytest.mark.parametrize(
+    "override,key",
+    [("unfreeze.last_n=two", "last_n"), ("optim.lr=fast", "lr"), ("unfreeze.on_empty=ignore", "on_empty")],
+)
 def test_wrong_type_fails_naming_the_key(override: str, key: str):
     with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as err:
         compose_config([override])

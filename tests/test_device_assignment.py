@@ -13,18 +13,29 @@ from collections import Counter
 import pytest
 import torch
 
-from ttm_experiments.config import spec as specs
-from ttm_experiments.config.spec import assign_gpu, pick_device
 from ttm_experiments.errors import ConfigError
+from ttm_experiments.training import device as specs
+from ttm_experiments.training.device import assign_gpu, pick_device
 
 
-@pytest.mark.parametrize(("job_num", "n_gpus", "expected"), [
-    (None, 1, 0), (None, 4, 0),  # a single run: GPU 0
-    (0, 1, 0), (7, 1, 0),  # one GPU: every job packs onto it
-    (0, 2, 0), (1, 2, 1), (5, 2, 1), (6, 2, 0),
-    (7, 3, 1), (8, 3, 2), (9, 3, 0),
-    (3, 0, None), (None, 0, None),  # no GPU
-])
+@pytest.mark.parametrize(
+    ("job_num", "n_gpus", "expected"),
+    [
+        (None, 1, 0),
+        (None, 4, 0),  # a single run: GPU 0
+        (0, 1, 0),
+        (7, 1, 0),  # one GPU: every job packs onto it
+        (0, 2, 0),
+        (1, 2, 1),
+        (5, 2, 1),
+        (6, 2, 0),
+        (7, 3, 1),
+        (8, 3, 2),
+        (9, 3, 0),
+        (3, 0, None),
+        (None, 0, None),  # no GPU
+    ],
+)
 def test_assign_gpu_is_the_job_number_modulo_the_gpu_count(job_num, n_gpus, expected):
     assert assign_gpu(job_num, n_gpus) == expected
 
@@ -97,8 +108,11 @@ def test_an_explicit_gpu_is_kept_for_every_job(fake_gpus, name, expected):
 def test_an_index_beyond_the_visible_gpus_names_the_key_and_the_fix(fake_gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     current = fake_gpus(2)
-    with pytest.raises(ConfigError, match=r"trainer.device=cuda:2 but only 2 GPU\(s\) are visible "
-                                          r"\(CUDA_VISIBLE_DEVICES=2,5\).*Fix: trainer.device=cuda:<0..1>"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.device=cuda:2 but only 2 GPU\(s\) are visible "
+        r"\(CUDA_VISIBLE_DEVICES=2,5\).*Fix: trainer.device=cuda:<0..1>",
+    ):
         pick_device("cuda:2")
     assert current == []  # refused before touching CUDA
 
@@ -134,7 +148,7 @@ def test_the_recipe_passes_the_sweep_job_number(smoke, monkeypatch, tmp_path):
         seen.append((name, job_num))
         raise Stop  # setup goes no further: only the call is under test
 
-    monkeypatch.setattr(specs, "pick_device", fake_pick_device)
+    monkeypatch.setattr("ttm_experiments.training.recipe.pick_device", fake_pick_device)
     recipe = TrainRecipe(to_config(smoke()), RunInfo(tmp_path, "", sweep_id="sweep", job_num=6))
     with pytest.raises(Stop):
         recipe.setup()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ttm_experiments.device_metrics import classification_metrics_on_device
-from ttm_experiments.metrics import classification_metrics
+from ttm_experiments.metrics.classification import classification_metrics
+from ttm_experiments.metrics.on_device import classification_metrics_on_device
 
 NAMES = {2: ("poor", "good"), 3: ("a", "b", "c"), 4: ("a", "b", "c", "d")}
 
@@ -46,8 +46,9 @@ def test_same_metrics_as_scikit_learn(k, n, ties):
 def test_extra_values_come_first_and_unchanged():
     labels, logits = _case(2, 50, seed=1, ties=False)
     loss = torch.tensor(0.123456789, dtype=torch.float32)
-    got = classification_metrics_on_device(torch.from_numpy(labels), torch.from_numpy(logits), NAMES[2],
-                                           extra={"loss": loss})
+    got = classification_metrics_on_device(
+        torch.from_numpy(labels), torch.from_numpy(logits), NAMES[2], extra={"loss": loss}
+    )
     assert next(iter(got)) == "loss" and got["loss"] == float(loss)
 
 

@@ -15,10 +15,9 @@ import sys
 import time
 import urllib.request
 
+import postgres
 import pytest
 from mlflow.tracking import MlflowClient
-
-import postgres
 from test_search import children, cli, finish, start, train_runs
 
 pytestmark = pytest.mark.slow
@@ -30,8 +29,11 @@ def pg():
     try:
         import psycopg  # noqa: F401  (SQLAlchemy 2.1 opens postgresql:// URLs with psycopg 3)
     except ImportError:
-        pytest.fail("the PostgreSQL driver is missing: pip install 'ttm-experiments[postgres]' "
-                    "(or pip install 'psycopg[binary]')", pytrace=False)
+        pytest.fail(
+            "the PostgreSQL driver is missing: pip install 'ttm-experiments[postgres]' "
+            "(or pip install 'psycopg[binary]')",
+            pytrace=False,
+        )
     try:
         server = postgres.PostgresServer()
     except postgres.PostgresNotFound as err:
@@ -50,11 +52,27 @@ def mlflow_server(pg, tmp_path_factory):
     log_path = base / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "2"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend,
+                "--artifacts-destination",
+                str(base / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
     try:
         deadline = time.time() + 180  # the first start creates MLflow's schema in PostgreSQL
         while True:
@@ -89,15 +107,22 @@ def test_two_sweepers_fill_one_postgresql_study_without_losing_a_trial(pg, mlflo
     # URL would be in every job's override line and .hydra/overrides.yaml
     monkeypatch.setenv("PGPASSWORD", postgres.PASSWORD)
     study_name = "pg-shared"
-    args = ["hparams_search=unfreeze_lr", f"hydra.sweeper.storage={pg.url('optuna', password=False)}",
-            f"hydra.sweeper.study_name={study_name}",
-            f"hydra.sweeper.n_trials={n}", "hydra.sweeper.pruner.n_warmup_steps=2",  # smoke trains 3 epochs
-            "unfreeze.last_n=choice(0, 1)",  # the command line narrows the file's space
-            f"tracking.uri={mlflow_server}", "experiment_name=pg-study"]
+    args = [
+        "hparams_search=unfreeze_lr",
+        f"hydra.sweeper.storage={pg.url('optuna', password=False)}",
+        f"hydra.sweeper.study_name={study_name}",
+        f"hydra.sweeper.n_trials={n}",
+        "hydra.sweeper.pruner.n_warmup_steps=2",  # smoke trains 3 epochs
+        "unfreeze.last_n=choice(0, 1)",  # the command line narrows the file's space
+        f"tracking.uri={mlflow_server}",
+        "experiment_name=pg-study",
+    ]
     cache = tmp_path / "cache"
     # two workers with nothing in common but the two URLs, as on two machines; both start on an empty database
-    workers = [start(cli(tmp_path / f"runs-{w}", *args, f"hydra.sweep.dir={tmp_path}/sweep-{w}", cache=cache))
-               for w in ("a", "b")]
+    workers = [
+        start(cli(tmp_path / f"runs-{w}", *args, f"hydra.sweep.dir={tmp_path}/sweep-{w}", cache=cache))
+        for w in ("a", "b")
+    ]
     done = [finish(proc, timeout=900) for proc in workers]
 
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
@@ -124,15 +149,29 @@ def test_two_sweepers_fill_one_postgresql_study_without_losing_a_trial(pg, mlflo
 
 def test_joblib_grid_against_an_mlflow_server_on_postgresql(pg, mlflow_server, tmp_path):
     runs = tmp_path / "runs"
-    proc = start(cli(runs, "unfreeze.last_n=0,1", "optim.lr=1e-4,1e-3", "hydra/launcher=joblib",
-                     "hydra.launcher.n_jobs=2", f"tracking.uri={mlflow_server}", "experiment_name=pg-grid",
-                     f"hydra.sweep.dir={tmp_path}/sweep", cache=tmp_path / "cache"))
+    proc = start(
+        cli(
+            runs,
+            "unfreeze.last_n=0,1",
+            "optim.lr=1e-4,1e-3",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"tracking.uri={mlflow_server}",
+            "experiment_name=pg-grid",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            cache=tmp_path / "cache",
+        )
+    )
     finish(proc, timeout=900)
 
     client = MlflowClient(tracking_uri=mlflow_server)
     parents = train_runs(client, "pg-grid")
-    assert sorted((r.data.params["unfreeze.last_n"], float(r.data.params["optim.lr"])) for r in parents) == \
-        [("0", 1e-4), ("0", 1e-3), ("1", 1e-4), ("1", 1e-3)]
+    assert sorted((r.data.params["unfreeze.last_n"], float(r.data.params["optim.lr"])) for r in parents) == [
+        ("0", 1e-4),
+        ("0", 1e-3),
+        ("1", 1e-4),
+        ("1", 1e-3),
+    ]
     for run in parents:
         assert run.info.status == "FINISHED"
         missing = [k for k in CONTRACT if k not in run.data.metrics]
@@ -142,8 +181,10 @@ def test_joblib_grid_against_an_mlflow_server_on_postgresql(pg, mlflow_server, t
         assert stages == {"head": "FINISHED", "partial": "FINISHED", "full": "FINISHED"}
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
     # the runs are rows in PostgreSQL, not in a file next to the jobs
-    count = pg.psql("SELECT count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-                    "WHERE e.name = 'pg-grid'", database="mlflow")
+    count = pg.psql(
+        "SELECT count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id WHERE e.name = 'pg-grid'",
+        database="mlflow",
+    )
     assert count == "16"  # 4 jobs x (1 parent + 3 stages)
     assert not (runs / "mlflow.db").exists()
 
@@ -152,8 +193,13 @@ def test_unreachable_postgresql_storage_stops_the_cli_before_any_trial(tmp_path)
     """The real command line; no server needed: nothing listens on the port."""
     url = f"postgresql://ttm:s3cret@127.0.0.1:{postgres.free_port()}/optuna"
     runs = tmp_path / "runs"
-    proc = finish(start(cli(runs, "hparams_search=unfreeze_lr", f"hydra.sweeper.storage={url}",
-                            f"hydra.sweep.dir={tmp_path}/sweep")), check=False, timeout=300)
+    proc = finish(
+        start(
+            cli(runs, "hparams_search=unfreeze_lr", f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={tmp_path}/sweep")
+        ),
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]

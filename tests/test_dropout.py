@@ -43,8 +43,11 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
 PHILOX_KAT = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -163,6 +166,7 @@ def test_backward_is_mask_times_scale():
 
 def test_gradcheck(monkeypatch):
     monkeypatch.setattr(fd, "MIN_FAST_NUMEL", 0)  # gradcheck needs a small input; keep the fast path
+
     def fixed_mask(x):  # gradcheck calls the function many times: one seed, one mask
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -348,9 +352,19 @@ def test_pickle_and_deepcopy():
 def tiny_ttm(dropout: float = 0.1) -> nn.Module:
     from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerModel
 
-    config = TinyTimeMixerConfig(context_length=128, patch_length=16, patch_stride=16, num_input_channels=1,
-                                 d_model=16, num_layers=2, adaptive_patching_levels=2, expansion_factor=2,
-                                 dropout=dropout, scaling="std", mode="common_channel")
+    config = TinyTimeMixerConfig(
+        context_length=128,
+        patch_length=16,
+        patch_stride=16,
+        num_input_channels=1,
+        d_model=16,
+        num_layers=2,
+        adaptive_patching_levels=2,
+        expansion_factor=2,
+        dropout=dropout,
+        scaling="std",
+        mode="common_channel",
+    )
     torch.manual_seed(0)
     return TinyTimeMixerModel(config)
 
@@ -358,10 +372,22 @@ def tiny_ttm(dropout: float = 0.1) -> nn.Module:
 def tiny_patchtst(dropout: float = 0.1) -> nn.Module:
     from transformers import PatchTSTConfig, PatchTSTModel
 
-    config = PatchTSTConfig(num_input_channels=1, context_length=128, patch_length=16, patch_stride=16, d_model=16,
-                            num_hidden_layers=2, num_attention_heads=2, ffn_dim=32, dropout=dropout,
-                            ff_dropout=dropout, path_dropout=dropout, positional_dropout=dropout,
-                            scaling="std", do_mask_input=False)
+    config = PatchTSTConfig(
+        num_input_channels=1,
+        context_length=128,
+        patch_length=16,
+        patch_stride=16,
+        d_model=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        ffn_dim=32,
+        dropout=dropout,
+        ff_dropout=dropout,
+        path_dropout=dropout,
+        positional_dropout=dropout,
+        scaling="std",
+        do_mask_input=False,
+    )
     torch.manual_seed(0)
     return PatchTSTModel(config)
 
@@ -403,3 +429,35 @@ def test_use_fast_dropout_in_sequential_heads_and_shared_modules():
     assert type(model["d2"]) is nn.Dropout2d  # channel dropout is another distribution: left alone
     with pytest.raises(TypeError, match="in place"):
         use_fast_dropout(nn.Dropout(0.1))
+
+
+# -- backbone.fast_dropout: the kernel is a choice ------------------------------------------------------------
+_NUMBA_PROBE = """
+import sys, torch
+from ttm_experiments.config.schema import BackboneConf, BackboneKind
+from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.models.dropout import FastDropout
+conf = BackboneConf(name="tiny", kind=BackboneKind("ttm"), block_pattern="", context_length=128, patch_length=16,
+                    patch_stride=16, d_model=16,
+                    num_layers=2, adaptive_patching_levels=2, fast_dropout={fast})
+model = build_classifier(conf, num_channels=1, num_classes=2).train()
+model(torch.randn(256, 1, 128)).sum().backward()  # large enough for the kernel (MIN_FAST_NUMEL)
+kinds = {{type(m).__name__ for m in model.modules() if isinstance(m, (torch.nn.Dropout, FastDropout))}}
+print(sorted(kinds), "numba" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("fast, expected", [(True, "['FastDropout'] True"), (False, "['Dropout'] False")])
+def test_fast_dropout_false_builds_stock_dropout_and_never_imports_numba(fast, expected):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _NUMBA_PROBE.format(fast=fast)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected

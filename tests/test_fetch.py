@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.data_fixtures import write_butppg
-from ttm_experiments import fetch as fetch_mod
-from ttm_experiments.fetch import CHECKSUMS, STAGING, main
+from ttm_experiments.cli.data import main
+from ttm_experiments.data import fetch as fetch_mod
+from ttm_experiments.data.fetch import CHECKSUMS, STAGING
 
 PROJECT = "/butppg/2.0.0/"
 
@@ -52,7 +53,7 @@ def _handler(mirror: Mirror):
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
-            rel = self.path[len(PROJECT):] if self.path.startswith(PROJECT) else None
+            rel = self.path[len(PROJECT) :] if self.path.startswith(PROJECT) else None
             rng = self.headers.get("Range")
             with mirror.lock:
                 mirror.requests.append((self.command, rel or self.path, rng))
@@ -245,8 +246,9 @@ def test_unknown_dataset(tmp_path, capsys):
 
 def test_check_names_the_missing_file(tmp_path):
     (tmp_path / "quality-hr-ann.csv").write_text("ID,Quality,HR\n")
-    proc = subprocess.run([sys.executable, "-m", "ttm_experiments.fetch", "check", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttm_experiments.cli.data", "check", str(tmp_path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "is not a BUT-PPG folder: subject-info.csv is missing" in proc.stderr

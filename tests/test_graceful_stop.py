@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT: finish the step, keep last.pt, mark the MLflow runs KILLED with stop_reason, resume (issue 15)."""
+"""SIGTERM/SIGINT: finish the step, keep last.pt, mark the MLflow runs KILLED with stop_reason, resume."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, compose_config
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, compose_config
-from ttm_experiments.train import train
+from ttm_experiments.cli.train import train
 from ttm_experiments.training import recipe as recipe_module
 from ttm_experiments.training.recipe import TrainRecipe
 from ttm_experiments.training.signals import RESUMABLE, Stopped
@@ -46,8 +46,9 @@ def _assert_same_metrics(runs_dir: Path, experiment: str, reference: dict[str, f
     assert reference and {k: parents[0].data.metrics[k] for k in reference} == reference
 
 
-def test_sigterm_mid_run_stops_after_the_step_marks_killed_and_resumes_identically(smoke, runs_dir, monkeypatch,
-                                                                                    reference):
+def test_sigterm_mid_run_stops_after_the_step_marks_killed_and_resumes_identically(
+    smoke, runs_dir, monkeypatch, reference
+):
     original, calls = TrainRecipe._checkpoint, []
 
     def checkpoint_then_sigterm(self, end, **kwargs):  # SIGTERM right after the first epoch's checkpoint
@@ -62,8 +63,9 @@ def test_sigterm_mid_run_stops_after_the_step_marks_killed_and_resumes_identical
     assert err.value.reason == "preempted"
     _, parents, found = _runs(runs_dir, "stopped")
     # the head stage finished its epoch; the partial stage started and stopped after its first step
-    assert sorted((r.info.run_name, r.info.status) for r in found if r in parents or r.data.tags.get("stage")) == \
-        sorted([(parents[0].info.run_name, "KILLED"), ("head", "FINISHED"), ("partial", "KILLED")])
+    assert sorted(
+        (r.info.run_name, r.info.status) for r in found if r in parents or r.data.tags.get("stage")
+    ) == sorted([(parents[0].info.run_name, "KILLED"), ("head", "FINISHED"), ("partial", "KILLED")])
     killed = [r for r in found if r.info.status == "KILLED"]
     assert all(r.data.tags["stop_reason"] == "preempted" for r in killed)
     state = torch.load(calls[-1] / "last.pt", weights_only=False)
@@ -102,8 +104,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _cmd(runs_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ttm_experiments.train", *SMALL, f"paths.runs_dir={runs_dir}",
-            f"hydra.run.dir={out}", "experiment_name=stop"]
+    return [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        *SMALL,
+        f"paths.runs_dir={runs_dir}",
+        f"hydra.run.dir={out}",
+        "experiment_name=stop",
+    ]
 
 
 def _signal_at(cmd: list[str], line: str, signals: list[int]) -> tuple[int, str]:
@@ -165,11 +174,22 @@ print("not stopped", flush=True)
 """
 
 
-@pytest.mark.parametrize("name,reason,code,said", [("TERM", "preempted", -signal.SIGTERM, "first handled"),
-                                                    ("INT", "interrupted", 130, "second raised KeyboardInterrupt")])
+@pytest.mark.parametrize(
+    "name,reason,code,said",
+    [
+        ("TERM", "preempted", -signal.SIGTERM, "first handled"),
+        ("INT", "interrupted", 130, "second raised KeyboardInterrupt"),
+    ],
+)
 def test_a_second_signal_stops_at_once(name, reason, code, said):
-    proc = subprocess.run([sys.executable, "-c", SECOND.format(name, reason)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SECOND.format(name, reason)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert said in proc.stdout and "not stopped" not in proc.stdout
     assert "stopping at once" in proc.stderr

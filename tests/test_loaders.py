@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import BUT_FS, write_butppg, write_vital, write_windows
 from mlflow.tracking import MlflowClient
 from scipy.signal import resample_poly
 
-from data_fixtures import BUT_FS, write_butppg, write_vital, write_windows
-from ttm_experiments.data import butppg, vitaldb, windows
+from ttm_experiments.cli.train import train
 from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.data import butppg, vitaldb, windows
 from ttm_experiments.data.prepare import check_windows, split_subject_wise
 from ttm_experiments.errors import ConfigError, DataError
-from ttm_experiments.train import train
 
 TRANSPOSED = ("100001", "100002")  # release-1 records: header transposed, rdrecord returns (1, 300)
 INTERLEAVED = ("101003",)
@@ -76,8 +76,9 @@ def test_release1_transposed_header_is_detected_and_repaired(tmp_path):
     np.testing.assert_allclose(b.windows.signals, a.windows.signals, rtol=1e-3, atol=1e-2)
     assert b.windows.meta["repaired"].tolist() == [True, True, False]
     # all three channels: the one-channel release-1 record cannot supply G and B, and is counted, not lost
-    rgb = butppg.load_butppg(spec("butppg", broken, ppg_channels=("R", "G", "B"), channels=3),
-                             cache_dir=tmp_path / "c3")
+    rgb = butppg.load_butppg(
+        spec("butppg", broken, ppg_channels=("R", "G", "B"), channels=3), cache_dir=tmp_path / "c3"
+    )
     assert rgb.windows.signals.shape == (2, 3, 128)
     assert rgb.report["excluded"] == {"lacks the asked channels": 1}
     np.testing.assert_allclose(rgb.windows.signals[0, 0], a.windows.signals[1, 0], rtol=1e-3, atol=1e-2)
@@ -119,14 +120,14 @@ def test_a_shorter_duration_cuts_each_record_into_consecutive_windows(tmp_path):
 
 def test_unlabeled_nan_and_short_records_are_counted_never_silently_dropped(tmp_path, caplog):
     root = tmp_path / "data"
-    write_butppg(root, n_subjects=3, records_per_subject=4, unlabeled=("100002",), nan=("101001",),
-                 short=("102001",))
+    write_butppg(root, n_subjects=3, records_per_subject=4, unlabeled=("100002",), nan=("101001",), short=("102001",))
     with pytest.raises(DataError, match=r"1 BUT-PPG record\(s\) hold NaN.*101001.*dataset.nonfinite=drop"):
         butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "c1")
     caplog.set_level(logging.INFO)
     result = butppg.load_butppg(spec("butppg", root, nonfinite="drop"), cache_dir=tmp_path / "c2")
     assert result.report["excluded"] == {
-        "no quality label": 1, "windows with NaN/Inf (dataset.nonfinite=drop)": 1,
+        "no quality label": 1,
+        "windows with NaN/Inf (dataset.nonfinite=drop)": 1,
         "shorter than duration_s=10 s": 1,
     }
     assert result.report["examples"]["no quality label"] == ["100002"]
@@ -159,8 +160,11 @@ def test_motion_codes_outside_0_to_7_stop_the_motion_task_only(tmp_path):
 def test_missing_record_folders_error_or_skip_with_count(tmp_path):
     root = tmp_path / "data"
     write_butppg(root, n_subjects=2, records_per_subject=4, no_folder=("100003", "101002"))
-    with pytest.raises(DataError, match=r"2 of 8 annotated BUT-PPG records have no record folder.*100003.*"
-                                        r"dataset.missing_records=skip"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 8 annotated BUT-PPG records have no record folder.*100003.*"
+        r"dataset.missing_records=skip",
+    ):
         butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "c1")
     result = butppg.load_butppg(spec("butppg", root, missing_records="skip"), cache_dir=tmp_path / "c2")
     assert result.report["excluded"] == {"record folder missing": 2} and len(result.windows) == 6
@@ -185,8 +189,11 @@ def test_annotation_file_with_wrong_columns(tmp_path):
     root = tmp_path / "data"
     write_butppg(root, n_subjects=1, records_per_subject=2)
     (root / "quality-hr-ann.csv").write_text("\ufeffrecord,quality\n100001,1\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"lacks the column\(s\) \['ID', 'Quality', 'HR'\]; its columns are "
-                                        r"\['record', 'quality'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"lacks the column\(s\) \['ID', 'Quality', 'HR'\]; its columns are "
+        r"\['record', 'quality'\]",
+    ):
         butppg.load_butppg(spec("butppg", root), cache_dir=tmp_path / "cache")
 
 
@@ -294,8 +301,11 @@ def test_vitaldb_root_errors(tmp_path):
 # Preprocessed windows
 # --------------------------------------------------------------------------------------------------------
 
-SPLITS = {"train": ["100001", "100002", "101001", "101002", "104001", "104002"],
-          "val": ["102001", "102002"], "test": ["103001", "103002"]}
+SPLITS = {
+    "train": ["100001", "100002", "101001", "101002", "104001", "104002"],
+    "val": ["102001", "102002"],
+    "test": ["103001", "103002"],
+}
 
 
 def test_windows_with_a_split_on_disk_keep_it(tmp_path, caplog):
@@ -312,8 +322,9 @@ def test_windows_with_a_split_on_disk_keep_it(tmp_path, caplog):
     assert [len(p) for _, p in splits.items()] == [6, 2, 2]
     assert splits.test.meta["record_id"].tolist() == [103001, 103002]
     assert "dataset.fold=3 / dataset.n_folds are ignored" in caplog.text
-    motion = windows.load_windows_dir(spec("windows", tmp_path / "w", task="motion"),
-                                      cache_dir=tmp_path / "cache").windows
+    motion = windows.load_windows_dir(
+        spec("windows", tmp_path / "w", task="motion"), cache_dir=tmp_path / "cache"
+    ).windows
     assert motion.class_names == butppg.MOTION_CLASSES
 
 
@@ -328,8 +339,11 @@ def test_windows_without_a_split_use_subject_wise_folds(tmp_path):
 
 def test_overlapping_record_ids_are_refused_with_the_ids(tmp_path):
     write_windows(tmp_path / "w", {**SPLITS, "test": ["103001", "100002", "101001"]})
-    with pytest.raises(DataError, match=r"2 record id\(s\) sit in more than one split: 100002 \(train/test\), "
-                                        r"101001 \(train/test\)"):
+    with pytest.raises(
+        DataError,
+        match=r"2 record id\(s\) sit in more than one split: 100002 \(train/test\), "
+        r"101001 \(train/test\)",
+    ):
         windows.load_windows_dir(spec("windows", tmp_path / "w"), cache_dir=tmp_path / "cache")
 
 
@@ -383,8 +397,9 @@ def test_a_real_dataset_composes_without_root_and_then_says_it_needs_one(smoke, 
 @pytest.mark.parametrize("task,classes", [("quality", ("poor", "good")), ("motion", butppg.MOTION_CLASSES)])
 def test_smoke_training_on_the_butppg_fixture(but_root, smoke, runs_dir, task, classes):
     root, _ = but_root
-    objective = train(smoke("dataset=butppg", f"dataset.root={root}", f"dataset.task={task}",
-                            f"experiment_name=butppg-{task}"))
+    objective = train(
+        smoke("dataset=butppg", f"dataset.root={root}", f"dataset.task={task}", f"experiment_name=butppg-{task}")
+    )
     assert 0.0 <= objective <= 1.0
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
     found = client.search_runs([client.get_experiment_by_name(f"butppg-{task}").experiment_id])

@@ -8,15 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TTM, backbone_conf, unfreeze_rule
 from sklearn.metrics import roc_auc_score
 
-from conftest import TINY_TTM, backbone_conf, unfreeze_rule
 from ttm_experiments.config.schema import StageConf, TrainScope
-from ttm_experiments.metrics import classification_metrics, collapsed_classes
+from ttm_experiments.metrics.classification import classification_metrics, collapsed_classes
 from ttm_experiments.models.backbones import build_classifier
+from ttm_experiments.models.unfreeze import apply_stage, find_blocks
 from ttm_experiments.training.loop import FocalLoss, class_weights, param_groups
 from ttm_experiments.training.stages import StagePlan
-from ttm_experiments.unfreeze import apply_stage, find_blocks
 
 TINY = backbone_conf(**TINY_TTM, head_hidden=8)
 LAYERS = unfreeze_rule(r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+")
@@ -95,13 +95,13 @@ def test_class_weights_balance_the_classes():
 def test_focal_loss_reduces_to_weighted_ce_at_gamma_zero():
     logits, target = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 1, 0])
     w = torch.tensor([1.0, 3.0])
-    # the weighted mean (divided by the targets' total weight), as cross-entropy takes it (issue 11)
+    # the weighted mean (divided by the targets' total weight), as cross-entropy takes it
     ce = torch.nn.functional.cross_entropy(logits, target, weight=w)
     assert FocalLoss(w, 0.0)(logits, target) == pytest.approx(float(ce))
 
 
 def test_bootstrap_interval_resamples_subjects_and_brackets_the_point_value():
-    from ttm_experiments.metrics import bootstrap_auroc_ci
+    from ttm_experiments.metrics.classification import bootstrap_auroc_ci
 
     rng = np.random.default_rng(0)
     subjects = np.repeat(np.arange(20), 10)
@@ -132,15 +132,18 @@ def _sklearn_bootstrap(y, probs, subjects, n_boot, seed):
         if len(np.unique(y[index])) < k:
             continue
         p = probs[index]
-        values.append(roc_auc_score(y[index], p[:, 1]) if k == 2 else
-                      roc_auc_score(y[index], p, multi_class="ovr", average="macro", labels=list(range(k))))
+        values.append(
+            roc_auc_score(y[index], p[:, 1])
+            if k == 2
+            else roc_auc_score(y[index], p, multi_class="ovr", average="macro", labels=list(range(k)))
+        )
     return np.array(values)
 
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_the_vectorised_bootstrap_equals_sklearn_on_every_resample(k):
     """Subjects of different sizes, tied scores (rounded probabilities), resamples missing a class skipped."""
-    from ttm_experiments.metrics import bootstrap_auroc_ci, weighted_auroc
+    from ttm_experiments.metrics.classification import bootstrap_auroc_ci, weighted_auroc
 
     rng = np.random.default_rng(k)
     subjects = np.repeat(np.arange(15), rng.integers(1, 12, 15))
@@ -159,11 +162,12 @@ def test_the_vectorised_bootstrap_equals_sklearn_on_every_resample(k):
     for row in w:
         rep = np.repeat(np.arange(n), row.astype(int))
         assert weighted_auroc(probs[:, 1], y == 1, row[None])[0] == pytest.approx(
-            roc_auc_score(y[rep] == 1, probs[rep, 1]), abs=1e-12)
+            roc_auc_score(y[rep] == 1, probs[rep, 1]), abs=1e-12
+        )
 
 
 def test_bootstrap_interval_undefined_with_one_class():
-    from ttm_experiments.metrics import bootstrap_auroc_ci
+    from ttm_experiments.metrics.classification import bootstrap_auroc_ci
 
     assert bootstrap_auroc_ci(np.zeros(10, int), np.full((10, 2), 0.5), np.arange(10), n_boot=50) is None
 
@@ -173,7 +177,7 @@ def test_head_stage_gives_the_same_results_with_and_without_the_feature_cache(sm
     Both paths must train the same head."""
     from mlflow.tracking import MlflowClient
 
-    from ttm_experiments.train import train
+    from ttm_experiments.cli.train import train
     from ttm_experiments.training import loop
 
     overrides = ("schedule=head_only", "trainer.max_epochs_per_stage=2")
@@ -181,8 +185,10 @@ def test_head_stage_gives_the_same_results_with_and_without_the_feature_cache(sm
     monkeypatch.setattr(loop, "FEATURE_CACHE_BYTES", 0)
     train(smoke(*overrides, "experiment_name=uncached"))
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
-    metrics = [client.search_runs([client.get_experiment_by_name(e).experiment_id],
-                                  "tags.stage = 'head'")[0].data.metrics for e in ("cached", "uncached")]
+    metrics = [
+        client.search_runs([client.get_experiment_by_name(e).experiment_id], "tags.stage = 'head'")[0].data.metrics
+        for e in ("cached", "uncached")
+    ]
     assert metrics[0].keys() == metrics[1].keys()
     for key in metrics[0]:
         assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-5), key

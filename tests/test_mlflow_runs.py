@@ -1,5 +1,5 @@
-"""What MLflow users see (issue 13.2): run names, the splits as MLflow datasets, system metrics, a quiet console;
-and mixed precision (issue 13.4): `trainer.amp` spellings, refusals, the fp16 gradient scaler."""
+"""What MLflow users see: run names, the splits as MLflow datasets, system metrics, a quiet console;
+and mixed precision: `trainer.amp` spellings, refusals, the fp16 gradient scaler."""
 
 from __future__ import annotations
 
@@ -10,28 +10,46 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from ttm_experiments.config.schema import AmpMode, parse_amp
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.run_names import describe_overrides, run_name, trial_name
+from ttm_experiments.search.space import trial_name
+from ttm_experiments.tracking.run_names import describe_overrides, run_name
 
 
 # -- run names ------------------------------------------------------------------------------------------------
 def test_override_names_drop_noise_shorten_keys_and_cap_the_length():
-    assert describe_overrides(["debug=smoke", "unfreeze.last_n=2", "optim.lr=0.001", "hydra.verbose=true",
-                               "paths.runs_dir=/tmp/x", "tracking.uri=sqlite:///a.db", "search.trial_number=3",
-                               "backbone=ttm_512"]) == "last_n=2 lr=0.001 backbone=ttm_512"
-    assert describe_overrides(["optim.lr=1", "other.lr=2", "+trainer.max_batches=3"]) == "optim.lr=1 other.lr=2 max_batches=3"
+    assert (
+        describe_overrides(
+            [
+                "debug=smoke",
+                "unfreeze.last_n=2",
+                "optim.lr=0.001",
+                "hydra.verbose=true",
+                "paths.runs_dir=/tmp/x",
+                "tracking.uri=sqlite:///a.db",
+                "search.trial_number=3",
+                "backbone=ttm_512",
+            ]
+        )
+        == "last_n=2 lr=0.001 backbone=ttm_512"
+    )
+    assert (
+        describe_overrides(["optim.lr=1", "other.lr=2", "+trainer.max_batches=3"])
+        == "optim.lr=1 other.lr=2 max_batches=3"
+    )
     long = describe_overrides([f"unfreeze.pattern={'x' * 200}"])
     assert len(long) == 96 and long.endswith("…")
 
 
 def test_run_name_precedence():
     assert run_name(explicit=None, overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "last_n=1"
-    assert run_name(explicit=None, overrides=["debug=smoke"], backbone="ttm_tiny", schedule="progressive") \
+    assert (
+        run_name(explicit=None, overrides=["debug=smoke"], backbone="ttm_tiny", schedule="progressive")
         == "ttm_tiny progressive"
+    )
     assert run_name(explicit="mine", overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "mine"
     assert trial_name(3, {"optim.lr": 0.000412345, "unfreeze.last_n": 2}) == "trial 3: lr=0.000412 last_n=2"
 
@@ -39,7 +57,7 @@ def test_run_name_precedence():
 # -- the splits as MLflow datasets ------------------------------------------------------------------------------
 def _logged_inputs(smoke, fold: int):
     from ttm_experiments.config.spec import to_config
-    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
     from ttm_experiments.training.recipe import RunInfo, load_splits, open_run
 
     c = to_config(smoke(f"dataset.fold={fold}", "experiment_name=inputs"))
@@ -62,7 +80,9 @@ def test_splits_are_logged_as_datasets_with_digests_of_the_windows(smoke):
     assert other["synthetic fold 1 test"].dataset.digest == digests["synthetic fold 0 val"]
     train = first["synthetic fold 0 train"]
     tags = {t.key: t.value for t in train.tags}
-    assert tags["mlflow.data.context"] == "training" and int(tags["windows"]) == int(tags["n_poor"]) + int(tags["n_good"])
+    assert tags["mlflow.data.context"] == "training" and int(tags["windows"]) == int(tags["n_poor"]) + int(
+        tags["n_good"]
+    )
     assert train.dataset.source_type == "code" and '"split_seed": "0"' in train.dataset.source
     assert '"features_shape": [' in train.dataset.profile
 
@@ -86,7 +106,7 @@ def test_digest_covers_every_window(monkeypatch):
 
 # -- a quiet console ------------------------------------------------------------------------------------------
 def test_quiet_mlflow_unless_verbose(monkeypatch):
-    from ttm_experiments.cli import quiet_mlflow
+    from ttm_experiments.tracking.console import quiet_mlflow
 
     for name in ("MLFLOW_LOGGING_LEVEL", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):
         monkeypatch.delenv(name, raising=False)
@@ -104,23 +124,44 @@ def test_quiet_mlflow_unless_verbose(monkeypatch):
 
 # -- a real 2-job multirun: names, datasets, system metrics, console ---------------------------------------------
 def test_multirun_names_datasets_system_metrics_and_quiet_output(runs_dir):
-    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "unfreeze.last_n=1,2",
-           "optim.lr=0.001", "tracking.log_system_metrics=true", "tracking.system_metrics_interval_s=3600",
-           f"paths.runs_dir={runs_dir}", "experiment_name=named"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        "-m",
+        "debug=smoke",
+        "unfreeze.last_n=1,2",
+        "optim.lr=0.001",
+        "tracking.log_system_metrics=true",
+        "tracking.system_metrics_interval_s=3600",
+        f"paths.runs_dir={runs_dir}",
+        "experiment_name=named",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_LOGGING_LEVEL", None)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
-    for chatter in ("Creating initial MLflow database tables", "Context impl", "alembic", "View run",
-                    "Started monitoring system metrics"):
+    for chatter in (
+        "Creating initial MLflow database tables",
+        "Context impl",
+        "alembic",
+        "View run",
+        "Started monitoring system metrics",
+    ):
         assert chatter not in output
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("named").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.info.run_name for r in parents) == ["last_n=1 lr=0.001", "last_n=2 lr=0.001"]
-    assert sorted(r.info.run_name for r in runs if r not in parents) == ["full", "full", "head", "head",
-                                                                         "partial", "partial"]
+    assert sorted(r.info.run_name for r in runs if r not in parents) == [
+        "full",
+        "full",
+        "head",
+        "head",
+        "partial",
+        "partial",
+    ]
     for parent in parents:
         names = {d.dataset.name for d in client.get_run(parent.info.run_id).inputs.dataset_inputs}
         assert names == {f"synthetic fold 0 {s}" for s in ("train", "val", "test")}
@@ -136,7 +177,7 @@ def _system_steps(uri: str, run_id: str) -> list[int]:
 
 
 def test_a_run_shorter_than_the_interval_records_system_metrics_at_its_start_and_end(runs_dir):
-    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     # an hour between samples: only the start and end samples can be there, whatever the machine's speed
@@ -156,11 +197,12 @@ def test_a_run_shorter_than_the_interval_records_system_metrics_at_its_start_and
 
 
 def test_the_config_interval_wins_over_mlflows_environment_variable(runs_dir, monkeypatch):
-    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.01")
-    tracker = MlflowTracker(f"sqlite:///{runs_dir}/mlflow.db", "sys", log_system_metrics=True,
-                            system_metrics_interval_s=3600)
+    tracker = MlflowTracker(
+        f"sqlite:///{runs_dir}/mlflow.db", "sys", log_system_metrics=True, system_metrics_interval_s=3600
+    )
     tracker.start_run("env", {})
     try:
         assert tracker._monitor.sampling_interval == 3600
@@ -170,7 +212,7 @@ def test_the_config_interval_wins_over_mlflows_environment_variable(runs_dir, mo
 
 def test_system_metrics_are_off_by_default_and_the_interval_must_be_positive(runs_dir, smoke):
     from ttm_experiments.config.spec import to_config
-    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{runs_dir}/mlflow.db"
     tracker = MlflowTracker(uri, "sys")
@@ -182,8 +224,17 @@ def test_system_metrics_are_off_by_default_and_the_interval_must_be_positive(run
 
 
 # -- mixed precision ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, mode", [(False, AmpMode.off), ("False", AmpMode.off), (True, AmpMode.bf16),
-                                         ("True", AmpMode.bf16), ("bf16", AmpMode.bf16), ("fp16", AmpMode.fp16)])
+@pytest.mark.parametrize(
+    "value, mode",
+    [
+        (False, AmpMode.off),
+        ("False", AmpMode.off),
+        (True, AmpMode.bf16),
+        ("True", AmpMode.bf16),
+        ("bf16", AmpMode.bf16),
+        ("fp16", AmpMode.fp16),
+    ],
+)
 def test_amp_spellings(value, mode):
     assert parse_amp(value) == mode
 
@@ -239,16 +290,19 @@ def test_fp16_scaler_skips_an_overflowing_step_and_saves_its_state():
 
 def test_fp16_run_shares_one_scaler_with_the_ssl_stages_and_checkpoints_it(smoke, monkeypatch):
     """The recipe on CPU with the device check lifted: both loops step through one Precision, last.pt holds it."""
+    from ttm_experiments.cli.train import run_info
     from ttm_experiments.config.spec import to_config
     from ttm_experiments.training import recipe as recipe_mod
     from ttm_experiments.training.recipe import TrainRecipe, run_recipe
-    from ttm_experiments.train import run_info
 
     saved = []
     monkeypatch.setattr(recipe_mod, "check_amp", lambda amp, device: parse_amp(amp))
     real_save = recipe_mod.resume.save_epoch
-    monkeypatch.setattr(recipe_mod.resume, "save_epoch", lambda path, end, **kw: (saved.append(end.extra.get("scaler")),
-                                                                                  real_save(path, end, **kw)))
+    monkeypatch.setattr(
+        recipe_mod.resume,
+        "save_epoch",
+        lambda path, end, **kw: (saved.append(end.extra.get("scaler")), real_save(path, end, **kw)),
+    )
     cfg = smoke("trainer.amp=fp16", "schedule=hybrid", "trainer.max_batches=2")
     recipe = TrainRecipe(to_config(cfg), run_info(cfg))
     outcome = run_recipe(recipe)

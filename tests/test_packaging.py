@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 # what a build reads; copied so that it writes no build/ or *.egg-info into the working tree
@@ -29,8 +28,11 @@ SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args], check=True,
-                   env={**os.environ, "PIP_NO_INDEX": "1"})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+        check=True,
+        env={**os.environ, "PIP_NO_INDEX": "1"},
+    )
 
 
 def run(cmd: list[str], cwd: Path, target: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -88,8 +90,9 @@ def test_wheel_ships_every_config_the_plugin_and_the_commands(wheel):
     assert configs, "conf/ has no yaml files"
     missing = sorted(configs - names)
     assert not missing, f"the wheel lacks {len(missing)} config file(s): {missing[:5]} (see setup.py package_data)"
-    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "ttm_experiments").rglob("*.py")
-               if "__pycache__" not in p.parts}
+    modules = {
+        p.relative_to(REPO).as_posix() for p in (REPO / "ttm_experiments").rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert not sorted(modules - names), "the wheel lacks modules (see setup.py packages)"
     plugin = "hydra_plugins/ttm_optuna_sweeper"
     assert {f"{plugin}/{name}.py" for name in ("__init__", "config", "optuna_sweeper", "compat", "_alias")} <= names
@@ -118,14 +121,19 @@ def test_installs_beside_the_released_plugin_without_sharing_a_file(wheel, insta
     # with the released plugin installed its files answer the class path, and our plugin says how to end the
     # clash (Hydra imports the `_target_` path, so such a config gets the released sweeper)
     imported = f"from hydra.utils import get_class; print(get_class('{SWEEPER}').__mro__[1].__module__)"
-    both = run([sys.executable, "-c", f"from hydra.core.plugins import Plugins; Plugins.instance(); {imported}"],
-               cwd=tmp_path, target=target)
+    both = run(
+        [sys.executable, "-c", f"from hydra.core.plugins import Plugins; Plugins.instance(); {imported}"],
+        cwd=tmp_path,
+        target=target,
+    )
     assert both.stdout.split() == ["builtins"]
     assert "pip uninstall hydra-optuna-sweeper" in both.stderr
     # without it, Hydra instantiates our sweeper for that `_target_`, as it does for a sweep
-    instantiated = ("from hydra.core.plugins import Plugins; from omegaconf import OmegaConf; "
-                    f"sweeper = Plugins.instance()._instantiate(OmegaConf.create({{'_target_': '{SWEEPER}'}})); "
-                    "print(type(sweeper).__mro__[1].__module__)")
+    instantiated = (
+        "from hydra.core.plugins import Plugins; from omegaconf import OmegaConf; "
+        f"sweeper = Plugins.instance()._instantiate(OmegaConf.create({{'_target_': '{SWEEPER}'}})); "
+        "print(type(sweeper).__mro__[1].__module__)"
+    )
     alone = run([sys.executable, "-c", f"{instantiated}; {imported}"], cwd=tmp_path, target=installed)
     assert alone.stdout.split() == [ours_, ours_]
     assert "hydra-optuna-sweeper" not in alone.stderr
@@ -133,8 +141,11 @@ def test_installs_beside_the_released_plugin_without_sharing_a_file(wheel, insta
 
 @pytest.mark.slow
 def test_installed_wheel_composes_and_trains_from_another_folder(installed, tmp_path):
-    where = run([sys.executable, "-c", "from ttm_experiments.cli import CONFIG_DIR; print(CONFIG_DIR)"],
-                cwd=tmp_path, target=installed)
+    where = run(
+        [sys.executable, "-c", "from ttm_experiments.cli.common import CONFIG_DIR; print(CONFIG_DIR)"],
+        cwd=tmp_path,
+        target=installed,
+    )
     assert Path(where.stdout.strip()) == installed / "ttm_experiments" / "conf"
     train, inspect = str(installed / "bin" / "ttm-train"), str(installed / "bin" / "ttm-inspect")
     job = run([train, "--cfg", "job"], cwd=tmp_path, target=installed).stdout
@@ -144,13 +155,17 @@ def test_installed_wheel_composes_and_trains_from_another_folder(installed, tmp_
     # a user's own config folder composes with the shipped groups (the README's example)
     experiment = tmp_path / "my_conf" / "experiment" / "mine.yaml"
     experiment.parent.mkdir(parents=True)
-    experiment.write_text("# @package _global_\n# ttm-train --config-dir my_conf experiment=mine\n"
-                          "defaults:\n  - override /unfreeze: depth\nunfreeze:\n  last_n: 3\nexperiment_name: mine\n")
-    mine = run([train, "--config-dir", "my_conf", "experiment=mine", "--cfg", "job"], cwd=tmp_path,
-               target=installed).stdout
+    experiment.write_text(
+        "# @package _global_\n# ttm-train --config-dir my_conf experiment=mine\n"
+        "defaults:\n  - override /unfreeze: depth\nunfreeze:\n  last_n: 3\nexperiment_name: mine\n"
+    )
+    mine = run(
+        [train, "--config-dir", "my_conf", "experiment=mine", "--cfg", "job"], cwd=tmp_path, target=installed
+    ).stdout
     assert "experiment_name: mine" in mine and "last_n: 3" in mine and "keywords:" in mine
-    searchpath = run([train, "hydra.searchpath=[file://my_conf]", "experiment=mine", "--cfg", "job"],
-                     cwd=tmp_path, target=installed).stdout
+    searchpath = run(
+        [train, "hydra.searchpath=[file://my_conf]", "experiment=mine", "--cfg", "job"], cwd=tmp_path, target=installed
+    ).stdout
     assert "experiment_name: mine" in searchpath
     runs = tmp_path / "runs"
     run([train, "debug=smoke", f"paths.runs_dir={runs}"], cwd=tmp_path, target=installed)

@@ -1,10 +1,10 @@
-"""The paired, subject-resampled bootstrap of an AUROC difference (ttm_experiments.paired)."""
+"""The paired, subject-resampled bootstrap of an AUROC difference (ttm_experiments.report.paired)."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ttm_experiments.paired import PairedFold, auroc, auroc_differences
+from ttm_experiments.report.paired import PairedFold, auroc, auroc_differences
 
 
 def _fold(rng, n_subjects=30, per_subject=8):
@@ -71,12 +71,20 @@ def test_a_param_interpolated_from_the_compared_group_does_not_break_the_pair():
     field by chance, still keeps them apart."""
     from types import SimpleNamespace
 
-    from ttm_experiments.report_compare import comparisons
+    from ttm_experiments.report.compare import comparisons
 
     def row(backbone: str, pattern: str, fold: int, **extra):
-        params = {"backbone.name": backbone, "backbone.block_pattern": pattern, "backbone.num_layers": "2",
-                  "unfreeze.pattern": pattern, "unfreeze.last_n": "2", "optim.lr": "0.001",
-                  "dataset.fold": str(fold), "seed": "0", **extra}
+        params = {
+            "backbone.name": backbone,
+            "backbone.block_pattern": pattern,
+            "backbone.num_layers": "2",
+            "unfreeze.pattern": pattern,
+            "unfreeze.last_n": "2",
+            "optim.lr": "0.001",
+            "dataset.fold": str(fold),
+            "seed": "0",
+            **extra,
+        }
         return SimpleNamespace(params=params, state="finished", metrics={"test/auroc": 0.8}, run_id=f"{backbone}{fold}")
 
     rows = [row(b, p, f) for b, p in (("ttm_1024", r"mixers\.\d+"), ("baseline_sqi", "^$")) for f in (0, 1)]

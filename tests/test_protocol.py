@@ -1,4 +1,4 @@
-"""Numbers a reviewer can trust (issue 11): split seed, frozen means frozen, one selection metric, imbalance,
+"""Numbers a reviewer can trust: split seed, frozen means frozen, one selection metric, imbalance,
 collapse of the selected checkpoint, no silent fallbacks, resume that heals."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TTM, backbone_conf, unfreeze_rule
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_TTM, backbone_conf, unfreeze_rule
+from ttm_experiments.cli.train import train
 from ttm_experiments.config.schema import FrozenMode, parse_metric
-from ttm_experiments.config.spec import pretrain_dataset, to_config
+from ttm_experiments.config.spec import to_config
+from ttm_experiments.data.prepare import pretrain_dataset
 from ttm_experiments.errors import ConfigError, DataError
-from ttm_experiments.train import train
 
 CLIENT = lambda runs: MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")  # noqa: E731
 
@@ -24,8 +25,9 @@ CLIENT = lambda runs: MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")  
 def _parents(runs: Path, experiment: str):
     client = CLIENT(runs)
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return client, sorted((r for r in found if "mlflow.parentRunId" not in r.data.tags),
-                          key=lambda r: r.info.start_time)
+    return client, sorted(
+        (r for r in found if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time
+    )
 
 
 # -- 1. split seed ---------------------------------------------------------------------------------------------
@@ -38,7 +40,10 @@ def test_seed_does_not_change_the_data_or_folds_but_split_seed_does(smoke, tmp_p
 
     assert subjects("seed=0") == subjects("seed=1")
     assert subjects("dataset.split_seed=0") != subjects("dataset.split_seed=1")
-    assert pretrain_dataset(to_config(smoke("seed=5")))[1] == pretrain_dataset(to_config(smoke("seed=6")))[1]
+    assert (
+        pretrain_dataset(to_config(smoke("seed=5")).dataset)[1]
+        == pretrain_dataset(to_config(smoke("seed=6")).dataset)[1]
+    )
 
 
 @pytest.mark.slow
@@ -46,8 +51,9 @@ def test_two_seeds_share_splits_json_and_differ_in_metrics(smoke, runs_dir):
     for seed in (0, 1):
         train(smoke(f"seed={seed}", "experiment_name=seeds", "schedule=full"))
     client, (a, b) = _parents(runs_dir, "seeds")
-    splits = [json.loads(Path(client.download_artifacts(r.info.run_id, "data/splits.json")).read_text())
-              for r in (a, b)]
+    splits = [
+        json.loads(Path(client.download_artifacts(r.info.run_id, "data/splits.json")).read_text()) for r in (a, b)
+    ]
     assert splits[0] == splits[1]
     assert a.data.metrics["val/loss"] != b.data.metrics["val/loss"]
 
@@ -61,9 +67,19 @@ def _bn_stats(path: Path, frozen_layers: tuple[str, ...]) -> dict[str, torch.Ten
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_patchtst_batchnorm_statistics_of_frozen_layers_stay_fixed(smoke, runs_dir, mode):
-    train(smoke("backbone=patchtst", "backbone.context_length=128", "backbone.patch_length=16",
-                "backbone.patch_stride=16", "backbone.d_model=16", "backbone.ffn_dim=32", "unfreeze.last_n=1",
-                f"unfreeze.frozen_mode={mode}", "experiment_name=frozen"))
+    train(
+        smoke(
+            "backbone=patchtst",
+            "backbone.context_length=128",
+            "backbone.patch_length=16",
+            "backbone.patch_stride=16",
+            "backbone.d_model=16",
+            "backbone.ffn_dim=32",
+            "unfreeze.last_n=1",
+            f"unfreeze.frozen_mode={mode}",
+            "experiment_name=frozen",
+        )
+    )
     _, (parent,) = _parents(runs_dir, "frozen")
     out = Path(parent.data.tags["output_dir"])
     frozen = ("encoder.layers.0.", "encoder.layers.1.")  # last_n=1 trains encoder.layers.2 only
@@ -75,7 +91,7 @@ def test_patchtst_batchnorm_statistics_of_frozen_layers_stay_fixed(smoke, runs_d
 
 def _ttm_partial(dropout: float = 0.5):
     from ttm_experiments.models.backbones import build_classifier
-    from ttm_experiments.unfreeze import apply_stage
+    from ttm_experiments.models.unfreeze import apply_stage
 
     model = build_classifier(backbone_conf(dropout=dropout, **TINY_TTM), num_channels=1, num_classes=2)
     rule = unfreeze_rule(r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+", last_n=1)
@@ -84,7 +100,7 @@ def _ttm_partial(dropout: float = 0.5):
 
 
 def test_ttm_frozen_blocks_are_deterministic_in_training_mode():
-    from ttm_experiments.unfreeze import freeze_frozen_modes
+    from ttm_experiments.models.unfreeze import freeze_frozen_modes
 
     torch.manual_seed(0)
     model, (trained,) = _ttm_partial()
@@ -123,8 +139,15 @@ def test_parse_metric_gives_the_direction():
 
 def test_a_trial_whose_direction_contradicts_the_metric_is_refused(smoke):
     with pytest.raises(ConfigError, match="optimized_metric=val/loss is to minimize.*hydra.sweeper.direction"):
-        to_config(smoke("optimized_metric=val/loss", "search.trial_number=0", "search.study_name=s",
-                        "search.storage=sqlite:///x.db", "search.direction=maximize"))
+        to_config(
+            smoke(
+                "optimized_metric=val/loss",
+                "search.trial_number=0",
+                "search.study_name=s",
+                "search.storage=sqlite:///x.db",
+                "search.direction=maximize",
+            )
+        )
 
 
 def _records(values: list[float], key: str):
@@ -133,10 +156,13 @@ def _records(values: list[float], key: str):
     return [EpochRecord("s", i + 1, {}, {key: v, "auroc": 0.5 + i / 100}, []) for i, v in enumerate(values)]
 
 
-@pytest.mark.parametrize("metric, values, best", [
-    ("val/balanced_acc", [0.6, 0.8, 0.7, 0.8], 2),
-    ("val/loss", [0.9, 0.5, 0.4, 0.6], 3),
-])
+@pytest.mark.parametrize(
+    "metric, values, best",
+    [
+        ("val/balanced_acc", [0.6, 0.8, 0.7, 0.8], 2),
+        ("val/loss", [0.9, 0.5, 0.4, 0.6], 3),
+    ],
+)
 def test_best_epoch_follows_optimized_metric_and_its_direction(metric, values, best):
     from ttm_experiments.training.loop import LoopResult, Trainer
 
@@ -194,10 +220,11 @@ def test_a_collapsed_early_epoch_does_not_tag_a_run_whose_best_checkpoint_is_fin
     from ttm_experiments.training.loop import EpochRecord, LoopResult, Trainer
     from ttm_experiments.training.recipe import RunInfo, TrainRecipe
 
-    result = LoopResult(best_epoch=2, best_stage="partial", best_value=0.8, best_val_auroc=0.8,
-                        collapse_epochs=[1])
-    result.history = [EpochRecord("head", 1, {}, {"auroc": 0.6}, ["good"]),
-                      EpochRecord("partial", 2, {}, {"auroc": 0.8}, [])]
+    result = LoopResult(best_epoch=2, best_stage="partial", best_value=0.8, best_val_auroc=0.8, collapse_epochs=[1])
+    result.history = [
+        EpochRecord("head", 1, {}, {"auroc": 0.6}, ["good"]),
+        EpochRecord("partial", 2, {}, {"auroc": 0.8}, []),
+    ]
     recipe = TrainRecipe(to_config(smoke()), RunInfo(output_dir=tmp_path, config_yaml=""))
     recipe.tracker = _Recorder()
     recipe._record_best(result, [], step=2)
@@ -215,8 +242,8 @@ def test_a_collapsed_early_epoch_does_not_tag_a_run_whose_best_checkpoint_is_fin
 
 # -- 7. no silent fallbacks ------------------------------------------------------------------------------------
 def test_sqi_failures_are_counted_and_refused_past_the_threshold():
-    from ttm_experiments import baselines
     from ttm_experiments.data.base import WindowSet
+    from ttm_experiments.models import baselines
 
     fs, t = 102.4, np.arange(1024) / 102.4
     pulse = np.sin(2 * np.pi * 1.2 * t) + 0.3 * np.sin(2 * np.pi * 2.4 * t) + 100
@@ -224,8 +251,13 @@ def test_sqi_failures_are_counted_and_refused_past_the_threshold():
 
     def windows(n_bad: int) -> WindowSet:
         rows = [pulse[None]] * (40 - n_bad) + [flat_noise] * n_bad
-        return WindowSet(signals=np.stack(rows).astype(np.float32), labels=np.zeros(40, np.int64),
-                         subjects=np.arange(40), class_names=("poor", "good"), fs=fs)
+        return WindowSet(
+            signals=np.stack(rows).astype(np.float32),
+            labels=np.zeros(40, np.int64),
+            subjects=np.arange(40),
+            class_names=("poor", "good"),
+            fs=fs,
+        )
 
     feats, failed = baselines.features("sqi", windows(0))
     assert failed == 0 and np.isfinite(feats).all()
@@ -268,9 +300,14 @@ def test_a_predefined_split_sharing_subjects_is_refused_unless_allowed():
     from ttm_experiments.data.base import WindowSet
     from ttm_experiments.data.prepare import split_subject_wise
 
-    ws = WindowSet(signals=np.zeros((6, 1, 8), np.float32), labels=np.array([0, 1] * 3),
-                   subjects=np.array([1, 1, 1, 2, 3, 3]), class_names=("poor", "good"), fs=1.0,
-                   meta={"split": np.array([0, 0, 1, 1, 2, 2])})  # subject 1 in train and val
+    ws = WindowSet(
+        signals=np.zeros((6, 1, 8), np.float32),
+        labels=np.array([0, 1] * 3),
+        subjects=np.array([1, 1, 1, 2, 3, 3]),
+        class_names=("poor", "good"),
+        fs=1.0,
+        meta={"split": np.array([0, 0, 1, 1, 2, 2])},
+    )  # subject 1 in train and val
     with pytest.raises(DataError, match="1 subject.*dataset.allow_shared_subjects=true"):
         split_subject_wise(ws, 5, 0, 0)
     assert split_subject_wise(ws, 5, 0, 0, allow_shared=True).shared_subjects == 1
@@ -288,7 +325,7 @@ def test_every_generator_round_trips(tmp_path):
 
 
 def test_resume_logs_the_pending_epoch_to_each_run_that_lacks_it(tmp_path):
-    from ttm_experiments.tracking import MlflowTracker
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
     from ttm_experiments.training.resume import continue_tracking
 
     tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "heal")
@@ -311,8 +348,14 @@ def test_ssl_schedule_covers_every_batch_the_loop_runs():
     from ttm_experiments.training.stages import StagePlan
 
     assert train_steps(70, 32) == 3 and train_steps(65, 32) == 2 and train_steps(10, 32) == 1
-    runner = SSLRunner(build_backbone(backbone_conf(**TINY_TTM), num_channels=1), optim=OptimConf(batch_size=32),
-                       trainer=TrainerConf(), device=torch.device("cpu"), seed=0, tracker=None)
+    runner = SSLRunner(
+        build_backbone(backbone_conf(**TINY_TTM), num_channels=1),
+        optim=OptimConf(batch_size=32),
+        trainer=TrainerConf(),
+        device=torch.device("cpu"),
+        seed=0,
+        tracker=None,
+    )
     stage = StagePlan(StageConf(name="ssl", kind=StageKind.ssl_masked), epochs=2, head_lr=1e-3, backbone_lr=1e-3)
     _, optimizer, scheduler = runner._setup(stage, 70, None)
     for _ in range(2 * 3 - 1):  # the steps before the last one of the stage

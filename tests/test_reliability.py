@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from ttm_experiments.cli.train import train
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.train import train
 from ttm_experiments.training import loop
 
 SMALL = ("debug=smoke", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4")
@@ -27,21 +27,31 @@ def _parents(runs_dir: Path, experiment: str):
 
 
 def _cmd(runs_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ttm_experiments.train", *SMALL, f"paths.runs_dir={runs_dir}",
-            f"hydra.run.dir={out}", "experiment_name=resume", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        *SMALL,
+        f"paths.runs_dir={runs_dir}",
+        f"hydra.run.dir={out}",
+        "experiment_name=resume",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     reference_runs = tmp_path / "reference"
-    subprocess.run(_cmd(reference_runs, reference_runs / "out"), check=True, cwd=REPO, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _cmd(reference_runs, reference_runs / "out"), check=True, cwd=REPO, env=env, capture_output=True, timeout=600
+    )
 
     runs = tmp_path / "killed"
     out = runs / "out"
-    proc = subprocess.Popen(_cmd(runs, out), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        _cmd(runs, out), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     for line in proc.stdout:  # kill in the middle of the 'partial' stage
         seen.append(line)
@@ -78,8 +88,8 @@ def test_same_config_and_seed_give_identical_metrics_on_cpu(smoke, runs_dir):
 
 
 def test_resume_with_a_changed_config_is_refused_listing_the_differences(smoke, runs_dir):
+    from ttm_experiments.cli.train import run_info
     from ttm_experiments.config.spec import to_config
-    from ttm_experiments.train import run_info
     from ttm_experiments.training.recipe import TrainRecipe
 
     cfg = smoke("experiment_name=changed")
@@ -131,8 +141,14 @@ def test_non_finite_loss_stops_with_the_batch_and_marks_the_run_failed(smoke, ru
 
 def test_collapse_stop_ends_the_stage_and_says_which_class(smoke, runs_dir, caplog):
     # threshold 0.99: any class under 99 % accuracy counts as collapsed, so the first epoch stops the stage
-    train(smoke("experiment_name=stop", "trainer.collapse_action=stop", "trainer.collapse_threshold=0.99",
-                "trainer.max_epochs_per_stage=3"))
+    train(
+        smoke(
+            "experiment_name=stop",
+            "trainer.collapse_action=stop",
+            "trainer.collapse_threshold=0.99",
+            "trainer.max_epochs_per_stage=3",
+        )
+    )
     _, parents, runs = _parents(runs_dir, "stop")
     head = next(r for r in runs if r.data.tags.get("stage") == "head")
     assert head.data.tags["collapse_stop"].startswith("head@1:")
@@ -142,6 +158,7 @@ def test_collapse_stop_ends_the_stage_and_says_which_class(smoke, runs_dir, capl
 
 def test_gradient_check_catches_a_frozen_parameter_with_a_gradient():
     from conftest import TINY_TTM, backbone_conf
+
     from ttm_experiments.models.backbones import build_classifier
 
     model = build_classifier(backbone_conf(**TINY_TTM, head_hidden=8), num_channels=1, num_classes=2)
@@ -156,11 +173,22 @@ def test_gradient_check_catches_a_frozen_parameter_with_a_gradient():
 def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path):
     """8 joblib processes write to one fresh SQLite store at once: every run FINISHED with every metric."""
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "seed=0,1,2,3,4,5,6,7",
-           "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", f"paths.runs_dir={runs}", "experiment_name=eight",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        "-m",
+        "debug=smoke",
+        "seed=0,1,2,3,4,5,6,7",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=8",
+        f"paths.runs_dir={runs}",
+        "experiment_name=eight",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, parents, runs_found = _parents(runs, "eight")
     assert len(parents) == 8 and len(runs_found) == 32

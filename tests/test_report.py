@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import compose_config
-from ttm_experiments.cli import CONFIG_DIR
+from ttm_experiments.cli.common import CONFIG_DIR
 from ttm_experiments.errors import ConfigError, Pruned
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ def store(tmp_path_factory):
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from ttm_experiments.train import train
+    from ttm_experiments.cli.train import train
 
     runs = tmp_path_factory.mktemp("report") / "runs"
     base = ["debug=smoke", f"paths.runs_dir={runs}", "experiment_name=rep", "trainer.num_threads=1"]
@@ -39,9 +39,16 @@ def store(tmp_path_factory):
     storage = f"sqlite:///{runs}/optuna.db"
     study = optuna.create_study(study_name="rep-study", storage=storage, direction="maximize")
     trial = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)})
-    cfg = compose_config([*base, f"optim.lr={trial.params['optim.lr']}", "search.study_name=rep-study",
-                          f"search.storage='{storage}'", f"search.trial_number={trial.number}",
-                          "search.pruner='threshold:lower=1.01,n_warmup_steps=2'"])
+    cfg = compose_config(
+        [
+            *base,
+            f"optim.lr={trial.params['optim.lr']}",
+            "search.study_name=rep-study",
+            f"search.storage='{storage}'",
+            f"search.trial_number={trial.number}",
+            "search.pruner='threshold:lower=1.01,n_warmup_steps=2'",
+        ]
+    )
     with pytest.raises(Pruned, match="pruned after epoch 2"):
         train(cfg)
     return runs, study
@@ -60,7 +67,7 @@ def test_a_job_prunes_its_own_trial_through_the_storage(store):
 
 
 def test_report_writes_table_and_plots_and_logs_them(store):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
     runs, _ = store
     result = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep"]))
@@ -83,25 +90,36 @@ def test_report_writes_table_and_plots_and_logs_them(store):
     client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
     logged = client.get_run(result["run_id"])
     assert logged.data.tags["ttm.kind"] == "report"
-    assert {"report/report.md", "report/epochs.png"} <= {a.path for a in client.list_artifacts(result["run_id"], "report")}
+    assert {"report/report.md", "report/epochs.png"} <= {
+        a.path for a in client.list_artifacts(result["run_id"], "report")
+    }
     # a second report does not count the first one's run
     again = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep", "report.log_to_mlflow=false"]))
     assert len(again["rows"]) == 3
 
 
 def test_report_of_one_study(store, tmp_path: Path):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
     runs, _ = store
-    result = report(compose_report([f"paths.runs_dir={runs}", "experiment_name=rep", "report.sweep=rep-study",
-                                    f"report.out_dir={tmp_path}", "report.log_to_mlflow=false"]))
+    result = report(
+        compose_report(
+            [
+                f"paths.runs_dir={runs}",
+                "experiment_name=rep",
+                "report.sweep=rep-study",
+                f"report.out_dir={tmp_path}",
+                "report.log_to_mlflow=false",
+            ]
+        )
+    )
     assert [r.tags["optuna.study"] for r in result["rows"]] == ["rep-study"]
     assert (tmp_path / "epochs.png").is_file() and (tmp_path / "report.md").is_file()
     assert not (tmp_path / "auroc_heatmap.png").exists()  # no finished run in that study
 
 
 def test_report_names_a_missing_experiment(store):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
     runs, _ = store
     with pytest.raises(ConfigError, match=r"no such MLflow experiment.*'rep'"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import compose_config
+from mlflow.tracking import MlflowClient
 from test_report import compose_report
+
 from ttm_experiments.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # five smoke runs: about 45 s on the shared machine
@@ -15,18 +15,23 @@ pytestmark = pytest.mark.slow  # five smoke runs: about 45 s on the shared machi
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    from ttm_experiments.train import train
+    from ttm_experiments.cli.train import train
 
     runs = tmp_path_factory.mktemp("compare") / "runs"
     base = ["debug=smoke", f"paths.runs_dir={runs}", "experiment_name=cmp", "trainer.num_threads=1"]
-    for schedule, fold, seed in [("progressive", 0, 0), ("head_only", 0, 0), ("progressive", 1, 0),
-                                 ("head_only", 1, 0), ("head_only", 0, 1)]:
+    for schedule, fold, seed in [
+        ("progressive", 0, 0),
+        ("head_only", 0, 0),
+        ("progressive", 1, 0),
+        ("head_only", 1, 0),
+        ("head_only", 0, 1),
+    ]:
         train(compose_config([*base, f"schedule={schedule}", f"dataset.fold={fold}", f"seed={seed}"]))
     return runs
 
 
 def test_each_run_logs_its_test_predictions_per_window(calib):
-    from ttm_experiments.report import connect
+    from ttm_experiments.report.runs import connect
 
     client, experiment_id = connect(f"sqlite:///{calib}/mlflow.db", "cmp")
     run = client.search_runs([experiment_id], "tags.schedule LIKE '%'")[0]
@@ -36,10 +41,19 @@ def test_each_run_logs_its_test_predictions_per_window(calib):
 
 
 def test_report_pairs_runs_per_fold_and_across_folds(calib):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
-    result = report(compose_report([f"paths.runs_dir={calib}", "report.experiment=cmp", "report.compare=schedule",
-                                    "report.baseline=head_only", "report.log_to_mlflow=false"]))
+    result = report(
+        compose_report(
+            [
+                f"paths.runs_dir={calib}",
+                "report.experiment=cmp",
+                "report.compare=schedule",
+                "report.baseline=head_only",
+                "report.log_to_mlflow=false",
+            ]
+        )
+    )
     (comp,) = [c for c in result["comparisons"] if c.seed == "0"]
     assert (comp.value, comp.baseline, sorted(comp.per_fold)) == ("progressive", "head_only", [0, 1])
     d = comp.per_fold[0]
@@ -54,24 +68,42 @@ def test_report_pairs_runs_per_fold_and_across_folds(calib):
 
 
 def test_auto_detects_the_one_varying_setting(calib):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
-    result = report(compose_report([f"paths.runs_dir={calib}", "report.experiment=cmp", "report.log_to_mlflow=false",
-                                    f"report.out_dir={calib.parent / 'auto'}"]))
+    result = report(
+        compose_report(
+            [
+                f"paths.runs_dir={calib}",
+                "report.experiment=cmp",
+                "report.log_to_mlflow=false",
+                f"report.out_dir={calib.parent / 'auto'}",
+            ]
+        )
+    )
     assert {c.setting for c in result["comparisons"]} == {"schedule"}
     assert {c.baseline for c in result["comparisons"]} == {"head_only"}  # the first value in sorted order
 
 
-@pytest.mark.parametrize("override, match", [("report.compare=nope", "report.compare='nope'"),
-                                             ("report.baseline=full", "report.baseline='full'")])
+@pytest.mark.parametrize(
+    "override, match",
+    [("report.compare=nope", "report.compare='nope'"), ("report.baseline=full", "report.baseline='full'")],
+)
 def test_a_wrong_comparison_is_refused_before_any_file(calib, tmp_path, override, match):
-    from ttm_experiments.report import report
+    from ttm_experiments.cli.report import report
 
     out = tmp_path / "never"
     runs_before = len(MlflowClient(f"sqlite:///{calib}/mlflow.db").search_runs(["1"]))
     with pytest.raises(ConfigError, match=match):
-        report(compose_report([f"paths.runs_dir={calib}", "report.experiment=cmp", override,
-                               *(["report.compare=schedule"] if "baseline" in override else []),
-                               f"report.out_dir={out}"]))
+        report(
+            compose_report(
+                [
+                    f"paths.runs_dir={calib}",
+                    "report.experiment=cmp",
+                    override,
+                    *(["report.compare=schedule"] if "baseline" in override else []),
+                    f"report.out_dir={out}",
+                ]
+            )
+        )
     assert not out.exists()
     assert len(MlflowClient(f"sqlite:///{calib}/mlflow.db").search_runs(["1"])) == runs_before

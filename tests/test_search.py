@@ -1,6 +1,6 @@
 """The Optuna sweeper (`hydra/sweeper: optuna`), per-epoch pruning, launchers and the MLflow run tree.
 
-Everything runs through the real CLI (`python -m ttm_experiments.train -m ...`) on debug=smoke, into a
+Everything runs through the real CLI (`python -m ttm_experiments.cli.train -m ...`) on debug=smoke, into a
 temporary runs dir: the Optuna storage is `<runs>/optuna.db`, MLflow `<runs>/mlflow.db`.
 
 The study of the module fixture is deterministic: a grid over `trainer.max_epochs_per_stage` (1 or 2, i.e.
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, compose_config
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
-from ttm_experiments.run_names import trial_name
+from ttm_experiments.search.space import trial_name
 
 PRUNE_SPACE = """\
 # @package _global_
@@ -103,8 +103,17 @@ hydra:
 
 
 def cli(runs: Path, *args: str, cache: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", f"paths.runs_dir={runs}",
-            "trainer.num_threads=1", *([f"paths.cache_dir={cache}"] if cache else []), *args]
+    return [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        "-m",
+        "debug=smoke",
+        f"paths.runs_dir={runs}",
+        "trainer.num_threads=1",
+        *([f"paths.cache_dir={cache}"] if cache else []),
+        *args,
+    ]
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
@@ -112,8 +121,7 @@ def start(cmd: list[str]) -> subprocess.Popen:
     import tempfile
 
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
 
@@ -142,8 +150,11 @@ def run_cli(runs: Path, *args: str, check: bool = True, cache: Path | None = Non
 def train_runs(client: MlflowClient, experiment: str) -> list:
     """ttm-train runs (not stage or study runs) of an experiment."""
     exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if "stage" not in r.data.tags and r.data.tags.get("ttm.kind") not in ("study", "report")]
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if "stage" not in r.data.tags and r.data.tags.get("ttm.kind") not in ("study", "report")
+    ]
 
 
 def children(client: MlflowClient, run) -> list:
@@ -164,19 +175,36 @@ def study(tmp_path_factory):
     searchpath = f"hydra.searchpath=[file://{conf}]"
     first = run_cli(runs, "hparams_search=t_prune", searchpath, "experiment_name=study", cache=cache)
     resume = ["hparams_search=lht_style", searchpath, "experiment_name=study", "hydra.sweeper.study_name=t-prune"]
-    second = start(cli(runs, *resume, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
-                       f"hydra.sweep.dir={base}/sweep-joblib", cache=cache))
+    second = start(
+        cli(
+            runs,
+            *resume,
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra/launcher=joblib",
+            f"hydra.sweep.dir={base}/sweep-joblib",
+            cache=cache,
+        )
+    )
     # a second sweeper on the same storage at the same time: they share the study
     third = start(cli(runs, *resume, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={base}/sweep-basic", cache=cache))
     # a fresh store: both jobs start together, so the store must exist before they do (PrepareTracking)
     grid_runs = base / "grid-runs"
-    grid = start(cli(grid_runs, "unfreeze.last_n=0,1", "hydra/launcher=submitit_local", "experiment_name=grid",
-                     cache=cache))
+    grid = start(
+        cli(grid_runs, "unfreeze.last_n=0,1", "hydra/launcher=submitit_local", "experiment_name=grid", cache=cache)
+    )
     results = {"second": finish(second), "third": finish(third), "grid": finish(grid)}
     storage = f"sqlite:///{runs}/optuna.db"
-    return {"runs": runs, "conf": conf, "base": base, "first": first, **results, "grid_runs": grid_runs,
-            "study": optuna.load_study(study_name="t-prune", storage=storage),
-            "client": MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")}
+    return {
+        "runs": runs,
+        "conf": conf,
+        "base": base,
+        "first": first,
+        **results,
+        "grid_runs": grid_runs,
+        "study": optuna.load_study(study_name="t-prune", storage=storage),
+        "client": MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db"),
+    }
 
 
 def test_trial_states_follow_pruner_and_failures(study):
@@ -226,7 +254,7 @@ def test_template_style_file_is_accepted_unchanged(study):
     assert [a.partition("=")[0] for a in args if a.startswith("search.")] == ["search.tuned_in"]
     assert not any(a.startswith(("hparams_search", "hydra/", "hydra.sweeper", "run_name")) for a in args)
     best = study["study"].best_trial
-    for name, value in best.params.items():
+    for name in best.params:
         assert any(a.startswith(f"{name}=") for a in args), (name, args)
     cfg = compose_config([a for a in args[1:] if not a.startswith("hydra.searchpath")])
     assert cfg.search.trial_number is None and cfg.search.study_name is None
@@ -270,7 +298,7 @@ def test_mlflow_run_tree(study):
             assert stages == {"head": "FINISHED", "partial": "KILLED"}  # epoch 4 = second epoch of partial
             from ttm_experiments.training.resume import STATE_FILE, load_state
 
-            state = load_state(Path(run.data.tags["output_dir"]) / STATE_FILE)  # never resumed (issue 11)
+            state = load_state(Path(run.data.tags["output_dir"]) / STATE_FILE)  # never resumed
             assert state["finished"] and state["pruned"]
         else:
             assert run.info.status == "FINISHED"
@@ -297,12 +325,15 @@ def test_submitit_local_grid_writes_two_complete_runs(study):
         assert sorted(r.data.tags["stage"] for r in children(client, run)) == ["full", "head", "partial"]
 
 
-@pytest.mark.parametrize("bad, needle", [
-    ("optim.lrr=tag(log, interval(1e-5, 1e-3))", "'optim.lrr': optim.lrr=1e-05 does not fit the config"),
-    ("optim.lr=interval(1e-2, 1e-5)", "'optim.lr': invalid distribution 'interval(1e-2, 1e-5)'"),
-    ("unfreeze.last_n=choice(1, a)", "'unfreeze.last_n': unfreeze.last_n=a does not fit the config"),
-    ("optim.lr=interval(0, 1e-3)", "'optim.lr': optim.lr=0.0 is invalid for the job"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ("optim.lrr=tag(log, interval(1e-5, 1e-3))", "'optim.lrr': optim.lrr=1e-05 does not fit the config"),
+        ("optim.lr=interval(1e-2, 1e-5)", "'optim.lr': invalid distribution 'interval(1e-2, 1e-5)'"),
+        ("unfreeze.last_n=choice(1, a)", "'unfreeze.last_n': unfreeze.last_n=a does not fit the config"),
+        ("optim.lr=interval(0, 1e-3)", "'optim.lr': optim.lr=0.0 is invalid for the job"),
+    ],
+)
 def test_bad_search_space_is_rejected_before_anything_runs(tmp_path, bad, needle):
     """The real sweeper, instantiated by Hydra from hparams_search=unfreeze_lr, given a bad command-line sweep."""
     from hydra import compose, initialize_config_dir
@@ -311,29 +342,31 @@ def test_bad_search_space_is_rejected_before_anything_runs(tmp_path, bad, needle
     from hydra.core.plugins import Plugins
     from hydra.types import HydraContext
 
-    from ttm_experiments.cli import CONFIG_DIR
+    from ttm_experiments.cli.common import CONFIG_DIR
     from ttm_experiments.search.space import SearchSpaceError
 
     args = ["hparams_search=unfreeze_lr", "debug=smoke", f"paths.runs_dir={tmp_path}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=args, return_hydra_config=True)
         context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
-        sweeper = Plugins.instance().instantiate_sweeper(hydra_context=context, task_function=lambda c: 0.0,
-                                                         config=cfg)
+        sweeper = Plugins.instance().instantiate_sweeper(hydra_context=context, task_function=lambda c: 0.0, config=cfg)
         with pytest.raises(SearchSpaceError) as err:
             sweeper.sweep(arguments=[*args, bad])
     assert needle in str(err.value)
     assert not (tmp_path / "optuna.db").exists()  # no study, no trial
 
 
-@pytest.mark.parametrize("params, needle", [
-    ({"optim.lr": "tag(log, interval(0, 1e-3))"}, "'optim.lr': invalid distribution"),
-    ({"optim.lr": "interval(1e-2, 1e-4)"}, "'optim.lr': invalid distribution"),
-    ({"optim.lr": "tag(logg, interval(1e-5, 1e-3))"}, "unknown tag"),
-    ({"unfreeze.last_n": "range(4, 1)"}, "'unfreeze.last_n': invalid distribution"),
-    ({"unfreeze.last_n": "range(0, 4, step=-1)"}, "'unfreeze.last_n': invalid distribution"),
-    ({"optim.batch_size": "choice(16, 16)"}, "'optim.batch_size': invalid distribution"),
-])
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"optim.lr": "tag(log, interval(0, 1e-3))"}, "'optim.lr': invalid distribution"),
+        ({"optim.lr": "interval(1e-2, 1e-4)"}, "'optim.lr': invalid distribution"),
+        ({"optim.lr": "tag(logg, interval(1e-5, 1e-3))"}, "unknown tag"),
+        ({"unfreeze.last_n": "range(4, 1)"}, "'unfreeze.last_n': invalid distribution"),
+        ({"unfreeze.last_n": "range(0, 4, step=-1)"}, "'unfreeze.last_n': invalid distribution"),
+        ({"optim.batch_size": "choice(16, 16)"}, "'optim.batch_size': invalid distribution"),
+    ],
+)
 def test_invalid_distributions_are_named(params, needle):
     from ttm_experiments.search.space import SearchSpaceError, parse
 
@@ -346,10 +379,18 @@ def test_search_space_syntax_of_hydra_optuna_sweeper():
 
     from ttm_experiments.search.space import grid, parse
 
-    space = parse({"optim.lr": "tag(log, interval(1e-5, 3e-3))", "unfreeze.last_n": "range(0, 4)",
-                   "optim.batch_size": "choice(16, 32)", "unfreeze": "pattern,depth", "optim.layer_decay": "0.8"},
-                  None, ["optim.weight_decay=0.1", "unfreeze.last_n=interval(1, 3)"],
-                  int_keys=lambda key: key == "unfreeze.last_n")
+    space = parse(
+        {
+            "optim.lr": "tag(log, interval(1e-5, 3e-3))",
+            "unfreeze.last_n": "range(0, 4)",
+            "optim.batch_size": "choice(16, 32)",
+            "unfreeze": "pattern,depth",
+            "optim.layer_decay": "0.8",
+        },
+        None,
+        ["optim.weight_decay=0.1", "unfreeze.last_n=interval(1, 3)"],
+        int_keys=lambda key: key == "unfreeze.last_n",
+    )
     d = space.distributions
     assert d["optim.lr"] == FloatDistribution(1e-5, 3e-3, log=True)
     assert d["unfreeze.last_n"] == IntDistribution(1, 3)  # the command line wins; an int key samples ints
@@ -365,10 +406,12 @@ def test_pruner_specs():
     import optuna
 
     from ttm_experiments.errors import ConfigError
-    from ttm_experiments.search.storage import build_pruner, pruner_spec
+    from ttm_experiments.tracking.optuna_storage import build_pruner, pruner_spec
 
-    assert pruner_spec({"type": "median", "n_startup_trials": 3, "n_warmup_steps": 5}) == \
-        "median:n_startup_trials=3,n_warmup_steps=5"
+    assert (
+        pruner_spec({"type": "median", "n_startup_trials": 3, "n_warmup_steps": 5})
+        == "median:n_startup_trials=3,n_warmup_steps=5"
+    )
     assert pruner_spec(None) == "none" and pruner_spec("hyperband") == "hyperband"
     assert pruner_spec({"_target_": "optuna.pruners.MedianPruner"}) == "median"
     assert isinstance(build_pruner("median:n_warmup_steps=5"), optuna.pruners.MedianPruner)
@@ -392,11 +435,27 @@ def test_grid_against_a_real_mlflow_server(tmp_path):
     uri = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     try:
         import urllib.request
 
@@ -412,8 +471,9 @@ def test_grid_against_a_real_mlflow_server(tmp_path):
             assert time.time() < deadline, "the MLflow server did not start in 120 s"
             time.sleep(0.5)
         runs = tmp_path / "runs"
-        run_cli(runs, "unfreeze.last_n=0,1", "hydra/launcher=joblib", "experiment_name=server-grid",
-                f"tracking.uri={uri}")
+        run_cli(
+            runs, "unfreeze.last_n=0,1", "hydra/launcher=joblib", "experiment_name=server-grid", f"tracking.uri={uri}"
+        )
         client = MlflowClient(tracking_uri=uri)
         parents = train_runs(client, "server-grid")
         assert sorted(r.data.params["unfreeze.last_n"] for r in parents) == ["0", "1"]
@@ -445,8 +505,13 @@ def test_values_survive_the_override_round_trip():
     from ttm_experiments.search.space import format_value, quote
 
     parser = OverridesParser.create()
-    for text in ["sqlite:////tmp/a b/optuna.db", "it's", "back\\slash\\", "median:n_startup_trials=3,n_warmup_steps=5",
-                 "postgresql://u:p@h/db?x=1"]:
+    for text in [
+        "sqlite:////tmp/a b/optuna.db",
+        "it's",
+        "back\\slash\\",
+        "median:n_startup_trials=3,n_warmup_steps=5",
+        "postgresql://u:p@h/db?x=1",
+    ]:
         assert parser.parse_override(f"k={quote(text)}").value() == text
     for value in [3e-05, 0.1, 4, True, None, "depth"]:
         assert parser.parse_override(f"k={format_value(value)}").value() == value
@@ -455,7 +520,7 @@ def test_values_survive_the_override_round_trip():
 def test_journal_file_storage_is_shared_by_path(tmp_path):
     import optuna
 
-    from ttm_experiments.search.storage import load_study, normalize_storage, open_storage, trial_id
+    from ttm_experiments.tracking.optuna_storage import load_study, normalize_storage, open_storage, trial_id
 
     url = normalize_storage(str(tmp_path / "study.journal"))
     study = optuna.create_study(study_name="j", storage=open_storage(url), direction="maximize")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_TTM, backbone_conf
+
 from ttm_experiments.config.schema import StageConf, StageKind
 from ttm_experiments.models.backbones import build_backbone
 from ttm_experiments.training.ssl import (
@@ -21,8 +21,16 @@ from ttm_experiments.training.ssl import (
 
 SPECS = [  # built with 3 channels
     backbone_conf(**TINY_TTM),
-    backbone_conf("patchtst", context_length=128, patch_length=16, patch_stride=16, d_model=16, num_layers=2,
-                  num_attention_heads=2, ffn_dim=32),
+    backbone_conf(
+        "patchtst",
+        context_length=128,
+        patch_length=16,
+        patch_stride=16,
+        d_model=16,
+        num_layers=2,
+        num_attention_heads=2,
+        ffn_dim=32,
+    ),
 ]
 
 
@@ -116,7 +124,7 @@ def _runs(runs_dir, experiment):
 
 
 def test_hybrid_schedule_runs_every_stage_in_mlflow(smoke, runs_dir):
-    from ttm_experiments.train import train
+    from ttm_experiments.cli.train import train
 
     train(smoke(*SMOKE_HYBRID, "experiment_name=hybrid"))
     client, runs_found = _runs(runs_dir, "hybrid")
@@ -133,12 +141,14 @@ def test_hybrid_schedule_runs_every_stage_in_mlflow(smoke, runs_dir):
 
 
 def test_pretrain_writes_a_foundation_checkpoint_that_fine_tuning_loads(smoke, runs_dir):
-    from ttm_experiments.train import train
+    from ttm_experiments.cli.train import train
 
     train(smoke("schedule=pretrain", "experiment_name=pre"))
     client, runs_found = _runs(runs_dir, "pre")
-    foundation = Path(runs_found[0].data.tags.get("foundation") or next(
-        r.data.tags["foundation"] for r in runs_found if "foundation" in r.data.tags))
+    foundation = Path(
+        runs_found[0].data.tags.get("foundation")
+        or next(r.data.tags["foundation"] for r in runs_found if "foundation" in r.data.tags)
+    )
     assert foundation.is_file()
     saved = torch.load(foundation, weights_only=True)
     assert saved["stage"] == "pretrain" and saved["architecture"]["d_model"] == 16
@@ -148,15 +158,18 @@ def test_pretrain_writes_a_foundation_checkpoint_that_fine_tuning_loads(smoke, r
     client, runs_found = _runs(runs_dir, "ft")
     parent = next(r for r in runs_found if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["init"] == "ssl"
-    assert sorted(r.data.tags["stage"] for r in runs_found if "mlflow.parentRunId" in r.data.tags) == ["full", "partial"]
+    assert sorted(r.data.tags["stage"] for r in runs_found if "mlflow.parentRunId" in r.data.tags) == [
+        "full",
+        "partial",
+    ]
 
 
 def test_start_at_loads_the_given_weights(smoke, runs_dir, tmp_path):
     """The model that starts fine-tuning holds exactly the checkpoint's backbone tensors."""
+    from ttm_experiments.cli.train import run_info
     from ttm_experiments.config.spec import to_config
     from ttm_experiments.models.backbones import build_classifier
     from ttm_experiments.models.checkpoint import save_classifier
-    from ttm_experiments.train import run_info
     from ttm_experiments.training.recipe import TrainRecipe
 
     source = build_classifier(backbone_conf(**TINY_TTM, head_dropout=0.1), num_channels=1, num_classes=2)
@@ -174,16 +187,16 @@ def test_start_at_loads_the_given_weights(smoke, runs_dir, tmp_path):
 
 
 def test_start_at_without_weights_is_refused(smoke):
+    from ttm_experiments.cli.train import train
     from ttm_experiments.errors import ConfigError
-    from ttm_experiments.train import train
 
     with pytest.raises(ConfigError, match="backbone.pretrained_path is null"):
         train(smoke("schedule.start_at=partial"))
 
 
 def test_ssl_stage_changes_the_backbone(smoke, runs_dir):
+    from ttm_experiments.cli.train import run_info
     from ttm_experiments.config.spec import to_config
-    from ttm_experiments.train import run_info
     from ttm_experiments.training.recipe import TrainRecipe
 
     cfg = smoke("schedule=pretrain", "schedule.stages.0.epochs=1")

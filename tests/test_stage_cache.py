@@ -13,8 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from ttm_experiments.cli.train import train
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.train import train
 from ttm_experiments.training.stage_cache import FORMAT, StageCache
 
 # the thread count is part of a stage's key (it can change float sums): fixed, so that runs in this process
@@ -37,8 +37,9 @@ def _children(found, parent):
 
 
 def _history(client, run) -> dict[str, list[tuple[int, float]]]:
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
-            for k in run.data.metrics}
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics
+    }
 
 
 def _entries(runs_dir: Path) -> list[Path]:
@@ -94,9 +95,23 @@ def test_a_fine_tuning_grid_shares_the_ssl_stages_and_nothing_else(smoke, runs_d
     stages = _children(found, second)
     assert stages["pretrain"].data.params == {} and stages["pretrain"].data.tags["stage_cache"] == "reused"
     # `ttm-train --cfg job` says what a next job of the grid would reuse
-    shown = subprocess.run([sys.executable, "-m", "ttm_experiments.train", "debug=smoke", *HYBRID, "optim.lr=1e-4",
-                            f"paths.runs_dir={runs_dir}", "--cfg", "job"], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ttm_experiments.cli.train",
+            "debug=smoke",
+            *HYBRID,
+            "optim.lr=1e-4",
+            f"paths.runs_dir={runs_dir}",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
     plan = shown.stdout.split("# stage cache", 1)[1]
     assert f"pretrain: stored, would be REUSED (computed by run {first.info.run_id})" in plan

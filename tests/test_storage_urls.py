@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.search.storage import normalize_storage, open_storage
+from ttm_experiments.tracking.optuna_storage import normalize_storage, open_storage
 
 
 def test_unreachable_postgresql_storage_is_one_line_naming_url_and_fix():

@@ -1,4 +1,4 @@
-"""First use of a store by several processes at once, broken stores, locks left by dead processes (issue 15)."""
+"""First use of a store by several processes at once, broken stores, locks left by dead processes."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from ttm_experiments import locks
+
 from ttm_experiments.errors import StoreError
-from ttm_experiments.tracking import MlflowTracker
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
+from ttm_experiments.utils import locks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 # each child imports everything first, then waits for the others (a file barrier) and opens the store at once
 OPEN_AT = """
 import os, sys, time
 from pathlib import Path
-from ttm_experiments.tracking import MlflowTracker
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 import mlflow.store.tracking.sqlalchemy_store
 barrier = Path(sys.argv[2])
 (barrier / str(os.getpid())).touch()
@@ -43,8 +43,17 @@ def test_four_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path}/runs/mlflow.db"
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, uri, str(barrier), "4"], cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT, uri, str(barrier), "4"],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-1500:] for o in outputs)
     assert {o.strip().splitlines()[-1] for o in outputs} == {"experiment 1"}
@@ -74,7 +83,9 @@ def test_a_broken_store_says_which_runs_it_holds(tmp_path):
     with sqlite3.connect(db) as con:  # a migration interrupted after dropping its bookkeeping
         con.execute("DROP TABLE alembic_version")
     before = _digest(db)
-    with pytest.raises(StoreError, match=r"half-migrated.*It holds 2 runs \((1 FINISHED, 1 RUNNING|1 RUNNING, 1 FINISHED)\)"):
+    with pytest.raises(
+        StoreError, match=r"half-migrated.*It holds 2 runs \((1 FINISHED, 1 RUNNING|1 RUNNING, 1 FINISHED)\)"
+    ):
         MlflowTracker(f"sqlite:///{db}", "x")
     assert _digest(db) == before
 
@@ -89,7 +100,7 @@ def test_a_file_that_is_not_a_database_is_named_not_unreachable(tmp_path):
 
 HOLD = """
 import sys, time
-from ttm_experiments.locks import file_lock
+from ttm_experiments.utils.locks import file_lock
 with file_lock(sys.argv[1], what="test", fix="none"):
     print("held", flush=True)
     time.sleep(600)
@@ -98,8 +109,9 @@ with file_lock(sys.argv[1], what="test", fix="none"):
 
 def test_a_lock_held_by_a_live_process_waits_then_names_it_and_a_dead_holders_lock_is_taken_over(tmp_path):
     target = tmp_path / "store.db"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreError, match=f"held for over 0 s by process {holder.pid}, which is still alive"):
@@ -122,7 +134,7 @@ def test_a_filesystem_without_locks_is_refused_recommending_a_server(tmp_path, m
     monkeypatch.setattr(locks.fcntl, "flock", no_locks)
     with pytest.raises(StoreError, match=r"does not support file locks .*tracking server \(tracking.uri=http"):
         MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
-    from ttm_experiments.search.storage import open_storage
+    from ttm_experiments.tracking.optuna_storage import open_storage
 
     with pytest.raises(StoreError, match=r"Optuna storage .*does not support file locks.*postgresql://"):
         open_storage(f"sqlite:///{tmp_path}/optuna-nolock.db")
@@ -135,10 +147,26 @@ def test_four_ttm_train_processes_started_together_on_a_fresh_runs_dir_all_finis
     from mlflow.tracking import MlflowClient
 
     runs = tmp_path / "runs"
-    procs = [subprocess.Popen([sys.executable, "-m", "ttm_experiments.train", "debug=smoke", f"seed={i}",
-                               f"paths.runs_dir={runs}", f"hydra.run.dir={tmp_path / f'out{i}'}",
-                               "experiment_name=together"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ttm_experiments.cli.train",
+                "debug=smoke",
+                f"seed={i}",
+                f"paths.runs_dir={runs}",
+                f"hydra.run.dir={tmp_path / f'out{i}'}",
+                "experiment_name=together",
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-1500:] for o in outputs)
     client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")

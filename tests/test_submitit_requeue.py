@@ -1,4 +1,4 @@
-"""Preemption under submitit (issue 15): a job of `hydra/launcher=submitit_local` that receives submitit's
+"""Preemption under submitit: a job of `hydra/launcher=submitit_local` that receives submitit's
 preemption signal (USR2, what SLURM sends `signal_delay_s` before the end) is checkpointed by the launcher
 (`BaseSubmititLauncher.checkpoint()` -> `DelayedSubmission` of the same job), requeued by submitit's local
 controller (exit status 144, the task is started again), and the requeued job resumes from its `last.pt`:
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO
+from mlflow.tracking import MlflowClient
 
 SMALL = ("debug=smoke", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4", "trainer.num_threads=1")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -52,15 +51,42 @@ def _parents_and_stages(uri: str, experiment: str):
 @pytest.mark.slow
 def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp_path):
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "ttm_experiments.train", *SMALL, f"paths.runs_dir={reference}",
-                    f"hydra.run.dir={reference / 'out'}", "experiment_name=requeue"], cwd=REPO, env=ENV, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ttm_experiments.cli.train",
+            *SMALL,
+            f"paths.runs_dir={reference}",
+            f"hydra.run.dir={reference / 'out'}",
+            "experiment_name=requeue",
+        ],
+        cwd=REPO,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
 
     runs, sweep = tmp_path / "runs", tmp_path / "sweep"
     out = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ttm_experiments.train", "-m", "hydra/launcher=submitit_local",
-                             *SMALL, f"paths.runs_dir={runs}", f"hydra.sweep.dir={sweep}", "experiment_name=requeue"],
-                            cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ttm_experiments.cli.train",
+            "-m",
+            "hydra/launcher=submitit_local",
+            *SMALL,
+            f"paths.runs_dir={runs}",
+            f"hydra.sweep.dir={sweep}",
+            "experiment_name=requeue",
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 600
         while "[partial] epoch 1/4" not in _job_logs(sweep):  # mid-run: 7 epochs of 12 still to go
@@ -94,6 +120,10 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_r
     _, ref_parents, _ = _parents_and_stages(f"sqlite:///{reference}/mlflow.db", "requeue")
     test = {k: v for k, v in parents[0].data.metrics.items() if k.startswith("test/")}
     assert test and test == {k: v for k, v in ref_parents[0].data.metrics.items() if k.startswith("test/")}
-    ref_hist = Counter((m.step, m.value) for m in MlflowClient(f"sqlite:///{reference}/mlflow.db").get_metric_history(
-        ref_parents[0].info.run_id, "val/loss"))
+    ref_hist = Counter(
+        (m.step, m.value)
+        for m in MlflowClient(f"sqlite:///{reference}/mlflow.db").get_metric_history(
+            ref_parents[0].info.run_id, "val/loss"
+        )
+    )
     assert Counter((m.step, m.value) for m in client.get_metric_history(parents[0].info.run_id, "val/loss")) == ref_hist

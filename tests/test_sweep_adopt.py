@@ -2,7 +2,8 @@
 trials a dead sweeper left RUNNING, the finished marker's objective, and per-trial sampler seeds.
 
 The end-to-end check (SIGKILL inside a trial and between a job and its trial's tell, rerun, the uninterrupted
-study) is the slow chaos test `tests/test_chaos.py::test_a_study_killed_inside_a_trial_resumes_to_the_uninterrupted_study`.
+study) is the slow chaos test
+`tests/test_chaos.py::test_a_study_killed_inside_a_trial_resumes_to_the_uninterrupted_study`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,23 @@ import optuna
 import pytest
 import torch
 
-from ttm_experiments.search.adopt import (ATTR_JOB_DIR, ATTR_SWEEP, TrialLocks, adopt_orphans, finished_outcome,
-                                          seeded_per_trial, trial_seed)
-from ttm_experiments.search.pruning import ATTR_OVERRIDES
+from ttm_experiments.search.adopt import (
+    ATTR_JOB_DIR,
+    ATTR_SWEEP,
+    TrialLocks,
+    adopt_orphans,
+    finished_outcome,
+    seeded_per_trial,
+    trial_seed,
+)
 from ttm_experiments.training import resume
+from ttm_experiments.training.trial import ATTR_OVERRIDES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0),
-         "k": optuna.distributions.CategoricalDistribution([0, 1, 2, 4])}
+SPACE = {
+    "x": optuna.distributions.FloatDistribution(0.0, 1.0),
+    "k": optuna.distributions.CategoricalDistribution([0, 1, 2, 4]),
+}
 
 
 def tpe(seed: int):
@@ -44,13 +54,15 @@ def test_a_rerun_with_a_new_sampler_samples_what_the_uninterrupted_study_sampled
     (a new sampler object): the same points. With a plain seeded TPESampler the continuation differs."""
     whole = optuna.create_study(study_name="s", sampler=seeded_per_trial(tpe, 0), direction="maximize")
     reference = ask_and_tell(whole, 5)
-    first = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/a.db",
-                                sampler=seeded_per_trial(tpe, 0), direction="maximize")
+    first = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path}/a.db", sampler=seeded_per_trial(tpe, 0), direction="maximize"
+    )
     head = ask_and_tell(first, 2)
     again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/a.db", sampler=seeded_per_trial(tpe, 0))
     assert head + ask_and_tell(again, 3) == reference
-    plain = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/b.db", sampler=tpe(0),
-                                direction="maximize")
+    plain = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path}/b.db", sampler=tpe(0), direction="maximize"
+    )
     ask_and_tell(plain, 2)
     plain = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/b.db", sampler=tpe(0))
     assert ask_and_tell(plain, 1)[0] != reference[2]  # why the seeds are per trial
@@ -105,9 +117,17 @@ def test_a_trial_whose_sweeper_lives_is_left_to_it_and_taken_over_once_it_is_kil
     study = _running_trial(tmp_path, job_dir)
     job_dir.parent.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from ttm_experiments.search.adopt import "
-         "TrialLocks; TrialLocks().take(0, Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
-         str(job_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from ttm_experiments.search.adopt import "
+            "TrialLocks; TrialLocks().take(0, Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
+            str(job_dir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         locks = TrialLocks()
@@ -116,11 +136,21 @@ def test_a_trial_whose_sweeper_lives_is_left_to_it_and_taken_over_once_it_is_kil
         holder.wait(timeout=30)
         orphans = adopt_orphans(study.get_trials(), locks)
         assert [(o.number, o.job_dir, o.overrides, o.finished) for o in orphans] == [
-            (0, job_dir, ["x=0.5", "hydra.sweep.subdir=0"], None)]
+            (0, job_dir, ["x=0.5", "hydra.sweep.subdir=0"], None)
+        ]
         # now this process holds it: a third sweeper leaves it alone
-        other = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from ttm_experiments."
-                                "search.adopt import TrialLocks; print(TrialLocks().take(0, Path(sys.argv[1])))",
-                                str(job_dir)], capture_output=True, text=True, timeout=60)
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from ttm_experiments."
+                "search.adopt import TrialLocks; print(TrialLocks().take(0, Path(sys.argv[1])))",
+                str(job_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.stdout.strip() == "False", other.stderr
         assert locks.held() == [0]
         locks.release(0)
@@ -136,13 +166,16 @@ def test_a_trial_asked_but_not_yet_recorded_is_never_adopted(tmp_path):
     assert adopt_orphans(study.get_trials(), TrialLocks()) == []
 
 
-@pytest.mark.parametrize("marker, expected", [
-    (None, None),
-    ({"finished": False}, None),
-    ({"finished": True, "pruned": True}, ("PRUNED", None)),
-    ({"finished": True, "pruned": False, "objective": 0.8125}, ("COMPLETE", 0.8125)),
-    ({"finished": True, "pruned": False}, None),  # a marker without the objective: the job runs again
-])
+@pytest.mark.parametrize(
+    "marker, expected",
+    [
+        (None, None),
+        ({"finished": False}, None),
+        ({"finished": True, "pruned": True}, ("PRUNED", None)),
+        ({"finished": True, "pruned": False, "objective": 0.8125}, ("COMPLETE", 0.8125)),
+        ({"finished": True, "pruned": False}, None),  # a marker without the objective: the job runs again
+    ],
+)
 def test_a_finished_job_tells_its_recorded_objective(tmp_path, marker, expected):
     if marker is not None:
         resume.save_state(tmp_path / resume.STATE_FILE, {"config": {}, "run_ids": {"parent": "r"}, **marker})

@@ -13,8 +13,8 @@ from ttm_experiments.data.synthetic import (
     ARTIFACT_BITS,
     SyntheticSpec,
     artifact_names,
-    generate,
     cache_entry,
+    generate,
     generate_cached,
 )
 from ttm_experiments.errors import ConfigError

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ttm_experiments.train import train
+from ttm_experiments.cli.train import train
 
 CLASSES = ("poor", "good")
 EPOCH_KEYS = ["loss", "acc", "balanced_acc", "auroc", "auprc", "f1"] + [f"acc/{c}" for c in CLASSES]
@@ -72,8 +72,10 @@ def test_test_metrics_tags_and_artifacts_on_the_parent(smoke_run):
     assert {"test/confusion_matrix.png", "test/confusion_matrix.json"} <= files
     local = Path(client.download_artifacts(parent.info.run_id, "unfreeze/partial.json"))
     report = json.loads(local.read_text())
-    assert report["blocks_unfrozen"] == ["encoder.mlp_mixer_encoder.mixers.1.mixer_layers.0",
-                                         "encoder.mlp_mixer_encoder.mixers.1.mixer_layers.1"]
+    assert report["blocks_unfrozen"] == [
+        "encoder.mlp_mixer_encoder.mixers.1.mixer_layers.0",
+        "encoder.mlp_mixer_encoder.mixers.1.mixer_layers.1",
+    ]
     assert report["trainable_params"] + report["frozen_params"] == report["total_params"]
     cm = json.loads(Path(client.download_artifacts(parent.info.run_id, "test/confusion_matrix.json")).read_text())
     assert cm["classes"] == list(CLASSES)
@@ -88,13 +90,24 @@ def test_everything_lands_below_runs_dir(smoke_run):
     assert list(runs.glob("outputs/**/best.pt"))
 
 
-@pytest.mark.parametrize("overrides", [
-    ["backbone=patchtst", "backbone.context_length=128", "backbone.patch_length=16", "backbone.patch_stride=16",
-     "backbone.d_model=16", "backbone.ffn_dim=32", "unfreeze.last_n=1"],
-    ["dataset.channels=3", "optim.loss=focal", "optim.layer_decay=0.7"],
-    # the sampler balances classes itself: with the unweighted loss (a weighted one is refused)
-    ["schedule=head_only", "schedule.stages.0.epochs=1", "optim.loss=ce", "optim.balanced_sampler=true"],
-], ids=["patchtst", "3ch-focal-decay", "head_only-balanced"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "backbone=patchtst",
+            "backbone.context_length=128",
+            "backbone.patch_length=16",
+            "backbone.patch_stride=16",
+            "backbone.d_model=16",
+            "backbone.ffn_dim=32",
+            "unfreeze.last_n=1",
+        ],
+        ["dataset.channels=3", "optim.loss=focal", "optim.layer_decay=0.7"],
+        # the sampler balances classes itself: with the unweighted loss (a weighted one is refused)
+        ["schedule=head_only", "schedule.stages.0.epochs=1", "optim.loss=ce", "optim.balanced_sampler=true"],
+    ],
+    ids=["patchtst", "3ch-focal-decay", "head_only-balanced"],
+)
 def test_other_backbones_losses_and_schedules_run(smoke, runs_dir, overrides):
     objective = train(smoke(*overrides, "experiment_name=variants"))
     assert 0.0 <= objective <= 1.0
@@ -124,10 +137,19 @@ def test_multirun_grid_puts_every_job_in_one_experiment_with_a_sweep_tag(runs_di
 
     from conftest import REPO
 
-    cmd = [sys.executable, "-m", "ttm_experiments.train", "-m", "debug=smoke", "unfreeze.last_n=0,1",
-           f"paths.runs_dir={runs_dir}", "experiment_name=grid"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        "-m",
+        "debug=smoke",
+        "unfreeze.last_n=0,1",
+        f"paths.runs_dir={runs_dir}",
+        "experiment_name=grid",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
     runs_found = client.search_runs([client.get_experiment_by_name("grid").experiment_id])

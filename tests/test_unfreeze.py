@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import backbone_conf, unfreeze_rule
+
 from ttm_experiments.errors import UnfreezeError
 from ttm_experiments.models.backbones import build_classifier
-from ttm_experiments.unfreeze import apply_stage, count_params, find_blocks, plan_stage
+from ttm_experiments.models.unfreeze import apply_stage, count_params, find_blocks, plan_stage
 
 TTM_LAYERS = r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+"
 TTM_LEVELS = r"encoder\.mlp_mixer_encoder\.mixers\.\d+"
@@ -19,14 +19,28 @@ PREDECESSOR = unfreeze_rule(keywords=["layer", "block"], max_dots=1)
 
 
 def ttm(context=1024, patch=64, d_model=192, levels=3, channels=1):
-    conf = backbone_conf(context_length=context, patch_length=patch, patch_stride=patch, d_model=d_model,
-                         num_layers=2, adaptive_patching_levels=levels)
+    conf = backbone_conf(
+        context_length=context,
+        patch_length=patch,
+        patch_stride=patch,
+        d_model=d_model,
+        num_layers=2,
+        adaptive_patching_levels=levels,
+    )
     return build_classifier(conf, num_channels=channels, num_classes=2)
 
 
 def patchtst(channels=1):
-    conf = backbone_conf("patchtst", context_length=128, patch_length=16, patch_stride=16, d_model=32, num_layers=3,
-                         num_attention_heads=4, ffn_dim=64)
+    conf = backbone_conf(
+        "patchtst",
+        context_length=128,
+        patch_length=16,
+        patch_stride=16,
+        d_model=32,
+        num_layers=3,
+        num_attention_heads=4,
+        ffn_dim=64,
+    )
     return build_classifier(conf, num_channels=channels, num_classes=2)
 
 
@@ -73,7 +87,7 @@ def test_block_order_is_execution_order():
     for model, pattern in ((ttm(128, 16, 16, 2), TTM_LAYERS), (patchtst(), PATCHTST_LAYERS)):
         blocks = find_blocks(model.backbone.model, unfreeze_rule(pattern))
         ran: list[str] = []
-        hooks = [b.module.register_forward_hook(lambda m, i, o, n=b.name: ran.append(n)) for b in blocks]
+        hooks = [b.module.register_forward_hook(lambda m, i, o, n=b.name, ran=ran: ran.append(n)) for b in blocks]
         model.eval()
         with torch.no_grad():
             model(torch.randn(2, 1, 128))
@@ -102,8 +116,7 @@ def test_depth_rule_with_warn_goes_on_head_only_and_says_so(ttm_1024):
 
 def test_pattern_that_matches_nothing_is_an_error(ttm_1024):
     with pytest.raises(UnfreezeError, match="matches no module"):
-        plan_stage(ttm_1024.backbone.model, unfreeze_rule(r"blocks\.\d+", last_n=1), scope="partial",
-                   stage="partial")
+        plan_stage(ttm_1024.backbone.model, unfreeze_rule(r"blocks\.\d+", last_n=1), scope="partial", stage="partial")
 
 
 def test_head_and_full_stages_do_not_need_blocks(ttm_1024):
@@ -150,8 +163,10 @@ def test_patchtst_blocks_and_predecessor_rule():
     assert [b.name for b in find_blocks(model.backbone.model, PREDECESSOR)] == ["encoder.layers"]
 
 
-@pytest.mark.parametrize("make,pattern", [(lambda: ttm(128, 16, 16, 2, channels=3), TTM_LAYERS),
-                                          (lambda: patchtst(channels=3), PATCHTST_LAYERS)])
+@pytest.mark.parametrize(
+    "make,pattern",
+    [(lambda: ttm(128, 16, 16, 2, channels=3), TTM_LAYERS), (lambda: patchtst(channels=3), PATCHTST_LAYERS)],
+)
 def test_only_trainable_parameters_receive_gradients(make, pattern):
     model = make()
     rule = unfreeze_rule(pattern)

@@ -58,6 +58,8 @@ def install() -> None:
         return
     sys.meta_path.append(AliasFinder())
     if released_plugin_installed():
-        log.warning("The released hydra-optuna-sweeper is installed next to ttm-experiments: both register "
-                    "`hydra/sweeper: optuna`, and it needs optuna<3, which this suite does not use. "
-                    "Fix: pip uninstall hydra-optuna-sweeper")
+        log.warning(
+            "The released hydra-optuna-sweeper is installed next to ttm-experiments: both register "
+            "`hydra/sweeper: optuna`, and it needs optuna<3, which this suite does not use. "
+            "Fix: pip uninstall hydra-optuna-sweeper"
+        )

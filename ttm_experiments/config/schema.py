@@ -92,16 +92,26 @@ class AmpMode(str, Enum):
     fp16 = "fp16"
 
 
-_AMP_SPELLINGS = {"false": AmpMode.off, "off": AmpMode.off, "none": AmpMode.off, "true": AmpMode.bf16,
-                  "bf16": AmpMode.bf16, "bfloat16": AmpMode.bf16, "fp16": AmpMode.fp16, "float16": AmpMode.fp16}
+_AMP_SPELLINGS = {
+    "false": AmpMode.off,
+    "off": AmpMode.off,
+    "none": AmpMode.off,
+    "true": AmpMode.bf16,
+    "bf16": AmpMode.bf16,
+    "bfloat16": AmpMode.bf16,
+    "fp16": AmpMode.fp16,
+    "float16": AmpMode.fp16,
+}
 
 
 def parse_amp(value: object) -> AmpMode:
     """`trainer.amp` in any accepted spelling (false/true from YAML or the command line, bf16, fp16) -> AmpMode."""
     mode = _AMP_SPELLINGS.get(str(getattr(value, "value", value)).strip().lower())
     if mode is None:
-        raise ConfigError(f"trainer.amp={value!r} is not a precision. Fix: trainer.amp=false, trainer.amp=bf16 or "
-                          "trainer.amp=fp16 (fp16 trains with a gradient scaler; `true` means bf16).")
+        raise ConfigError(
+            f"trainer.amp={value!r} is not a precision. Fix: trainer.amp=false, trainer.amp=bf16 or "
+            "trainer.amp=fp16 (fp16 trains with a gradient scaler; `true` means bf16)."
+        )
     return mode
 
 
@@ -130,6 +140,8 @@ class BackboneConf:
     head_hidden: int = 64
     head_dropout: Optional[float] = 0.2
     scale_features: bool = True
+    # FastDropout (models/dropout.py: same semantics, a numba mask kernel) on CPU; false: stock nn.Dropout, no numba
+    fast_dropout: bool = True
 
 
 @dataclass
@@ -271,13 +283,16 @@ class ReportConf:
     max_runs: int = 500  # newest runs read from MLflow
     top: int = 8  # runs drawn in the per-epoch curves (best first)
     log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of the experiment
-    compare: Optional[str] = None  # paired comparisons over this setting (schedule, backbone, optim.lr); null = each varying one
+    compare: Optional[str] = (
+        None  # paired comparisons over this setting (schedule, backbone, optim.lr); null = each varying one
+    )
     baseline: Optional[str] = None  # the value differences are taken against; null = the first in sorted order
 
 
 @dataclass
 class ReportConfig:
-    """`ttm-report`'s own config (`conf/report.yaml`): the store to read and the report settings, nothing of training."""
+    """`ttm-report`'s own config (`conf/report.yaml`): the store to read and the report settings, nothing of
+    training."""
 
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
@@ -379,6 +394,9 @@ def parse_metric(name: str) -> Metric:
     if split not in METRIC_SPLITS or not key:
         raise ConfigError(f"optimized_metric={name!r} must be a per-epoch metric such as 'val/auroc'")
     return Metric(split, key, "minimize" if key.endswith("loss") else "maximize")
+
+
+DEFAULT_SELECTION = parse_metric("val/auroc")  # `optimized_metric`'s default, parsed
 
 
 def register_schema() -> None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-from dataclasses import replace
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.config.schema import (
-    BackboneConf, DatasetConf, InspectConfig, ScheduleConf, TrainConfig, parse_amp, parse_metric,
+    BackboneConf,
+    InspectConfig,
+    ScheduleConf,
+    TrainConfig,
+    parse_amp,
+    parse_metric,
 )
 from ttm_experiments.errors import ConfigError
 
@@ -28,7 +30,9 @@ def to_config(cfg: DictConfig) -> TrainConfig:
     """Resolve interpolations and return the typed config object; validate what types cannot."""
     config = OmegaConf.to_object(cfg)
     if not isinstance(config, TrainConfig):
-        raise ConfigError(f"the composed config is a {type(config).__name__}, not TrainConfig: is train_schema first in the defaults?")
+        raise ConfigError(
+            f"the composed config is a {type(config).__name__}, not TrainConfig: is train_schema first in the defaults?"
+        )
     config.trainer.amp = parse_amp(config.trainer.amp)  # one spelling below the CLI: AmpMode (a str)
     validate(config)
     return config
@@ -108,7 +112,9 @@ def _validate_unfreeze(c: TrainConfig) -> None:
         raise ConfigError(f"unfreeze.last_n={c.unfreeze.last_n} must be >= 0 (0 = head only)")
     if c.unfreeze.strategy.value == "pattern":
         if not c.unfreeze.pattern:
-            raise ConfigError("unfreeze.pattern is empty: give a regex, e.g. unfreeze.pattern='encoder\\.layers\\.\\d+'")
+            raise ConfigError(
+                "unfreeze.pattern is empty: give a regex, e.g. unfreeze.pattern='encoder\\.layers\\.\\d+'"
+            )
         try:
             re.compile(c.unfreeze.pattern)
         except re.error as err:
@@ -138,80 +144,7 @@ def _validate_schedule(schedule: ScheduleConf, *, pretrained: bool) -> None:
         raise ConfigError(f"schedule.start_at={start!r} is not a stage of schedule={schedule.name}: {names}")
     if names.index(start) > 0 and not pretrained:
         raise ConfigError(
-            f"schedule.start_at={start!r} skips {names[:names.index(start)]}, but backbone.pretrained_path is null, "
+            f"schedule.start_at={start!r} skips {names[: names.index(start)]}, but backbone.pretrained_path is null, "
             "so their weights would be missing. Fix: backbone.pretrained_path=<output dir of the earlier run>/"
             f"stage-{names[names.index(start) - 1]}.pt"
         )
-
-
-def pretrain_dataset(c: TrainConfig) -> tuple[DatasetConf, int]:
-    """The unlabeled corpus and its seed: the synthetic generator (other subjects: another seed, derived from
-    `dataset.split_seed`, not `seed`) or a real one.
-
-    Its NaN or constant windows are dropped (counted), not refused: a long unlabeled recording always has some.
-    """
-    d = c.dataset
-    if d.pretrain != "synthetic" and not d.pretrain_root:
-        raise ConfigError(f"dataset.pretrain={d.pretrain} needs dataset.pretrain_root=<directory of the corpus>")
-    corpus = replace(d, name=d.pretrain, root=d.pretrain_root, n_subjects=d.pretrain_subjects, nonfinite="drop")
-    return corpus, d.split_seed + 10_000
-
-
-def assign_gpu(job_num: int | None, n_gpus: int) -> int | None:
-    """The GPU (an index into the visible ones) that job `job_num` of a multirun takes with trainer.device=auto.
-
-    Job j takes GPU `j % n_gpus`: K jobs started together (joblib's `n_jobs=K`, numbered consecutively) spread
-    evenly over the GPUs, several per GPU when K > n_gpus. A single run (`job_num` None) takes GPU 0. None when
-    there is no GPU.
-    """
-    if n_gpus < 0:
-        raise ValueError(f"n_gpus={n_gpus} must be >= 0")
-    if job_num is not None and job_num < 0:
-        raise ValueError(f"job_num={job_num} must be >= 0 (Hydra numbers a sweep's jobs from 0)")
-    if n_gpus == 0:
-        return None
-    return 0 if job_num is None else job_num % n_gpus
-
-
-def pick_device(name: str, job_num: int | None = None) -> torch.device:
-    """`trainer.device` -> the device this process trains on; a CUDA one is also made the current device.
-
-    `auto`: a CUDA GPU if there is one (multirun job `job_num` takes `assign_gpu(job_num, visible GPUs)`), else
-    MPS, else the CPU. `cuda` is GPU 0 and `cuda:<i>` GPU i, both counted among the visible GPUs
-    (CUDA_VISIBLE_DEVICES renumbers them from 0), for every job. The chosen GPU is made current
-    (torch.cuda.set_device) so that what allocates on a bare "cuda" (a library, the CUDA context itself) lands on
-    it too, not on cuda:0.
-    """
-    try:
-        device = torch.device("cpu" if name == "auto" else name)
-    except RuntimeError as err:
-        raise ConfigError(f"trainer.device={name!r} is not a device ({err}). Fix: trainer.device=auto, cpu, "
-                          "cuda, cuda:<index> or mps") from None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
-    if name == "auto":
-        if torch.cuda.is_available():
-            n_gpus = torch.cuda.device_count()
-            device = torch.device("cuda", assign_gpu(job_num, n_gpus))
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = torch.device("mps")
-    elif device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name} but no CUDA device is visible{where}; use trainer.device=auto "
-                              "or cpu")
-        n_gpus = torch.cuda.device_count()
-        device = torch.device("cuda", device.index or 0)
-        if device.index >= n_gpus:
-            raise ConfigError(
-                f"trainer.device={name} but only {n_gpus} GPU(s) are visible{where}, numbered from 0 among the "
-                f"visible ones. Fix: trainer.device=cuda:<0..{n_gpus - 1}>, or trainer.device=auto (multirun jobs "
-                "spread over the visible GPUs)."
-            )
-    if device.type != "cuda":
-        log.info("device %s (trainer.device=%s)", device, name)
-        return device
-    torch.cuda.set_device(device)
-    job = "single run" if job_num is None else f"job {job_num}"
-    log.info("%s -> %s of %d visible GPU%s%s (trainer.device=%s)", job, device, n_gpus, "" if n_gpus == 1 else "s",
-             where, name)
-    return device

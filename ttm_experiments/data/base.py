@@ -55,8 +55,13 @@ class WindowSet:
         return self.signals.shape[2]
 
     def subset(self, index: np.ndarray) -> "WindowSet":
-        return replace(self, signals=self.signals[index], labels=self.labels[index], subjects=self.subjects[index],
-                       meta={k: v[index] for k, v in self.meta.items()})
+        return replace(
+            self,
+            signals=self.signals[index],
+            labels=self.labels[index],
+            subjects=self.subjects[index],
+            meta={k: v[index] for k, v in self.meta.items()},
+        )
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))

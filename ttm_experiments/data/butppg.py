@@ -33,9 +33,11 @@ LOADER_VERSION = "1"
 
 ANNOTATION_FILE = "quality-hr-ann.csv"
 SUBJECT_FILE = "subject-info.csv"
-LAYOUT = (f"<root>/{ANNOTATION_FILE} (ID,Quality,HR), <root>/{SUBJECT_FILE} (ID,Gender,Age [years],...,"
-          "Ear/finger,Motion,...; one row per record), and one folder per record: <root>/<ID>/<ID>_PPG.hea + "
-          "<ID>_PPG.dat (WFDB, R/G/B at 30 Hz); the PhysioNet butppg v2 download as it is")
+LAYOUT = (
+    f"<root>/{ANNOTATION_FILE} (ID,Quality,HR), <root>/{SUBJECT_FILE} (ID,Gender,Age [years],...,"
+    "Ear/finger,Motion,...; one row per record), and one folder per record: <root>/<ID>/<ID>_PPG.hea + "
+    "<ID>_PPG.dat (WFDB, R/G/B at 30 Hz); the PhysioNet butppg v2 download as it is"
+)
 
 QUALITY_CLASSES = ("poor", "good")
 MOTION_CLASSES = ("rest", "pressure", "finger_motion", "walking", "coughing", "laughing", "light", "talking")
@@ -46,8 +48,10 @@ SITE_FINGER, SITE_EAR, SITE_UNKNOWN = 0, 1, -1
 SOURCE_SITE_CODES = {0: SITE_EAR, 1: SITE_FINGER}
 SITE_WORDS = {"ear": SITE_EAR, "e": SITE_EAR, "finger": SITE_FINGER, "f": SITE_FINGER}
 
-ORIENTATION_RULE = ("transposed: n_sig > sig_len and sig_len <= 3 (p_signal is [channels, time]); "
-                    "interleaved: n_sig == 1 and sig_len == 3 * fs * duration_s (R,G,B frames)")
+ORIENTATION_RULE = (
+    "transposed: n_sig > sig_len and sig_len <= 3 (p_signal is [channels, time]); "
+    "interleaved: n_sig == 1 and sig_len == 3 * fs * duration_s (R,G,B frames)"
+)
 
 _NA = {"", "nan", "na", "n/a", "none", "null", "-"}
 _EXAMPLES = 8  # example IDs kept per exclusion reason
@@ -72,18 +76,23 @@ def settings(conf: DatasetConf) -> Settings:
     colours = tuple(str(c).strip().upper() for c in conf.ppg_channels)
     bad = [c for c in colours if c not in COLOURS]
     if bad or not colours or len(set(colours)) != len(colours):
-        raise ConfigError(f"dataset.ppg_channels={list(conf.ppg_channels)} is invalid: give distinct camera "
-                          f"channels out of {list(COLOURS)}, e.g. dataset.ppg_channels=[R] or [R,G,B]")
+        raise ConfigError(
+            f"dataset.ppg_channels={list(conf.ppg_channels)} is invalid: give distinct camera "
+            f"channels out of {list(COLOURS)}, e.g. dataset.ppg_channels=[R] or [R,G,B]"
+        )
     if len(colours) != conf.channels:
-        raise ConfigError(f"dataset.ppg_channels={list(colours)} selects {len(colours)} channel(s) but "
-                          f"dataset.channels={conf.channels}: they must agree (the model's input channels). "
-                          f"Fix: dataset.channels={len(colours)}")
+        raise ConfigError(
+            f"dataset.ppg_channels={list(colours)} selects {len(colours)} channel(s) but "
+            f"dataset.channels={conf.channels}: they must agree (the model's input channels). "
+            f"Fix: dataset.channels={len(colours)}"
+        )
     if conf.missing_records not in ("error", "skip"):
         raise ConfigError(f"dataset.missing_records={conf.missing_records!r} must be 'error' or 'skip'")
     if conf.nonfinite not in ("error", "drop"):
         raise ConfigError(f"dataset.nonfinite={conf.nonfinite!r} must be 'error' or 'drop'")
-    return Settings(conf.task, colours, int(conf.window_length), float(conf.duration_s), conf.nonfinite,
-                    conf.missing_records)
+    return Settings(
+        conf.task, colours, int(conf.window_length), float(conf.duration_s), conf.nonfinite, conf.missing_records
+    )
 
 
 def load_butppg(conf: DatasetConf, *, cache_dir: Path) -> Cached:
@@ -92,8 +101,9 @@ def load_butppg(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     root = source_root(conf.root, "butppg", [ANNOTATION_FILE, SUBJECT_FILE], LAYOUT)
     sources = [root / ANNOTATION_FILE, root / SUBJECT_FILE, *root.glob("*/*_PPG.hea"), *root.glob("*/*_PPG.dat")]
     key, manifest = cache_key(loader="butppg", version=LOADER_VERSION, settings=asdict(s), root=root, files=sources)
-    result = load_or_build(cache_dir=cache_dir, loader="butppg", key=key, manifest=manifest,
-                           build=lambda w: _build(root, s, w))
+    result = load_or_build(
+        cache_dir=cache_dir, loader="butppg", key=key, manifest=manifest, build=lambda w: _build(root, s, w)
+    )
     log_report("butppg", result.report)
     return result
 
@@ -127,8 +137,9 @@ def _read_table(path: Path, required: tuple[str, ...]) -> dict[str, dict[str, st
             duplicates.append(rid)
         table[rid] = record
     if bad_ids:
-        raise DataError(f"{path}: {len(bad_ids)} row(s) have an ID that is not a 6-digit BUT-PPG record ID, "
-                        f"e.g. {bad_ids[:5]}")
+        raise DataError(
+            f"{path}: {len(bad_ids)} row(s) have an ID that is not a 6-digit BUT-PPG record ID, e.g. {bad_ids[:5]}"
+        )
     if duplicates:
         raise DataError(f"{path}: record ID(s) listed twice: {sorted(set(duplicates))[:10]}")
     return table
@@ -144,8 +155,9 @@ def _number(text: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _codes(table: dict[str, dict[str, str]], column: str, allowed: range, path: Path, strict: bool = True
-           ) -> dict[str, int | None]:
+def _codes(
+    table: dict[str, dict[str, str]], column: str, allowed: range, path: Path, strict: bool = True
+) -> dict[str, int | None]:
     """ID -> integer code of `column` (None when empty). Values outside `allowed` stop the load when `strict`
     (the column is the task's label); otherwise they become None (a column kept only as metadata)."""
     out: dict[str, int | None] = {}
@@ -160,11 +172,19 @@ def _codes(table: dict[str, dict[str, str]], column: str, allowed: range, path: 
         else:
             out[rid] = int(value)
     if invalid and not strict:
-        log.warning("%s: column %r holds values outside %d..%d %s; kept as -1 in meta (not the task's label)",
-                    path, column, allowed.start, allowed.stop - 1, dict(invalid.most_common(5)))
+        log.warning(
+            "%s: column %r holds values outside %d..%d %s; kept as -1 in meta (not the task's label)",
+            path,
+            column,
+            allowed.start,
+            allowed.stop - 1,
+            dict(invalid.most_common(5)),
+        )
     elif invalid:
-        raise DataError(f"{path}: column {column!r} must hold integer codes {allowed.start}..{allowed.stop - 1}; "
-                        f"found {dict(invalid.most_common(10))}")
+        raise DataError(
+            f"{path}: column {column!r} must hold integer codes {allowed.start}..{allowed.stop - 1}; "
+            f"found {dict(invalid.most_common(10))}"
+        )
     return out
 
 
@@ -183,12 +203,18 @@ def read_record(base: Path) -> tuple[np.ndarray, list[str], float, int, int]:
     import wfdb
 
     record = wfdb.rdrecord(str(base))
-    return np.asarray(record.p_signal, dtype=np.float64), list(record.sig_name or []), float(record.fs), \
-        int(record.n_sig), int(record.sig_len)
+    return (
+        np.asarray(record.p_signal, dtype=np.float64),
+        list(record.sig_name or []),
+        float(record.fs),
+        int(record.n_sig),
+        int(record.sig_len),
+    )
 
 
-def orient(p_signal: np.ndarray, names: list[str], n_sig: int, sig_len: int, expected: int
-           ) -> tuple[np.ndarray, list[str | None], str]:
+def orient(
+    p_signal: np.ndarray, names: list[str], n_sig: int, sig_len: int, expected: int
+) -> tuple[np.ndarray, list[str | None], str]:
     """A record as [time, channels], each channel's colour (None when unknown) and how it was repaired:
     ``"transposed"`` or ``"interleaved"`` (the release-1 header defects, ORIENTATION_RULE) or ``"ok"``."""
     if n_sig > sig_len and sig_len <= 3:
@@ -266,10 +292,12 @@ def _build(root: Path, s: Settings, writer: CacheWriter) -> BuildInfo:
     if got.nonfinite_ids and s.nonfinite == "error":
         raise DataError(
             f"{len(got.nonfinite_ids)} BUT-PPG record(s) hold NaN/Inf samples, e.g. {got.nonfinite_ids[:8]}. "
-            "Fix: dataset.nonfinite=drop to exclude their windows (they are counted in the report).")
+            "Fix: dataset.nonfinite=drop to exclude their windows (they are counted in the report)."
+        )
     if not got.windows:
-        raise DataError(f"no usable BUT-PPG record under {root}: excluded {dict(excluded.counts)}. "
-                        f"Expected layout: {LAYOUT}")
+        raise DataError(
+            f"no usable BUT-PPG record under {root}: excluded {dict(excluded.counts)}. Expected layout: {LAYOUT}"
+        )
     windows = _window_set(tables, got, s)
     writer.save_windows(windows)
     report = _report(root, s, ids=ids, windows=windows, got=got, excluded=excluded)
@@ -285,8 +313,9 @@ def _read_tables(root: Path, task: str) -> _Tables:
     return _Tables(ann, info, quality, motion)
 
 
-def _present_records(root: Path, s: Settings, *, labels: dict[str, int | None], ids: list[str],
-                     excluded: _Exclusions) -> list[str]:
+def _present_records(
+    root: Path, s: Settings, *, labels: dict[str, int | None], ids: list[str], excluded: _Exclusions
+) -> list[str]:
     """The labelled records whose folder exists; a missing folder stops the load or is skipped and counted."""
     labelled = []
     for rid in ids:
@@ -300,14 +329,16 @@ def _present_records(root: Path, s: Settings, *, labels: dict[str, int | None], 
             f"{len(missing)} of {len(labelled)} annotated BUT-PPG records have no record folder, e.g. "
             f"{', '.join(str(root / r / f'{r}_PPG.hea') for r in missing[:3])}. Fix: point dataset.root at the "
             "folder that holds quality-hr-ann.csv and the record folders, complete the download, or "
-            f"dataset.missing_records=skip to skip them (they are counted). Expected layout: {LAYOUT}")
+            f"dataset.missing_records=skip to skip them (they are counted). Expected layout: {LAYOUT}"
+        )
     for rid in missing:
         excluded.add("record folder missing", rid)
     return [rid for rid in labelled if rid not in set(missing)]
 
 
-def _read_oriented(base: Path, *, rid: str, s: Settings, excluded: _Exclusions, got: _Collected
-                   ) -> tuple[np.ndarray, float, int, bool] | None:
+def _read_oriented(
+    base: Path, *, rid: str, s: Settings, excluded: _Exclusions, got: _Collected
+) -> tuple[np.ndarray, float, int, bool] | None:
     """One record as [time, asked channels], its rate, samples per window and whether it was repaired."""
     try:
         p_signal, names, fs, n_sig, sig_len = read_record(base)
@@ -368,13 +399,19 @@ def _window_set(t: _Tables, got: _Collected, s: Settings) -> WindowSet:
         "window_index": np.array([r["offset"] for r in got.rows], dtype=np.int64),
     }
     labels = t.labels(s.task)
-    return WindowSet(signals=np.concatenate(got.windows), labels=np.array([labels[r] for r in rids], dtype=np.int64),
-                     subjects=np.array([int(r[:3]) for r in rids], dtype=np.int64),
-                     class_names=TASKS[s.task], fs=s.window_length / s.duration_s, meta=meta)
+    return WindowSet(
+        signals=np.concatenate(got.windows),
+        labels=np.array([labels[r] for r in rids], dtype=np.int64),
+        subjects=np.array([int(r[:3]) for r in rids], dtype=np.int64),
+        class_names=TASKS[s.task],
+        fs=s.window_length / s.duration_s,
+        meta=meta,
+    )
 
 
-def _report(root: Path, s: Settings, *, ids: list[str], windows: WindowSet, got: _Collected,
-            excluded: _Exclusions) -> dict:
+def _report(
+    root: Path, s: Settings, *, ids: list[str], windows: WindowSet, got: _Collected, excluded: _Exclusions
+) -> dict:
     """What was used, repaired and excluded (logged, and stored with the cache entry)."""
     folders = {p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"\d{6}", p.name)}
     return {
@@ -407,14 +444,20 @@ def _site_summary(site: np.ndarray, quality: np.ndarray) -> dict:
         mask = site == code
         rated = mask & (quality >= 0)
         if mask.any():
-            out[name] = {"windows": int(mask.sum()),
-                         "good_fraction": round(float((quality[rated] == 1).mean()), 4) if rated.any() else None}
+            out[name] = {
+                "windows": int(mask.sum()),
+                "good_fraction": round(float((quality[rated] == 1).mean()), 4) if rated.any() else None,
+            }
     return out
 
 
 def _check_sites(sites: dict) -> None:
     finger, ear = sites.get("finger", {}).get("good_fraction"), sites.get("ear", {}).get("good_fraction")
     if finger is not None and ear is not None and ear > finger:
-        log.warning("butppg: ear records are rated good more often (%.2f) than finger records (%.2f); BUT-PPG's "
-                    "ear records are the worse ones, so the Ear/finger coding may be the other way round "
-                    "(SOURCE_SITE_CODES in ttm_experiments/data/butppg.py)", ear, finger)
+        log.warning(
+            "butppg: ear records are rated good more often (%.2f) than finger records (%.2f); BUT-PPG's "
+            "ear records are the worse ones, so the Ear/finger coding may be the other way round "
+            "(SOURCE_SITE_CODES in ttm_experiments/data/butppg.py)",
+            ear,
+            finger,
+        )

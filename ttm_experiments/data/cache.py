@@ -21,7 +21,7 @@ import numpy as np
 
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import DataError
-from ttm_experiments.files import atomic_directory
+from ttm_experiments.utils.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +34,23 @@ def source_root(root: str | None, dataset: str, required: Sequence[str], layout:
     Every error repeats ``layout`` (the expected layout) and names the override that fixes it."""
     example = f"ttm-train dataset={dataset} dataset.root=/path/to/{dataset}"
     if not root:
-        raise DataError(f"dataset={dataset} needs dataset.root, the directory of the data: `{example}`. "
-                        f"Expected layout: {layout}")
+        raise DataError(
+            f"dataset={dataset} needs dataset.root, the directory of the data: `{example}`. Expected layout: {layout}"
+        )
     path = Path(root).expanduser()
     if not path.is_dir():
         what = "is a file, not a directory" if path.exists() else "does not exist"
-        raise DataError(f"dataset.root={root} {what}. Point it at the {dataset} directory (`{example}`). "
-                        f"Expected layout: {layout}")
+        raise DataError(
+            f"dataset.root={root} {what}. Point it at the {dataset} directory (`{example}`). Expected layout: {layout}"
+        )
     missing = [name for name in required if not (path / name).is_file()]
     if missing:
         below = sorted(p.parent for pattern in (f"*/{missing[0]}", f"*/*/{missing[0]}") for p in path.glob(pattern))
         hint = f" It is in {below[0]}: dataset.root={below[0]}?" if below else ""
-        raise DataError(f"dataset.root={root} lacks {', '.join(missing)}: is it the {dataset} directory?{hint} "
-                        f"Expected layout: {layout}")
+        raise DataError(
+            f"dataset.root={root} lacks {', '.join(missing)}: is it the {dataset} directory?{hint} "
+            f"Expected layout: {layout}"
+        )
     return path
 
 
@@ -59,8 +63,9 @@ def source_manifest(root: Path, files: Iterable[Path]) -> list[list]:
     return sorted(rows)
 
 
-def cache_key(*, loader: str, version: str, settings: Mapping, root: Path | None = None,
-              files: Iterable[Path] = ()) -> tuple[str, dict]:
+def cache_key(
+    *, loader: str, version: str, settings: Mapping, root: Path | None = None, files: Iterable[Path] = ()
+) -> tuple[str, dict]:
     """The key of an entry (sha1 of the manifest, 16 hex digits) and the manifest itself.
     ``root`` and ``files`` are the source files; a generated dataset (synthetic) has none."""
     manifest = {
@@ -128,17 +133,30 @@ class CacheWriter:
             mm.flush()
         self._memmaps.clear()
         (self.dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        (self.dir / "info.json").write_text(json.dumps({
-            "class_names": list(info.class_names),
-            "fs": float(info.fs),
-            "meta": self.meta,
-            "report": info.report,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=1, default=str))
+        (self.dir / "info.json").write_text(
+            json.dumps(
+                {
+                    "class_names": list(info.class_names),
+                    "fs": float(info.fs),
+                    "meta": self.meta,
+                    "report": info.report,
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
 
-def load_or_build(*, cache_dir: Path, loader: str, key: str, manifest: dict,
-                  build: Callable[[CacheWriter], BuildInfo], mmap: bool = False) -> Cached:
+def load_or_build(
+    *,
+    cache_dir: Path,
+    loader: str,
+    key: str,
+    manifest: dict,
+    build: Callable[[CacheWriter], BuildInfo],
+    mmap: bool = False,
+) -> Cached:
     """Read the entry ``key`` of ``loader``, or build it with ``build(writer)`` and store it first.
     ``mmap=True`` returns ``signals`` as a read-only ``np.memmap`` (for corpora larger than memory).
     An entry that cannot be read is rebuilt; errors raised by ``build`` leave nothing behind."""
@@ -174,8 +192,10 @@ def _store(path: Path, loader: str, manifest: dict, build: Callable[[CacheWriter
             try:
                 tmp = stack.enter_context(atomic_directory(path))
             except OSError as err:
-                raise DataError(f"cannot write the {loader} cache below {path.parent}: {err}. Set paths.cache_dir "
-                                "(or paths.runs_dir) to a writable directory.") from err
+                raise DataError(
+                    f"cannot write the {loader} cache below {path.parent}: {err}. Set paths.cache_dir "
+                    "(or paths.runs_dir) to a writable directory."
+                ) from err
             writer = CacheWriter(tmp)
             writer.finish(build(writer), manifest)
     except FileExistsError:
@@ -207,7 +227,12 @@ def log_report(loader: str, report: Mapping) -> None:
     for reason, n in report.get("excluded", {}).items():
         if n:
             examples = report.get("examples", {}).get(reason, [])
-            log.warning("%s: %d excluded (%s)%s", loader, n, reason,
-                        f", e.g. {', '.join(map(str, examples))}" if examples else "")
+            log.warning(
+                "%s: %d excluded (%s)%s",
+                loader,
+                n,
+                reason,
+                f", e.g. {', '.join(map(str, examples))}" if examples else "",
+            )
     for note in report.get("notes", []):
         log.info("%s: %s", loader, note)

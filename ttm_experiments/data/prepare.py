@@ -8,7 +8,7 @@ dropped silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -21,7 +21,7 @@ from ttm_experiments.data.butppg import load_butppg
 from ttm_experiments.data.synthetic import SyntheticSpec, generate_cached
 from ttm_experiments.data.vitaldb import load_vitaldb
 from ttm_experiments.data.windows import load_windows_dir
-from ttm_experiments.errors import DataError
+from ttm_experiments.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def load_windows(conf: DatasetConf, *, seed: int, cache_dir: Path) -> WindowSet:
     return LOADERS[conf.name](conf, seed, Path(cache_dir))
 
 
-def check_windows(windows: WindowSet, context_length: int, num_channels: int,
-                  nonfinite: Literal["error", "drop"]) -> WindowSet:
+def check_windows(
+    windows: WindowSet, context_length: int, num_channels: int, nonfinite: Literal["error", "drop"]
+) -> WindowSet:
     """Refuse windows that do not fit the model; drop or refuse NaN/Inf and constant windows."""
     if windows.window_length != context_length:
         raise DataError(
@@ -123,8 +124,7 @@ class Splits:
         return (("train", self.train), ("val", self.val), ("test", self.test))
 
 
-def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int, *, allow_shared: bool = False
-                       ) -> Splits:
+def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int, *, allow_shared: bool = False) -> Splits:
     """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two.
 
     A dataset with ``meta["split"]`` (codes into SPLIT_NAMES, or the names) brings its own split: it is used
@@ -154,16 +154,22 @@ def _predefined_split(windows: WindowSet, fold: int, allow_shared: bool) -> Spli
         codes = np.array([SPLIT_NAMES.index(s) for s in split.astype(str)], dtype=np.int64)
     else:
         codes = split.astype(np.int64)
-    log.info("the dataset brings its own train/val/test split (meta['split']): it is used as it is, and "
-             "dataset.fold=%d / dataset.n_folds are ignored", fold)
+    log.info(
+        "the dataset brings its own train/val/test split (meta['split']): it is used as it is, and "
+        "dataset.fold=%d / dataset.n_folds are ignored",
+        fold,
+    )
     index = {name: np.flatnonzero(codes == i) for i, name in enumerate(SPLIT_NAMES)}
     empty = [name for name, idx in index.items() if len(idx) == 0]
     if empty:
-        raise DataError(f"the dataset's predefined split has no {' and no '.join(empty)} window; train, val and "
-                        "test are all needed. Fix: add them, or remove the split folders so that the suite "
-                        "splits subject-wise itself.")
+        raise DataError(
+            f"the dataset's predefined split has no {' and no '.join(empty)} window; train, val and "
+            "test are all needed. Fix: add them, or remove the split folders so that the suite "
+            "splits subject-wise itself."
+        )
     shared = set(np.unique(windows.subjects[index["train"]]).tolist()) & set(
-        np.unique(windows.subjects[np.concatenate([index["val"], index["test"]])]).tolist())
+        np.unique(windows.subjects[np.concatenate([index["val"], index["test"]])]).tolist()
+    )
     if shared and not allow_shared:
         raise DataError(
             f"the predefined split puts {len(shared)} subject(s) in train and in val/test (e.g. {sorted(shared)[:5]}): "
@@ -172,8 +178,12 @@ def _predefined_split(windows: WindowSet, fold: int, allow_shared: bool) -> Spli
             "run is tagged split.shared_subjects)."
         )
     if shared:
-        log.warning("the predefined split puts %d subject(s) in train and in val/test (e.g. %s): evaluation is not "
-                    "subject-wise (dataset.allow_shared_subjects=true)", len(shared), sorted(shared)[:5])
+        log.warning(
+            "the predefined split puts %d subject(s) in train and in val/test (e.g. %s): evaluation is not "
+            "subject-wise (dataset.allow_shared_subjects=true)",
+            len(shared),
+            sorted(shared)[:5],
+        )
     splits = Splits(*(windows.subset(index[name]) for name in SPLIT_NAMES), shared_subjects=len(shared))
     _require_every_class(splits, "of the predefined split", "a split that holds every class")
     return splits
@@ -203,3 +213,36 @@ def describe_splits(splits: Splits) -> dict[str, dict]:
             **{f"frac_{c}": round(n / total, 4) for c, n in counts.items()},
         }
     return out
+
+
+def pretrain_dataset(d: DatasetConf) -> tuple[DatasetConf, int]:
+    """The unlabeled corpus and its seed: the synthetic generator (other subjects: another seed, derived from
+    `dataset.split_seed`, not `seed`) or a real one.
+
+    Its NaN or constant windows are dropped (counted), not refused: a long unlabeled recording always has some.
+    """
+    if d.pretrain != "synthetic" and not d.pretrain_root:
+        raise ConfigError(f"dataset.pretrain={d.pretrain} needs dataset.pretrain_root=<directory of the corpus>")
+    corpus = replace(d, name=d.pretrain, root=d.pretrain_root, n_subjects=d.pretrain_subjects, nonfinite="drop")
+    return corpus, d.split_seed + 10_000
+
+
+def load_pretrain_corpus(d: DatasetConf, *, context_length: int, cache_dir: Path) -> tuple[WindowSet, RowView, RowView]:
+    """The unlabeled corpus of `data: pretrain` stages, checked, and split by subject into train and validation
+    (90/10, decided by `dataset.split_seed`: data, not model)."""
+    corpus, seed = pretrain_dataset(d)
+    windows = load_windows(corpus, seed=seed, cache_dir=cache_dir)
+    windows = check_windows(windows, context_length, d.channels, corpus.nonfinite)
+    subjects = np.unique(windows.subjects)
+    rng = np.random.default_rng(d.split_seed)
+    held_out = rng.choice(subjects, size=max(1, len(subjects) // 10), replace=False)
+    is_val = np.isin(windows.subjects, held_out)
+    log.info(
+        "pretraining corpus %s: %d windows of %d subjects (%d held out for validation)",
+        corpus.name,
+        len(windows),
+        len(subjects),
+        int(is_val.sum()),
+    )
+    # views, not copies: a large memory-mapped corpus stays on disk and is read batch by batch
+    return windows, RowView(windows.signals, np.flatnonzero(~is_val)), RowView(windows.signals, np.flatnonzero(is_val))

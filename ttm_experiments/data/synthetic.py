@@ -374,8 +374,16 @@ def _draw_artifacts(good: bool, rng: np.random.Generator) -> tuple[list[str], fl
     return [ARTIFACT_NAMES[i] for i in sorted(picks)], float(sev)
 
 
-def _render_window(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, kinds: list[str], severity: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def _render_window(
+    pulse: np.ndarray,
+    *,
+    t: np.ndarray,
+    fs: float,
+    phys: dict,
+    kinds: list[str],
+    severity: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One window [C, T]: pulse, baseline and noise as a camera records them, then the artifacts.
 
     The order follows the physics: pressure and perfusion change the pulsatile (AC) part, motion, bursts and
@@ -393,8 +401,9 @@ def _render_window(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, k
     return x
 
 
-def _pulsatile(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float],
-               rng: np.random.Generator) -> np.ndarray:
+def _pulsatile(
+    pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float], rng: np.random.Generator
+) -> np.ndarray:
     """The AC part shared by all channels: the pulse with vasomotion, respiration, pressure and drift."""
     amp = phys["amplitude"]
     ac = pulse * (1.0 + 0.1 * _band_noise(rng, t, 0.03, 0.15)) * amp
@@ -407,8 +416,9 @@ def _pulsatile(pulse: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: 
     return ac + amp * rng.uniform(0.0, 0.25) * _band_noise(rng, t, 0.02, 0.12)  # slow drift, every window
 
 
-def _camera(ac: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float],
-            rng: np.random.Generator) -> np.ndarray:
+def _camera(
+    ac: np.ndarray, *, t: np.ndarray, fs: float, phys: dict, sev: dict[str, float], rng: np.random.Generator
+) -> np.ndarray:
     """Each channel [C, T]: its gain of the AC part, motion and bursts, sensor noise, on its DC level."""
     amp = phys["amplitude"]
     x = np.empty((len(phys["dc"]), len(t)))

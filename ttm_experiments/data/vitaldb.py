@@ -31,17 +31,30 @@ LAYOUT = "<root>/**/*.vital: one VitalDB case per file (e.g. <root>/0001.vital),
 
 def load_vitaldb(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     if conf.channels != 1:
-        raise ConfigError(f"dataset=vitaldb reads one PPG track ({conf.track}), but dataset.channels={conf.channels}. "
-                          "Fix: dataset.channels=1")
+        raise ConfigError(
+            f"dataset=vitaldb reads one PPG track ({conf.track}), but dataset.channels={conf.channels}. "
+            "Fix: dataset.channels=1"
+        )
     root = source_root(conf.root, "vitaldb", [], LAYOUT)
     files = sorted(root.rglob("*.vital"))
     if not files:
         raise DataError(f"no .vital file under dataset.root={root}. Expected layout: {LAYOUT}")
-    settings = {"track": conf.track, "window_length": int(conf.window_length), "duration_s": float(conf.duration_s),
-                "source_fs": SOURCE_FS, "flat_std": FLAT_STD}
+    settings = {
+        "track": conf.track,
+        "window_length": int(conf.window_length),
+        "duration_s": float(conf.duration_s),
+        "source_fs": SOURCE_FS,
+        "flat_std": FLAT_STD,
+    }
     key, manifest = cache_key(loader="vitaldb", version=LOADER_VERSION, settings=settings, root=root, files=files)
-    result = load_or_build(cache_dir=cache_dir, loader="vitaldb", key=key, manifest=manifest,
-                           build=lambda w: _build(root, files, conf, w), mmap=True)
+    result = load_or_build(
+        cache_dir=cache_dir,
+        loader="vitaldb",
+        key=key,
+        manifest=manifest,
+        build=lambda w: _build(root, files, conf, w),
+        mmap=True,
+    )
     log_report("vitaldb", result.report)
     return result
 
@@ -59,8 +72,10 @@ def read_track(path: Path, track: str) -> np.ndarray:
             tracks = vitaldb.VitalFile(str(path), header_only=True).get_track_names()
         except Exception:  # noqa: BLE001 - the listing is only for the message
             tracks = []
-        raise DataError(f"{path} has no track {track!r}; its tracks are {sorted(tracks) or 'none (unreadable?)'}. "
-                        "Fix: dataset.track=<one of them> or remove the file from dataset.root")
+        raise DataError(
+            f"{path} has no track {track!r}; its tracks are {sorted(tracks) or 'none (unreadable?)'}. "
+            "Fix: dataset.track=<one of them> or remove the file from dataset.root"
+        )
     return np.asarray(vf.to_numpy([track], 1 / SOURCE_FS), dtype=np.float32).reshape(-1)
 
 
@@ -81,12 +96,14 @@ def _build(root: Path, files: list[Path], conf: DatasetConf, writer: CacheWriter
         _scan_file(scan, case=case, path=path, conf=conf, directory=writer.dir)
     total = sum(k for _, k in scan.shards)
     if total == 0:
-        raise DataError(f"no usable {conf.duration_s:g} s window in {len(files)} .vital file(s) under {root}: "
-                        f"{scan.counts['nan']} with NaN, {scan.counts['flat']} flat, of {scan.counts['spans']}")
+        raise DataError(
+            f"no usable {conf.duration_s:g} s window in {len(files)} .vital file(s) under {root}: "
+            f"{scan.counts['nan']} with NaN, {scan.counts['flat']} flat, of {scan.counts['spans']}"
+        )
     signals = writer.open_signals((total, 1, int(conf.window_length)))
     at = 0
     for shard, k in scan.shards:
-        signals[at:at + k, 0, :] = np.load(shard)
+        signals[at : at + k, 0, :] = np.load(shard)
         at += k
         shard.unlink()
     subjects = np.concatenate(scan.cases)
@@ -96,12 +113,18 @@ def _build(root: Path, files: list[Path], conf: DatasetConf, writer: CacheWriter
     fs_out = conf.window_length / conf.duration_s
     nan, flat = "windows with NaN/Inf", f"flat windows (std < {FLAT_STD:g})"
     report = {
-        "counts": {"files": len(files), "windows": total, "cases_with_windows": int(len(np.unique(subjects))),
-                   "spans": scan.counts["spans"]},
+        "counts": {
+            "files": len(files),
+            "windows": total,
+            "cases_with_windows": int(len(np.unique(subjects))),
+            "spans": scan.counts["spans"],
+        },
         "excluded": {nan: scan.counts["nan"], flat: scan.counts["flat"]},
         "examples": {nan: scan.examples["nan"], flat: scan.examples["flat"]},
-        "notes": [f"track {conf.track} at {SOURCE_FS:g} Hz, {conf.duration_s:g} s spans resampled to "
-                  f"{conf.window_length} samples ({fs_out:g} Hz) with scipy.signal.resample_poly; unlabeled"],
+        "notes": [
+            f"track {conf.track} at {SOURCE_FS:g} Hz, {conf.duration_s:g} s spans resampled to "
+            f"{conf.window_length} samples ({fs_out:g} Hz) with scipy.signal.resample_poly; unlabeled"
+        ],
         "cases": [f.relative_to(root).as_posix() for f in files],
     }
     return BuildInfo(CLASS_NAMES, fs_out, report)

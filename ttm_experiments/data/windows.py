@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 
 LOADER_VERSION = "2"  # 2: subject_from
 PATTERN = "window_*.npz"
-LAYOUT = ("<root>/{train,val,test}/window_NNNNNN.npz (or <root>/window_NNNNNN.npz without a split), each with "
-          "`signal` [channels, T] float32, scalar labels (quality, hr, motion, ...), `record_id` and `fs`")
+LAYOUT = (
+    "<root>/{train,val,test}/window_NNNNNN.npz (or <root>/window_NNNNNN.npz without a split), each with "
+    "`signal` [channels, T] float32, scalar labels (quality, hr, motion, ...), `record_id` and `fs`"
+)
 KNOWN_CLASSES = {"quality": QUALITY_CLASSES, "motion": MOTION_CLASSES}
 RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
 
@@ -52,12 +54,22 @@ RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
 def load_windows_dir(conf: DatasetConf, *, cache_dir: Path) -> Cached:
     root = source_root(conf.root, "windows", [], LAYOUT)
     files = find_files(root)
-    settings = {"task": conf.task, "window_length": int(conf.window_length), "duration_s": float(conf.duration_s),
-                "subject_from": conf.subject_from.value}
-    key, manifest = cache_key(loader="windows", version=LOADER_VERSION, settings=settings, root=root,
-                              files=[f for _, f in files])
-    result = load_or_build(cache_dir=cache_dir, loader="windows", key=key, manifest=manifest,
-                           build=lambda w: _build(files, writer=w, **settings))
+    settings = {
+        "task": conf.task,
+        "window_length": int(conf.window_length),
+        "duration_s": float(conf.duration_s),
+        "subject_from": conf.subject_from.value,
+    }
+    key, manifest = cache_key(
+        loader="windows", version=LOADER_VERSION, settings=settings, root=root, files=[f for _, f in files]
+    )
+    result = load_or_build(
+        cache_dir=cache_dir,
+        loader="windows",
+        key=key,
+        manifest=manifest,
+        build=lambda w: _build(files, writer=w, **settings),
+    )
     log_report("windows", result.report)
     return result
 
@@ -69,8 +81,10 @@ def find_files(root: Path) -> list[tuple[str | None, Path]]:
         files = [(s, f) for s in splits for f in sorted((root / s).glob(PATTERN))]
         loose = sorted(root.glob(PATTERN))
         if loose:
-            raise DataError(f"{root} holds split folders {splits} and also {len(loose)} window file(s) outside them "
-                            f"(e.g. {loose[0].name}): which split are they? Move them. Expected layout: {LAYOUT}")
+            raise DataError(
+                f"{root} holds split folders {splits} and also {len(loose)} window file(s) outside them "
+                f"(e.g. {loose[0].name}): which split are they? Move them. Expected layout: {LAYOUT}"
+            )
     else:
         files = [(None, f) for f in sorted(root.glob(PATTERN))]
     if not files:
@@ -98,7 +112,7 @@ def _read(path: Path, task: str) -> dict:
             keys = list(z.files)
             if "signal" not in keys:
                 raise DataError(f"{path} has no `signal` array; its keys are {keys}. Expected layout: {LAYOUT}")
-            for needed, fix in ((task, f"choose dataset.task among its scalar keys"), ("record_id", "add it")):
+            for needed, fix in ((task, "choose dataset.task among its scalar keys"), ("record_id", "add it")):
                 if needed not in keys:
                     raise DataError(f"{path} has no `{needed}` key ({fix}); its keys are {keys}")
             signal = np.asarray(z["signal"])
@@ -126,8 +140,10 @@ def _read(path: Path, task: str) -> dict:
 def _classes(task: str, values: list[float]) -> tuple[str, ...]:
     bad = sorted({v for v in values if not float(v).is_integer()})
     if bad:
-        raise ConfigError(f"dataset.task={task}: `{task}` holds non-integer values (e.g. {bad[:3]}), it is not a "
-                          "class label. Choose a categorical key, e.g. dataset.task=quality")
+        raise ConfigError(
+            f"dataset.task={task}: `{task}` holds non-integer values (e.g. {bad[:3]}), it is not a "
+            "class label. Choose a categorical key, e.g. dataset.task=quality"
+        )
     codes = sorted({int(v) for v in values})
     if task in KNOWN_CLASSES:
         names = KNOWN_CLASSES[task]
@@ -155,9 +171,9 @@ def _subjects(kept: list[_Item], subject_from: str) -> tuple[list[str], int]:
     if missing and subject_from != "record":
         shown = ", ".join(f"{p} (record {rid})" for p, rid in missing[:5])
         raise DataError(
-            f"{len(missing)} of {len(kept)} window files have no subject (no `subject`/`subject_id` key, and the record "
-            f"id is not a BUT-PPG id), e.g. {shown}. Without subjects one person can sit in two folds. Fix: add a "
-            "`subject` key to the files, or dataset.subject_from=record to make each record its own subject (the "
+            f"{len(missing)} of {len(kept)} window files have no subject (no `subject`/`subject_id` key, and the "
+            f"record id is not a BUT-PPG id), e.g. {shown}. Without subjects one person can sit in two folds. Fix: "
+            "add a `subject` key to the files, or dataset.subject_from=record to make each record its own subject (the "
             "run is tagged dataset.subject_from=record)."
         )
     records = {rid for _, rid in missing}
@@ -177,8 +193,15 @@ def _numbered(names: list[str]) -> tuple[np.ndarray, list[str] | None]:
 _Item = tuple[str | None, Path, dict]
 
 
-def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: int, duration_s: float,
-           subject_from: str, writer: CacheWriter) -> BuildInfo:
+def _build(
+    files: list[tuple[str | None, Path]],
+    *,
+    task: str,
+    window_length: int,
+    duration_s: float,
+    subject_from: str,
+    writer: CacheWriter,
+) -> BuildInfo:
     items = [(split, path, _read(path, task)) for split, path in files]
     _check_splits_disjoint(items)
     length, fs_in = _common_shape_and_rate(items, duration_s)
@@ -194,8 +217,10 @@ def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: in
         up, down = Fraction(int(window_length), int(length)).as_integer_ratio()
         signals = resample_poly(signals, up, down, axis=2, padtype="line").astype(np.float32)
         fs_out = fs_in * window_length / length
-        note = (f"the windows have {length} samples at {fs_in:g} Hz; resampled explicitly to {window_length} "
-                f"samples ({fs_out:g} Hz, the whole window kept) with scipy.signal.resample_poly")
+        note = (
+            f"the windows have {length} samples at {fs_in:g} Hz; resampled explicitly to {window_length} "
+            f"samples ({fs_out:g} Hz, the whole window kept) with scipy.signal.resample_poly"
+        )
         log.warning("windows: %s", note)
         notes.append(note)
     span = window_length / fs_out
@@ -205,8 +230,14 @@ def _build(files: list[tuple[str | None, Path]], *, task: str, window_length: in
     if own:
         notes.append(f"{own} record(s) without a subject key are their own subject (dataset.subject_from=record)")
     subjects, meta, names = _meta(kept, task, subject_names)
-    windows = WindowSet(signals=signals, labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
-                        subjects=subjects, class_names=class_names, fs=float(fs_out), meta=meta)
+    windows = WindowSet(
+        signals=signals,
+        labels=np.array([int(float(it["label"])) for _, _, it in kept], np.int64),
+        subjects=subjects,
+        class_names=class_names,
+        fs=float(fs_out),
+        meta=meta,
+    )
     writer.save_windows(windows)
     report = _report(items, kept, task=task, windows=windows, unlabeled=unlabeled, notes=notes)
     return BuildInfo(class_names, float(fs_out), {**report, **names})
@@ -225,10 +256,12 @@ def _check_splits_disjoint(items: list[_Item]) -> None:
     overlap = sorted((rid, sorted(s, key=SPLIT_NAMES.index)) for rid, s in where.items() if len(s) > 1)
     if overlap:
         shown = ", ".join(f"{rid} ({'/'.join(s)})" for rid, s in overlap[:20])
-        raise DataError(f"{len(overlap)} record id(s) sit in more than one split: {shown}"
-                        f"{' ...' if len(overlap) > 20 else ''}. A predefined split must keep each record in one "
-                        "split. Fix: regenerate the split, or put all files in one folder so that the suite splits "
-                        "subject-wise itself.")
+        raise DataError(
+            f"{len(overlap)} record id(s) sit in more than one split: {shown}"
+            f"{' ...' if len(overlap) > 20 else ''}. A predefined split must keep each record in one "
+            "split. Fix: regenerate the split, or put all files in one folder so that the suite splits "
+            "subject-wise itself."
+        )
 
 
 def _common_shape_and_rate(items: list[_Item], duration_s: float) -> tuple[int, float]:
@@ -236,17 +269,20 @@ def _common_shape_and_rate(items: list[_Item], duration_s: float) -> tuple[int, 
     shapes = Counter(item["signal"].shape for _, _, item in items)
     if len(shapes) > 1:
         example = {shape: next(str(p) for _, p, it in items if it["signal"].shape == shape) for shape in shapes}
-        raise DataError(f"the window files have different shapes {dict(shapes)}, e.g. {example}; one dataset has "
-                        "one [channels, T] shape")
+        raise DataError(
+            f"the window files have different shapes {dict(shapes)}, e.g. {example}; one dataset has "
+            "one [channels, T] shape"
+        )
     rates = Counter(item["fs"] for _, _, item in items)
     if len(rates) > 1:
         raise DataError(f"the window files have different sampling rates `fs` {dict(rates)}; one dataset has one")
-    (_, length), = shapes
+    ((_, length),) = shapes
     return length, next(iter(rates)) or length / duration_s
 
 
-def _meta(kept: list[_Item], task: str, subject_of: list[str]
-          ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[str]]]:
+def _meta(
+    kept: list[_Item], task: str, subject_of: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list[str]]]:
     """Numbered subjects, per-window meta, and the names behind the numbers of ids that are not numeric."""
     record_ids, record_names = _numbered([it["rid"] for _, _, it in kept])
     subjects, subject_names = _numbered(subject_of)
@@ -261,8 +297,9 @@ def _meta(kept: list[_Item], task: str, subject_of: list[str]
     return subjects, meta, {k: v for k, v in names.items() if v is not None}
 
 
-def _report(items: list[_Item], kept: list[_Item], *, task: str, windows: WindowSet, unlabeled: list[Path],
-            notes: list[str]) -> dict:
+def _report(
+    items: list[_Item], kept: list[_Item], *, task: str, windows: WindowSet, unlabeled: list[Path], notes: list[str]
+) -> dict:
     split_counts = Counter(split for split, _, _ in kept) if "split" in windows.meta else None
     return {
         "counts": {

@@ -20,8 +20,17 @@ from ttm_experiments.models.dropout import use_fast_dropout
 log = logging.getLogger(__name__)
 
 # the fields that decide the shapes of the backbone's parameters (dropout does not): a checkpoint must agree on them
-ARCHITECTURE_KEYS = ("context_length", "patch_length", "patch_stride", "d_model", "num_layers",
-                     "adaptive_patching_levels", "expansion_factor", "num_attention_heads", "ffn_dim")
+ARCHITECTURE_KEYS = (
+    "context_length",
+    "patch_length",
+    "patch_stride",
+    "d_model",
+    "num_layers",
+    "adaptive_patching_levels",
+    "expansion_factor",
+    "num_attention_heads",
+    "ffn_dim",
+)
 
 
 class Backbone(nn.Module):
@@ -35,14 +44,18 @@ class Backbone(nn.Module):
 
     def architecture(self) -> dict:
         """What a checkpoint records and must match (adaptive patching exists only in TTM)."""
-        arch = {"kind": self.conf.kind.value, "num_channels": self.num_channels,
-                **{k: getattr(self.conf, k) for k in ARCHITECTURE_KEYS}}
+        arch = {
+            "kind": self.conf.kind.value,
+            "num_channels": self.num_channels,
+            **{k: getattr(self.conf, k) for k in ARCHITECTURE_KEYS},
+        }
         if self.conf.kind != BackboneKind.ttm:
             arch["adaptive_patching_levels"] = 0
         return arch
 
-    def forward(self, x: torch.Tensor, observed: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, observed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`observed` [B, C, T] (bool) hides samples from the scaler's statistics (masked pre-training)."""
         if x.shape[-1] != self.conf.context_length or x.shape[1] != self.num_channels:
             raise ValueError(
@@ -62,8 +75,13 @@ def _dropout(conf: BackboneConf, default: float) -> float:
 
 def _shared(conf: BackboneConf, num_channels: int) -> dict:
     """The Hugging Face config arguments TTM, TSPulse and PatchTST name alike."""
-    return {"context_length": conf.context_length, "patch_length": conf.patch_length,
-            "patch_stride": conf.patch_stride, "num_input_channels": num_channels, "d_model": conf.d_model}
+    return {
+        "context_length": conf.context_length,
+        "patch_length": conf.patch_length,
+        "patch_stride": conf.patch_stride,
+        "num_input_channels": num_channels,
+        "d_model": conf.d_model,
+    }
 
 
 def _check_patching(conf: BackboneConf) -> None:
@@ -83,9 +101,13 @@ def _ttm_config(conf: BackboneConf, num_channels: int):
 
     _check_patching(conf)
     return TinyTimeMixerConfig(
-        **_shared(conf, num_channels), num_layers=conf.num_layers, dropout=_dropout(conf, 0.2),
-        adaptive_patching_levels=conf.adaptive_patching_levels, expansion_factor=conf.expansion_factor,
-        mode="common_channel", scaling="std",
+        **_shared(conf, num_channels),
+        num_layers=conf.num_layers,
+        dropout=_dropout(conf, 0.2),
+        adaptive_patching_levels=conf.adaptive_patching_levels,
+        expansion_factor=conf.expansion_factor,
+        mode="common_channel",
+        scaling="std",
     )
 
 
@@ -95,9 +117,15 @@ def _tspulse_config(conf: BackboneConf, num_channels: int):
 
     _check_patching(conf)
     return TSPulseConfig(
-        **_shared(conf, num_channels), num_layers=conf.num_layers, dropout=_dropout(conf, 0.2),
-        expansion_factor=conf.expansion_factor, mode="common_channel", scaling="revin", fuse_fft=True,
-        patch_register_tokens=8, mask_block_length=conf.patch_length,
+        **_shared(conf, num_channels),
+        num_layers=conf.num_layers,
+        dropout=_dropout(conf, 0.2),
+        expansion_factor=conf.expansion_factor,
+        mode="common_channel",
+        scaling="revin",
+        fuse_fft=True,
+        patch_register_tokens=8,
+        mask_block_length=conf.patch_length,
     )
 
 
@@ -108,9 +136,15 @@ def _patchtst_config(conf: BackboneConf, num_channels: int):
     # (not path_dropout, which is stochastic depth, another regulariser)
     p = _dropout(conf, 0.0)
     return PatchTSTConfig(
-        **_shared(conf, num_channels), num_hidden_layers=conf.num_layers, scaling="std",
-        num_attention_heads=conf.num_attention_heads, ffn_dim=conf.ffn_dim, do_mask_input=False,
-        attention_dropout=p, positional_dropout=p, ff_dropout=p,
+        **_shared(conf, num_channels),
+        num_hidden_layers=conf.num_layers,
+        scaling="std",
+        num_attention_heads=conf.num_attention_heads,
+        ffn_dim=conf.ffn_dim,
+        do_mask_input=False,
+        attention_dropout=p,
+        positional_dropout=p,
+        ff_dropout=p,
     )
 
 
@@ -133,7 +167,9 @@ def _make_model(kind: str, config) -> nn.Module:
 
 
 CONFIGS: dict[str, Callable[[BackboneConf, int], object]] = {
-    "ttm": _ttm_config, "tspulse": _tspulse_config, "patchtst": _patchtst_config,
+    "ttm": _ttm_config,
+    "tspulse": _tspulse_config,
+    "patchtst": _patchtst_config,
 }
 
 
@@ -164,8 +200,9 @@ class ClassificationHead(nn.Module):
     perfusion, clipping), so the head sees `loc` and `log(scale)` again, batch-normalised.
     """
 
-    def __init__(self, num_channels: int, d_model: int, num_classes: int, hidden: int, dropout: float,
-                 scale_features: bool):
+    def __init__(
+        self, num_channels: int, d_model: int, num_classes: int, hidden: int, dropout: float, scale_features: bool
+    ):
         super().__init__()
         self.scale_features = scale_features
         in_features = 2 * num_channels * d_model
@@ -199,8 +236,14 @@ class Classifier(nn.Module):
         return self.head(*self.backbone(x))
 
 
-def build_classifier(conf: BackboneConf, *, num_channels: int, num_classes: int, hf_config: object | None = None,
-                     head_dropout: float | None = None) -> Classifier:
+def build_classifier(
+    conf: BackboneConf,
+    *,
+    num_channels: int,
+    num_classes: int,
+    hf_config: object | None = None,
+    head_dropout: float | None = None,
+) -> Classifier:
     """The backbone of `conf` (or of `hf_config`, a checkpoint's config) and its classification head
     (`conf.head_*`, `conf.scale_features`; `head_dropout` when `conf.head_dropout` is null, else 0.2)."""
     # the backbone first: the random draws keep their order
@@ -208,6 +251,7 @@ def build_classifier(conf: BackboneConf, *, num_channels: int, num_classes: int,
     dropout = conf.head_dropout if conf.head_dropout is not None else (0.2 if head_dropout is None else head_dropout)
     head = ClassificationHead(num_channels, conf.d_model, num_classes, conf.head_hidden, dropout, conf.scale_features)
     model = Classifier(backbone, head)
-    # same semantics as nn.Dropout, a fraction of its cost on CPU (bench/dropout.py); names and state_dict unchanged
-    use_fast_dropout(model)
+    if conf.fast_dropout:
+        # same semantics as nn.Dropout, a fraction of its cost on CPU (bench/dropout.py); names and state_dict unchanged
+        use_fast_dropout(model)
     return model

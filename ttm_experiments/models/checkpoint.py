@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ttm_experiments import faults
 from ttm_experiments.errors import CheckpointError
-from ttm_experiments.files import atomic_file
 from ttm_experiments.models.backbones import Backbone, Classifier
+from ttm_experiments.models.hub import read_hf_config
+from ttm_experiments.utils import faults
+from ttm_experiments.utils.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,25 @@ def atomic_save(obj: object, path: Path) -> None:
         ) from None
 
 
-def save_classifier(path: Path, model: Classifier, stage: str, class_names: tuple[str, ...], *,
-                    window_s: float | None = None) -> None:
+def read_checkpoint(
+    path: Path, source: str, *, keys: tuple[str, ...] = ("architecture", "backbone"), hint: str = ""
+) -> dict:
+    """A checkpoint written by ttm-train (`format` marker and `keys` present), loaded with `weights_only`;
+    anything else is a CheckpointError naming `source` (the config key) and the file, plus `hint`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"{source}={path} cannot be read as a checkpoint: {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not all(k in ckpt for k in keys):
+        raise CheckpointError(
+            f"{source}={path} is not a ttm-experiments checkpoint (format {FORMAT!r} with {', '.join(keys)}){hint}"
+        )
+    return ckpt
+
+
+def save_classifier(
+    path: Path, model: Classifier, stage: str, class_names: tuple[str, ...], *, window_s: float | None = None
+) -> None:
     """A checkpoint of the whole classifier with its architecture, the stage that wrote it and the seconds one
     window spans (`dataset.duration_s`: with the context length, the rate the model was trained at)."""
     atomic_save(
@@ -87,18 +105,8 @@ def _load_strict(backbone: Backbone, state: dict, source: str) -> None:
         raise CheckpointError(f"{source} does not fit the backbone: {details}") from None
 
 
-def _read_hf_config(path: Path) -> dict:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(
-            f"backbone.pretrained_path={path} is a directory without config.json. Fix: point it at a Hugging Face "
-            "model directory (config.json + model.safetensors) or a checkpoint file written by ttm-train."
-        )
-    return json.loads(config_file.read_text())
-
-
 def _read_hf_directory(path: Path) -> tuple[dict, dict]:
-    config = _read_hf_config(path)
+    config = read_hf_config(path, str(path))
     weights = path / "model.safetensors"
     if weights.is_file():
         from safetensors.torch import load_file
@@ -123,7 +131,7 @@ def split_encoder(state: dict, backbone: Backbone) -> tuple[dict, dict[str, int]
     encoder, dropped = {}, {}
     for key, value in state.items():
         if key.startswith("backbone."):
-            encoder[key[len("backbone."):]] = value
+            encoder[key[len("backbone.") :]] = value
         else:
             top = key.split(".", 1)[0]
             dropped[top] = dropped.get(top, 0) + 1
@@ -137,8 +145,13 @@ def load_hf_weights(backbone: Backbone, path: Path, source: str) -> int:
     encoder, dropped = split_encoder(state, backbone)
     _load_strict(backbone, encoder, f"backbone.pretrained_path={source}")
     parts = ", ".join(f"{name} {n}" for name, n in sorted(dropped.items())) or "none"
-    log.info("loaded %d encoder tensors of %s strictly; dropped %d decoder/head tensors (%s)", len(encoder), source,
-             sum(dropped.values()), parts)
+    log.info(
+        "loaded %d encoder tensors of %s strictly; dropped %d decoder/head tensors (%s)",
+        len(encoder),
+        source,
+        sum(dropped.values()),
+        parts,
+    )
     return sum(dropped.values())
 
 
@@ -157,19 +170,12 @@ def load_backbone_weights(backbone: Backbone, pretrained_path: str) -> str:
     expected = backbone.architecture()
     kind = expected["kind"]
     if path.is_dir():
-        config = _read_hf_config(path)
+        config = read_hf_config(path, str(path))
         found = {ours: config[theirs] for theirs, ours in _HF_KEYS.items() if theirs in config}
         _compare(kind, expected, found, f"backbone.pretrained_path={path}")
         load_hf_weights(backbone, path, str(path))
         return "pretrained"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which and why
-        raise CheckpointError(f"backbone.pretrained_path={path} cannot be read as a checkpoint: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(
-            f"backbone.pretrained_path={path} is not a ttm-experiments checkpoint (no format {FORMAT!r} marker)"
-        )
+    ckpt = read_checkpoint(path, "backbone.pretrained_path")
     _compare(kind, expected, ckpt["architecture"], f"backbone.pretrained_path={path}")
     if ckpt["architecture"].get("kind") != kind:
         raise CheckpointError(

@@ -1,8 +1,8 @@
 """Dropout at the price of a mask: `FastDropout` and `use_fast_dropout(model)`.
 
 On CPU, PyTorch's `F.dropout` draws one Bernoulli float per element (`bernoulli_`, the slow part),
-divides the noise by 1-p and multiplies; in TinyTimeMixer's mixer MLPs that doubles a training step
-(issue 12). `FastDropout` keeps the stock semantics (each element kept independently with probability
+divides the noise by 1-p and multiplies; in TinyTimeMixer's mixer MLPs that doubles a training step.
+`FastDropout` keeps the stock semantics (each element kept independently with probability
 1-p and scaled by 1/(1-p); identity in evaluation mode or with p=0) and pays for little more than the
 multiply: one compiled pass (numba, `dropout_kernels`) writes the mask, and a plain `x * mask` does the
 rest (autograd saves the mask, as stock saves its noise; backward is `grad * mask` on torch's threads;
@@ -61,8 +61,9 @@ def draw_words(generator: torch.Generator | None = None) -> np.ndarray:
     return torch.empty(3, dtype=torch.int64, device="cpu").random_(-(2**63), None, generator=generator).numpy()
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size, p: float, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A CPU tensor of `shape` and `dtype`: 1/(1-p) where an element is kept, 0 where it is dropped.
 
     Each element is kept independently with probability 1 - k/65536, k = round(p * 65536), from the
@@ -95,9 +96,14 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32,
 def _fast_path(x: torch.Tensor, p: float) -> bool:
     # floating point only: F.dropout refuses integer and bool tensors, and a mask cast to them would truncate
     # the scale; tracing would record an empty tensor, not the kernel that fills it
-    return (not torch.jit.is_tracing() and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and x.is_floating_point() and 0 < round(p * _LANES) < _LANES
-            and MIN_FAST_NUMEL <= x.numel() <= LANES_PER_BLOCK * _MAX_BLOCKS)
+    return (
+        not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and x.is_floating_point()
+        and 0 < round(p * _LANES) < _LANES
+        and MIN_FAST_NUMEL <= x.numel() <= LANES_PER_BLOCK * _MAX_BLOCKS
+    )
 
 
 def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from ttm_experiments import locks
 from ttm_experiments.errors import StoreError
+from ttm_experiments.utils import locks
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,12 @@ def jit(func):
     except RuntimeError as err:  # numba: "cannot cache function ...: no locator available for file ..."
         if "no locator available" not in str(err):
             raise
-        warnings.warn(f"numba cannot cache the dropout kernel ({err}): every process compiles it anew (~2 s). "
-                      f"Fix: set NUMBA_CACHE_DIR to a writable folder.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"numba cannot cache the dropout kernel ({err}): every process compiles it anew (~2 s). "
+            f"Fix: set NUMBA_CACHE_DIR to a writable folder.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return numba.njit(func, cache=False, nogil=True, boundscheck=False)
 
 
@@ -117,16 +121,24 @@ def compiled(dtype: np.dtype):
     at the other's code. So the first compile of each dtype holds a file lock in the cache folder, and a
     process that comes second loads what the first saved.
     """
-    signature = (numba.types.Array(numba.from_dtype(dtype), 1, "C"), numba.types.Array(numba.int64, 1, "C"),
-                 numba.int64, numba.from_dtype(dtype))
+    signature = (
+        numba.types.Array(numba.from_dtype(dtype), 1, "C"),
+        numba.types.Array(numba.int64, 1, "C"),
+        numba.int64,
+        numba.from_dtype(dtype),
+    )
     cache = getattr(mask_lanes, "_cache", None)
     folder = getattr(cache, "_cache_path", None)
     if folder is None or not os.access(folder, os.W_OK):
         mask_lanes.compile(signature)
         return mask_lanes
     try:
-        with locks.file_lock(Path(folder) / "dropout_kernels", what=f"numba's cache {folder}",
-                             fix="set NUMBA_CACHE_DIR to a local folder", holding="compiles the dropout kernel"):
+        with locks.file_lock(
+            Path(folder) / "dropout_kernels",
+            what=f"numba's cache {folder}",
+            fix="set NUMBA_CACHE_DIR to a local folder",
+            holding="compiles the dropout kernel",
+        ):
             mask_lanes.compile(signature)
     except StoreError as err:  # a filesystem without locks: compile unguarded, and say so
         log.warning("%s; compiling the dropout kernel without the lock", err)

@@ -37,13 +37,24 @@ class PretrainedSource:
         """The checkpoint's config.json (None for a suite checkpoint, whose architecture is inside the file)."""
         if self.kind != "hf":
             return None
-        config_file = self.path / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(
-                f"backbone.pretrained_path={self.source} is a directory without config.json. Fix: point it at a "
-                "Hugging Face model directory (config.json + model.safetensors) or a checkpoint written by ttm-train."
-            )
+        return read_hf_config(self.path, self.source)
+
+
+def read_hf_config(path: Path, source: str) -> dict:
+    """A Hugging Face model directory's config.json (`source`: how the user named it, for the message)."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"backbone.pretrained_path={source} is a directory without config.json. Fix: point it at a Hugging Face "
+            "model directory (config.json + model.safetensors) or a checkpoint file written by ttm-train."
+        )
+    try:
         return json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"backbone.pretrained_path={source}: {config_file} is not valid JSON ({err}). Fix: download the model "
+            "again (delete its folder from the Hugging Face cache) or point at an intact copy."
+        ) from None
 
 
 def resolve_pretrained(pretrained_path: str, revision: str | None) -> PretrainedSource:
@@ -69,7 +80,11 @@ def _snapshot(repo_id: str, revision: str) -> PretrainedSource:
     """`snapshot_download` of the encoder's files (cache first; offline when HF_HUB_OFFLINE=1)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     fetch = f"hf download {repo_id} --revision {revision}"

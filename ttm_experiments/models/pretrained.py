@@ -19,18 +19,38 @@ from ttm_experiments.models.hub import PretrainedSource, resolve_pretrained
 MODEL_TYPES = {"ttm": "tinytimemixer", "tspulse": "tspulse", "patchtst": "patchtst"}
 # what the yaml declares and the checkpoint must agree on: our key -> the config.json key
 EXPECTED = {
-    "ttm": {k: k for k in ("context_length", "patch_length", "patch_stride", "d_model", "num_layers",
-                           "adaptive_patching_levels", "expansion_factor")},
-    "tspulse": {k: k for k in ("context_length", "patch_length", "patch_stride", "d_model", "num_layers",
-                               "expansion_factor")},
-    "patchtst": {"context_length": "context_length", "patch_length": "patch_length", "patch_stride": "patch_stride",
-                 "d_model": "d_model", "num_layers": "num_hidden_layers", "num_attention_heads": "num_attention_heads",
-                 "ffn_dim": "ffn_dim"},
+    "ttm": {
+        k: k
+        for k in (
+            "context_length",
+            "patch_length",
+            "patch_stride",
+            "d_model",
+            "num_layers",
+            "adaptive_patching_levels",
+            "expansion_factor",
+        )
+    },
+    "tspulse": {
+        k: k for k in ("context_length", "patch_length", "patch_stride", "d_model", "num_layers", "expansion_factor")
+    },
+    "patchtst": {
+        "context_length": "context_length",
+        "patch_length": "patch_length",
+        "patch_stride": "patch_stride",
+        "d_model": "d_model",
+        "num_layers": "num_hidden_layers",
+        "num_attention_heads": "num_attention_heads",
+        "ffn_dim": "ffn_dim",
+    },
 }
 # config.json fields whose values need inputs the suite does not have: field -> (refused value, why)
 UNSERVED = {
-    "resolution_prefix_tuning": (True, "the encoder then expects a frequency token (the sampling resolution) with "
-                                       "every window, which the suite's data does not supply"),
+    "resolution_prefix_tuning": (
+        True,
+        "the encoder then expects a frequency token (the sampling resolution) with "
+        "every window, which the suite's data does not supply",
+    ),
 }
 
 
@@ -44,8 +64,12 @@ class Init:
     dropped_tensors: int = 0  # decoder/head tensors of the checkpoint that the classifier does not use
 
     def tags(self) -> dict[str, str]:
-        return {"init": self.kind, "backbone.source": self.source or "random",
-                "backbone.commit": self.commit or "none", "backbone.dropped_tensors": str(self.dropped_tensors)}
+        return {
+            "init": self.kind,
+            "backbone.source": self.source or "random",
+            "backbone.commit": self.commit or "none",
+            "backbone.dropped_tensors": str(self.dropped_tensors),
+        }
 
 
 def _check_fields(conf: BackboneConf, raw: dict, source: str) -> None:
@@ -58,8 +82,11 @@ def _check_fields(conf: BackboneConf, raw: dict, source: str) -> None:
             f"{kind} (model_type {MODEL_TYPES.get(kind)!r}). Fix: a backbone preset of that model "
             f"(tspulse_r1 for TSPulse, ttm_r2_* / ttm_r1_1024 for TTM), or another checkpoint."
         )
-    diffs = {ours: (getattr(conf, ours), raw[theirs]) for ours, theirs in EXPECTED[kind].items()
-             if theirs in raw and getattr(conf, ours) != raw[theirs]}
+    diffs = {
+        ours: (getattr(conf, ours), raw[theirs])
+        for ours, theirs in EXPECTED[kind].items()
+        if theirs in raw and getattr(conf, ours) != raw[theirs]
+    }
     if diffs:
         rows = "; ".join(f"backbone.{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
         raise CheckpointError(
@@ -86,7 +113,9 @@ def checkpoint_config(conf: BackboneConf, raw: dict, *, num_channels: int, sourc
         )
     fields = {**raw, "num_input_channels": num_channels}
     if conf.dropout is not None:
-        keys = ("attention_dropout", "positional_dropout", "ff_dropout") if conf.kind.value == "patchtst" else ("dropout",)
+        keys = (
+            ("attention_dropout", "positional_dropout", "ff_dropout") if conf.kind.value == "patchtst" else ("dropout",)
+        )
         fields.update(dict.fromkeys(keys, conf.dropout))
     if conf.kind.value == "ttm":
         from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig as config_class
@@ -107,7 +136,8 @@ def build_model(conf: BackboneConf, *, num_channels: int, num_classes: int) -> t
         model = build_classifier(conf, num_channels=num_channels, num_classes=num_classes)
         return model, Init(load_backbone_weights(model.backbone, str(src.path)), src.source)
     hf = checkpoint_config(conf, raw, num_channels=num_channels, source=src.source)
-    model = build_classifier(conf, num_channels=num_channels, num_classes=num_classes, hf_config=hf,
-                             head_dropout=raw.get("head_dropout"))
+    model = build_classifier(
+        conf, num_channels=num_channels, num_classes=num_classes, hf_config=hf, head_dropout=raw.get("head_dropout")
+    )
     dropped = load_hf_weights(model.backbone, src.path, src.source)
     return model, Init("pretrained", src.source, src.commit, dropped)

@@ -1,11 +1,15 @@
 """Hyperparameter search for `ttm-train -m`: the Optuna sweeper, per-epoch pruning, the study's MLflow run.
 
 - `space`: search spaces in the syntax of hydra-optuna-sweeper (interval, tag(log, ...), range, choice);
-- `storage`: Optuna storages and pruner specs, shared by the sweeper and the jobs;
-- `pruning`: what a training job does with its trial (`epoch_hooks`, `search_tags`);
-- `sweeper`: the Hydra sweeper (registered by `hydra_plugins.ttm_optuna_sweeper` as `hydra/sweeper: optuna`);
+- `sweeper`: the Hydra sweeper's loop (registered by `hydra_plugins.ttm_optuna_sweeper` as `hydra/sweeper: optuna`):
+  check the space, create or resume the study, ask, launch, tell;
+- `trials`: trial bookkeeping (final states, failure reasons, one line per trial);
+- `best`: the end of a study (the best trial as a checked command, results, the study's MLflow run);
+- `adopt`: trials a dead sweeper left RUNNING, and per-trial sampler seeds;
+- `nested`: a study bound to its outer fold;
 - `mlflow_study`, `summary`: the study's parent run in MLflow and its result;
 - `callbacks`: a Hydra callback that creates the MLflow store before the jobs of any multirun start.
 
-Nothing here is imported by plain runs except `pruning` (and it imports Optuna only inside a study).
+Plain runs import nothing from here: the job's side of a trial (report each epoch, prune) is `training/trial.py`,
+the Optuna storage helpers are `tracking/optuna_storage.py`.
 """

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ttm_experiments.locks import holder, try_lock
+from ttm_experiments.utils.locks import holder, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Orphan:
 
 def adopt_orphans(trials, locks: TrialLocks) -> list[Orphan]:
     """The RUNNING trials whose sweeper is gone (their lock is free): taken over, their locks now held here."""
-    from ttm_experiments.search.pruning import ATTR_OVERRIDES
+    from ttm_experiments.training.trial import ATTR_OVERRIDES
 
     orphans = []
     for t in trials:
@@ -81,17 +81,31 @@ def adopt_orphans(trials, locks: TrialLocks) -> list[Orphan]:
             continue  # finished, or asked by a sweeper that has not recorded its job yet (it holds it)
         job_dir = Path(job_dir)
         if not job_dir.parent.is_dir():
-            log.warning("trial %d is RUNNING with its job directory %s, which this machine cannot see: left as it "
-                        "is (rerun the command where that directory is)", t.number, job_dir)
+            log.warning(
+                "trial %d is RUNNING with its job directory %s, which this machine cannot see: left as it "
+                "is (rerun the command where that directory is)",
+                t.number,
+                job_dir,
+            )
             continue
         if not locks.take(t.number, job_dir):
             log.info("trial %d is in flight in another sweeper (process %s): left to it", t.number, holder(job_dir))
             continue
         finished = finished_outcome(job_dir)
-        orphans.append(Orphan(t.number, job_dir, list(t.user_attrs.get(ATTR_OVERRIDES) or []),
-                              str(t.user_attrs.get(ATTR_SWEEP, "")), finished))
-        what = (f"its job had finished ({finished[0]}); telling the study what it recorded" if finished
-                else f"running its job again in {job_dir}, where it resumes from its last.pt")
+        orphans.append(
+            Orphan(
+                t.number,
+                job_dir,
+                list(t.user_attrs.get(ATTR_OVERRIDES) or []),
+                str(t.user_attrs.get(ATTR_SWEEP, "")),
+                finished,
+            )
+        )
+        what = (
+            f"its job had finished ({finished[0]}); telling the study what it recorded"
+            if finished
+            else f"running its job again in {job_dir}, where it resumes from its last.pt"
+        )
         log.warning("trial %d was left RUNNING by a sweeper that is gone: %s", t.number, what)
     return orphans
 

@@ -23,8 +23,8 @@ class PrepareTracking(Callback):
         experiment = OmegaConf.select(config, "experiment_name", default=None)
         if not uri or not experiment:
             return
-        from ttm_experiments.cli import quiet_mlflow
-        from ttm_experiments.tracking import MlflowTracker
+        from ttm_experiments.tracking.console import quiet_mlflow
+        from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
         quiet_mlflow(OmegaConf.select(config, "hydra.verbose", default=False))  # before MLflow creates the store
 

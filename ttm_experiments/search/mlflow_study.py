@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ttm_experiments.tracking import MlflowTracker, _retry_locked
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker, _retry_locked
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,15 @@ class StudyRun:
         # connecting creates the store and the experiment, before any job starts (no creation race)
         self.tracker = MlflowTracker(uri, experiment_name)
         client = self.tracker.client
-        query = (f"tags.`ttm.kind` = 'study' and tags.`optuna.study` = {_quoted(study_name)} "
-                 f"and tags.`optuna.storage` = {_quoted(storage)}")
-        found = _retry_locked(lambda: client.search_runs([self.tracker.experiment_id], query, max_results=1,
-                                                         order_by=["attributes.start_time DESC"]))
+        query = (
+            f"tags.`ttm.kind` = 'study' and tags.`optuna.study` = {_quoted(study_name)} "
+            f"and tags.`optuna.storage` = {_quoted(storage)}"
+        )
+        found = _retry_locked(
+            lambda: client.search_runs(
+                [self.tracker.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"]
+            )
+        )
         all_tags = {"ttm.kind": "study", "optuna.study": study_name, "optuna.storage": storage, **tags}
         self.resumed = bool(found)
         if found:
@@ -46,16 +51,28 @@ class StudyRun:
             self.tracker.set_tags(all_tags)
         else:
             self.tracker.start_run(f"study {study_name}", all_tags)
-        log.info("MLflow: study run %s in experiment '%s' (%s)%s", self.run_id, experiment_name, uri,
-                 " (resumed)" if self.resumed else "")
+        log.info(
+            "MLflow: study run %s in experiment '%s' (%s)%s",
+            self.run_id,
+            experiment_name,
+            uri,
+            " (resumed)" if self.resumed else "",
+        )
 
     @property
     def run_id(self) -> str:
         assert self.tracker.run_id is not None
         return self.tracker.run_id
 
-    def trial_finished(self, number: int, state: str, value: float | None, run_id: str | None,
-                       best_value: float | None, counts: dict[str, int]) -> None:
+    def trial_finished(
+        self,
+        number: int,
+        state: str,
+        value: float | None,
+        run_id: str | None,
+        best_value: float | None,
+        counts: dict[str, int],
+    ) -> None:
         """Tag the trial's run with its final state; plot the study's progress on the study run."""
         client = self.tracker.client
         if run_id:
@@ -63,7 +80,7 @@ class StudyRun:
             if value is not None:
                 tags["optuna.value"] = f"{value:.6g}"
             for key, text in tags.items():
-                _retry_locked(lambda: client.set_tag(run_id, key, text))
+                _retry_locked(lambda key=key, text=text: client.set_tag(run_id, key, text))
         metrics: dict[str, float] = {f"study/{k}": float(v) for k, v in counts.items()}
         if value is not None and state == "COMPLETE":
             metrics["trial/value"] = value
@@ -71,8 +88,15 @@ class StudyRun:
             metrics["study/best_value"] = best_value
         self.tracker.log_metrics(metrics, step=number)
 
-    def finish(self, tags: dict[str, str], metrics: dict[str, float], texts: dict[str, str],
-               figures: dict[str, Any], files: list[Path], status: str = "FINISHED") -> None:
+    def finish(
+        self,
+        tags: dict[str, str],
+        metrics: dict[str, float],
+        texts: dict[str, str],
+        figures: dict[str, Any],
+        files: list[Path],
+        status: str = "FINISHED",
+    ) -> None:
         if tags:
             self.tracker.set_tags(tags)
         if metrics:

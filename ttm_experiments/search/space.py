@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ttm_experiments.errors import ConfigError
-
+from ttm_experiments.tracking.run_names import MAX_LENGTH, cap, describe_overrides
 
 try:  # Hydra prints a CompactHydraException as its message alone, without a traceback
     from hydra.errors import CompactHydraException as _Compact
@@ -67,8 +67,12 @@ def quote(text: str) -> str:
     return f"'{body}'"
 
 
-def parse(params: Mapping[str, Any] | None, search_space: Mapping[str, Any] | None, arguments: Iterable[str],
-          int_keys: Callable[[str], bool] = lambda key: False) -> SearchSpace:
+def parse(
+    params: Mapping[str, Any] | None,
+    search_space: Mapping[str, Any] | None,
+    arguments: Iterable[str],
+    int_keys: Callable[[str], bool] = lambda key: False,
+) -> SearchSpace:
     """`hydra.sweeper.params` (or the deprecated `search_space`) plus the command-line overrides.
     A command-line override of a key in `params` replaces it (a fixed value there fixes the key). `int_keys`
     says whether a key holds an integer, so that `interval(...)` on it samples integers."""
@@ -126,8 +130,10 @@ def _from_override(name: str, override, origin: str, int_key: bool):
     tags = set(getattr(value, "tags", ()) or ())
     unknown = tags - {"log"}
     if unknown:
-        raise SearchSpaceError(f"{where}: unknown tag {sorted(unknown)} in '{text}': the only tag is 'log', "
-                               "e.g. tag(log, interval(1e-5, 3e-3))")
+        raise SearchSpaceError(
+            f"{where}: unknown tag {sorted(unknown)} in '{text}': the only tag is 'log', "
+            "e.g. tag(log, interval(1e-5, 3e-3))"
+        )
     log = "log" in tags
     try:
         if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
@@ -138,8 +144,10 @@ def _from_override(name: str, override, origin: str, int_key: bool):
             return _interval(value, log, int_key)
     except ValueError as err:
         raise SearchSpaceError(f"{where}: invalid distribution '{text}': {err}") from None
-    raise SearchSpaceError(f"{where}: '{text}' is not a search space; use choice(...), range(...), "
-                           "interval(...) or tag(log, interval(...))")
+    raise SearchSpaceError(
+        f"{where}: '{text}' is not a search space; use choice(...), range(...), "
+        "interval(...) or tag(log, interval(...))"
+    )
 
 
 def _choice(override, log: bool):
@@ -151,8 +159,9 @@ def _choice(override, log: bool):
     choices = list(override.sweep_iterator(transformer=Transformer.encode))
     for choice in choices:
         if not (choice is None or isinstance(choice, (str, int, float, bool))):
-            raise ValueError(f"choice {choice!r} is a {type(choice).__name__}; choices must be numbers, "
-                             "strings, booleans or null")
+            raise ValueError(
+                f"choice {choice!r} is a {type(choice).__name__}; choices must be numbers, strings, booleans or null"
+            )
     if len(set(map(repr, choices))) != len(choices):
         raise ValueError("the choices repeat a value")
     return CategoricalDistribution(choices)
@@ -194,8 +203,11 @@ def _from_dict(name: str, spec: Mapping[str, Any]):
     where = f"hydra.sweeper.search_space '{name}'"
     spec = dict(spec)
     kind = str(spec.pop("type", "")).split(".")[-1]
-    allowed = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"},
-               "float": {"low", "high", "log", "step"}}
+    allowed = {
+        "categorical": {"choices"},
+        "int": {"low", "high", "log", "step"},
+        "float": {"low", "high", "log", "step"},
+    }
     if kind not in allowed:
         raise SearchSpaceError(f"{where}: type must be int, float or categorical, got {kind or 'nothing'}")
     extra = set(spec) - allowed[kind]
@@ -210,8 +222,9 @@ def _from_dict(name: str, spec: Mapping[str, Any]):
         log = bool(spec.get("log", False))
         if kind == "int":
             return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=int(step or 1))
-        return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log,
-                                 step=None if step is None else float(step))
+        return FloatDistribution(
+            float(spec["low"]), float(spec["high"]), log=log, step=None if step is None else float(step)
+        )
     except (ValueError, TypeError) as err:
         raise SearchSpaceError(f"{where}: invalid distribution {spec}: {err}") from None
 
@@ -236,8 +249,10 @@ def grid(name: str, distribution) -> list[Any]:
     if isinstance(distribution, FloatDistribution) and distribution.step is not None:
         n = int(round((distribution.high - distribution.low) / distribution.step))
         return [round(distribution.low + i * distribution.step, 12) for i in range(n + 1)]
-    raise SearchSpaceError(f"'{name}': the grid sampler needs discrete values, but {distribution} is continuous. "
-                           "Use choice(...) or range(low, high, step=...), or another sampler.")
+    raise SearchSpaceError(
+        f"'{name}': the grid sampler needs discrete values, but {distribution} is continuous. "
+        "Use choice(...) or range(low, high, step=...), or another sampler."
+    )
 
 
 def validate_train_config(cfg) -> None:
@@ -245,3 +260,12 @@ def validate_train_config(cfg) -> None:
     from ttm_experiments.config.spec import to_config
 
     to_config(cfg)
+
+
+def trial_name(number: int, params: Mapping[str, Any]) -> str:
+    """An Optuna trial's run: `trial 3: last_n=2 lr=0.0004` (its sampled parameters)."""
+    # sampled floats to 3 significant digits: the name is for reading; the run's params hold the exact value
+    text = describe_overrides(
+        f"{k}={f'{v:.3g}' if isinstance(v, float) else format_value(v)}" for k, v in params.items()
+    )
+    return cap(f"trial {number}: {text}" if text else f"trial {number}", MAX_LENGTH)

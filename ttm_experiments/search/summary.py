@@ -14,8 +14,12 @@ log = logging.getLogger(__name__)
 
 def counts(trials) -> dict[str, int]:
     c = Counter(t.state.name for t in trials)
-    return {"complete": c.get("COMPLETE", 0), "pruned": c.get("PRUNED", 0), "failed": c.get("FAIL", 0),
-            "running": c.get("RUNNING", 0) + c.get("WAITING", 0)}
+    return {
+        "complete": c.get("COMPLETE", 0),
+        "pruned": c.get("PRUNED", 0),
+        "failed": c.get("FAIL", 0),
+        "running": c.get("RUNNING", 0) + c.get("WAITING", 0),
+    }
 
 
 def best_value_so_far(trials, maximize: bool) -> float | None:
@@ -51,15 +55,26 @@ def history_figure(trials, metric: str, maximize: bool):
     pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
     failed = [t for t in trials if t.state.name == "FAIL"]
     if done:
-        ax.scatter([t.number for t in done], [t.value for t in done], color="tab:blue", zorder=3,
-                   label=f"complete ({len(done)})")
+        ax.scatter(
+            [t.number for t in done],
+            [t.value for t in done],
+            color="tab:blue",
+            zorder=3,
+            label=f"complete ({len(done)})",
+        )
         ordered = sorted(done, key=lambda t: t.number)
         best = list(accumulate((t.value for t in ordered), max if maximize else min))
         ax.step([t.number for t in ordered], best, where="post", color="tab:green", label="best so far")
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
-        ax.scatter([t.number for t in pruned], last, marker="x", color="tab:orange", zorder=3,
-                   label=f"pruned ({len(pruned)}), value when pruned")
+        ax.scatter(
+            [t.number for t in pruned],
+            last,
+            marker="x",
+            color="tab:orange",
+            zorder=3,
+            label=f"pruned ({len(pruned)}), value when pruned",
+        )
     for t in failed:
         ax.axvline(t.number, color="tab:red", alpha=0.25, lw=1)
     if failed:
@@ -93,19 +108,30 @@ def importance_figure(values: dict[str, float]):
     return fig
 
 
-def format_summary(study_name: str, storage: str, metric: str, trials, new_numbers: list[int], best,
-                   command: str | None, imp: dict[str, float]) -> str:
+def format_summary(
+    study_name: str,
+    storage: str,
+    metric: str,
+    trials,
+    new_numbers: list[int],
+    best,
+    command: str | None,
+    imp: dict[str, float],
+) -> str:
     c = counts(trials)
-    lines = ["", f"OPTUNA STUDY '{study_name}' ({storage})",
-             f"  this run: {len(new_numbers)} trials; the study: {len(trials)} trials, {c['complete']} complete, "
-             f"{c['pruned']} pruned, {c['failed']} failed" + (f", {c['running']} running" if c["running"] else "")]
+    lines = [
+        "",
+        f"OPTUNA STUDY '{study_name}' ({storage})",
+        f"  this run: {len(new_numbers)} trials; the study: {len(trials)} trials, {c['complete']} complete, "
+        f"{c['pruned']} pruned, {c['failed']} failed" + (f", {c['running']} running" if c["running"] else ""),
+    ]
     epochs = [max(t.intermediate_values) for t in trials if t.intermediate_values]
     if epochs:
         lines.append(f"  epochs trained (reported): {sum(epochs)} in all")
     if best is None:
         lines.append("  no trial completed, so there is no best trial yet")
     else:
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        params = " ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
         lines.append(f"  best trial {best.number}: {metric} = {best.value:.4f}   {params}")
         if command:
             lines.append(f"  reproduce it: {command}")
@@ -114,7 +140,7 @@ def format_summary(study_name: str, storage: str, metric: str, trials, new_numbe
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if not isinstance(v, float):
         return str(v)
     return f"{v:.3g}" if v != 0 and math.isfinite(v) and (abs(v) < 1e-3 or abs(v) >= 1e4) else f"{v:.4g}"

@@ -3,7 +3,7 @@
 It checks the search space against the config before anything runs, creates or resumes the study
 (`load_if_exists`), takes over the trials a dead sweeper left RUNNING (`adopt`), launches `n_jobs` trials at
 a time through the configured launcher (each job reports to the storage itself and prunes itself, see
-`pruning`; trial n runs in `<hydra.sweep.dir>/<n>`), reads every trial's state back from the storage (a
+`training/trial.py`; trial n runs in `<hydra.sweep.dir>/<n>`), reads every trial's state back from the storage (a
 failed job is a FAIL trial and the study goes on), and ends with the best trial as a ready-to-run command.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import shlex
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,26 +20,33 @@ from typing import Any, Callable, Optional
 
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, RunMode, TaskFunction
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ttm_experiments import faults
 from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, UserError
-from ttm_experiments.locks import holder
-from ttm_experiments.run_names import trial_name
-from ttm_experiments.search import nested, summary
+from ttm_experiments.search import nested
 from ttm_experiments.search.adopt import ATTR_JOB_DIR, ATTR_SWEEP, Orphan, TrialLocks, adopt_orphans, seeded_per_trial
-from ttm_experiments.search.pruning import ATTR_OVERRIDES, ATTR_PARENT_RUN, ATTR_RUN
-from ttm_experiments.search.space import (SearchSpace, SearchSpaceError, SweepError, format_value, grid, parse,
-                                         probe_values, quote)
-from ttm_experiments.search.storage import display_storage, normalize_storage, open_storage, pruner_spec, trial_id
+from ttm_experiments.search.best import BestCommand, compose_job, finish_study, log_study
+from ttm_experiments.search.space import (
+    SearchSpace,
+    SearchSpaceError,
+    SweepError,
+    format_value,
+    grid,
+    parse,
+    probe_values,
+    quote,
+    trial_name,
+)
+from ttm_experiments.search.trials import fail_running, finish_adopted, record_trial
+from ttm_experiments.tracking.optuna_storage import display_storage, normalize_storage, open_storage, pruner_spec
+from ttm_experiments.training.trial import ATTR_OVERRIDES, ATTR_PARENT_RUN
+from ttm_experiments.utils import faults
+from ttm_experiments.utils.locks import holder
 
 log = logging.getLogger(__name__)
-
-# task keys that do not change what a job trains: left out when the best trial is turned into a command
-_NEUTRAL_KEYS = ("optimized_metric", "run_name")
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,23 @@ class _Plan:
 
 
 class OptunaSweeperImpl(Sweeper):
-    def __init__(self, sampler: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
-                 n_trials: int, n_jobs: int, params: Optional[DictConfig] = None,
-                 search_space: Optional[DictConfig] = None, custom_search_space: Optional[str] = None,
-                 pruner: Any = "median", trial_node: Optional[str] = "search",
-                 job_validator: Optional[str] = None, mlflow: bool = True, entrypoint: str = "ttm-train") -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Optional[str],
+        study_name: Optional[str],
+        n_trials: int,
+        n_jobs: int,
+        params: Optional[DictConfig] = None,
+        search_space: Optional[DictConfig] = None,
+        custom_search_space: Optional[str] = None,
+        pruner: Any = "median",
+        trial_node: Optional[str] = "search",
+        job_validator: Optional[str] = None,
+        mlflow: bool = True,
+        entrypoint: str = "ttm-train",
+    ) -> None:
         self.sampler_conf = sampler
         self.direction = direction
         self.storage = storage
@@ -90,16 +108,19 @@ class OptunaSweeperImpl(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     # -- configuration ----------------------------------------------------------------------------------------
     def _direction(self) -> str:
         value = self.direction
         if isinstance(value, (list, tuple, ListConfig)):
             if len(value) != 1:
-                raise ConfigError(f"hydra.sweeper.direction={list(value)}: the train job returns one objective, "
-                                  "so give one direction (minimize or maximize)")
+                raise ConfigError(
+                    f"hydra.sweeper.direction={list(value)}: the train job returns one objective, "
+                    "so give one direction (minimize or maximize)"
+                )
             value = value[0]
         text = str(getattr(value, "name", value)).lower()
         if text not in ("minimize", "maximize"):
@@ -112,8 +133,11 @@ class OptunaSweeperImpl(Sweeper):
         if not storage:
             runs_dir = OmegaConf.select(self.config, "paths.runs_dir", default="runs")
             storage = f"sqlite:///{runs_dir}/optuna.db"
-            log.info("hydra.sweeper.storage is null: the study lives in %s (jobs in other processes must reach "
-                     "it, so an in-memory study is never used)", storage)
+            log.info(
+                "hydra.sweeper.storage is null: the study lives in %s (jobs in other processes must reach "
+                "it, so an in-memory study is never used)",
+                storage,
+            )
         return normalize_storage(storage)
 
     def _sampler(self, space: SearchSpace):
@@ -145,9 +169,12 @@ class OptunaSweeperImpl(Sweeper):
             return False
         node = OmegaConf.select(self.config, self.trial_node, default=None)
         if not isinstance(node, DictConfig) or "trial_number" not in node:
-            log.warning("the config has no %s.trial_number: jobs cannot find their trial, so nothing is pruned "
-                        "(set hydra.sweeper.trial_node to the node that holds study_name, storage, trial_number, "
-                        "pruner and direction)", self.trial_node)
+            log.warning(
+                "the config has no %s.trial_number: jobs cannot find their trial, so nothing is pruned "
+                "(set hydra.sweeper.trial_node to the node that holds study_name, storage, trial_number, "
+                "pruner and direction)",
+                self.trial_node,
+            )
             return False
         return True
 
@@ -155,17 +182,15 @@ class OptunaSweeperImpl(Sweeper):
         if not self.pass_trial:
             return []
         n = self.trial_node
-        return [f"{n}.study_name={quote(study_name)}", f"{n}.storage={quote(storage)}", f"{n}.trial_number={number}",
-                f"{n}.pruner={quote(pruner)}", f"{n}.direction={direction}"]
+        return [
+            f"{n}.study_name={quote(study_name)}",
+            f"{n}.storage={quote(storage)}",
+            f"{n}.trial_number={number}",
+            f"{n}.pruner={quote(pruner)}",
+            f"{n}.direction={direction}",
+        ]
 
     # -- validation -----------------------------------------------------------------------------------------------
-    def _compose(self, overrides: list[str]) -> DictConfig:
-        assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
     def _validator(self) -> Optional[Callable[[DictConfig], None]]:
         if not self.job_validator:
             return None
@@ -182,7 +207,7 @@ class OptunaSweeperImpl(Sweeper):
 
         def check(extra: list[str], what: str) -> None:
             try:
-                cfg = self._compose(base + extra)
+                cfg = compose_job(self.hydra_context, self.config, base + extra)
             except (HydraException, ValueError, KeyError) as err:
                 raise SearchSpaceError(f"{what} does not fit the config: {_explain(err)}") from None
             if validator is not None:
@@ -191,8 +216,9 @@ class OptunaSweeperImpl(Sweeper):
                 except UserError as err:
                     raise SearchSpaceError(f"{what} is invalid for the job: {err}") from None
 
-        probes = {name: [f"{name}={format_value(v)}" for v in probe_values(d)[:32]]
-                  for name, d in space.distributions.items()}
+        probes = {
+            name: [f"{name}={format_value(v)}" for v in probe_values(d)[:32]] for name, d in space.distributions.items()
+        }
         # composing is slow (~0.2 s): probe all parameters at once, row by row, and only when a row fails
         # compose parameter by parameter to name the culprit
         rows = max((len(p) for p in probes.values()), default=0)
@@ -224,28 +250,43 @@ class OptunaSweeperImpl(Sweeper):
         space = parse(self.params, self.search_space, arguments, int_keys=functools.partial(_is_int_key, cfg))
         nested.refuse_swept_fold(space.distributions)
         if not space.distributions and not self.custom_search_space:
-            raise SearchSpaceError("the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "
-                                   "tag(log, interval(1e-5, 3e-3))) or use hparams_search=<name>")
+            raise SearchSpaceError(
+                "the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "
+                "tag(log, interval(1e-5, 3e-3))) or use hparams_search=<name>"
+            )
         direction, pruner, storage_url = self._direction(), pruner_spec(self.pruner), self._storage_url()
         self.pass_trial = self._trial_node_ok()
-        self.add_run_name = (OmegaConf.select(cfg, "run_name", default="missing") is None
-                             and not any(k.lstrip("+~") == "run_name" for k in (*space.fixed, *space.distributions)))
+        self.add_run_name = OmegaConf.select(cfg, "run_name", default="missing") is None and not any(
+            k.lstrip("+~") == "run_name" for k in (*space.fixed, *space.distributions)
+        )
         metric = str(OmegaConf.select(cfg, "optimized_metric", default="objective"))
         wanted = parse_metric(metric).direction if "/" in metric else direction  # config/schema.py: the one rule
         if wanted != direction:
-            raise ConfigError(f"optimized_metric={metric} is to {wanted}, but hydra.sweeper.direction={direction}. "
-                              f"Fix: hydra.sweeper.direction={wanted}, or another optimized_metric.")
+            raise ConfigError(
+                f"optimized_metric={metric} is to {wanted}, but hydra.sweeper.direction={direction}. "
+                f"Fix: hydra.sweeper.direction={wanted}, or another optimized_metric."
+            )
         sampler, grid_size = self._sampler(space)
         n_trials = self.n_trials if grid_size is None else min(self.n_trials, grid_size)
         if n_trials < 1 or self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} and n_jobs={self.n_jobs} must be >= 1")
         subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
         if subdir != "${hydra.job.num}":
-            log.warning("hydra.sweep.subdir=%s is not used by the Optuna sweeper: trial n runs in <hydra.sweep.dir>/n, "
-                        "so that a rerun finds a killed trial's job directory", subdir)
-        return _Plan(space=space, direction=direction, pruner=pruner, storage_url=storage_url, metric=metric,
-                     sampler=sampler, n_trials=n_trials,
-                     sweep_dir=Path(str(cfg.hydra.sweep.dir)).expanduser().resolve())
+            log.warning(
+                "hydra.sweep.subdir=%s is not used by the Optuna sweeper: trial n runs in <hydra.sweep.dir>/n, "
+                "so that a rerun finds a killed trial's job directory",
+                subdir,
+            )
+        return _Plan(
+            space=space,
+            direction=direction,
+            pruner=pruner,
+            storage_url=storage_url,
+            metric=metric,
+            sampler=sampler,
+            n_trials=n_trials,
+            sweep_dir=Path(str(cfg.hydra.sweep.dir)).expanduser().resolve(),
+        )
 
     def _open_study(self, plan: "_Plan"):
         """Create or resume the study; a resumed one must keep its direction and distributions."""
@@ -253,11 +294,18 @@ class OptunaSweeperImpl(Sweeper):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(study_name=self.study_name, storage=open_storage(plan.storage_url),
-                                        sampler=plan.sampler, direction=plan.direction, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=open_storage(plan.storage_url),
+                sampler=plan.sampler,
+                direction=plan.direction,
+                load_if_exists=True,
+            )
             if study.direction.name.lower() != plan.direction:
-                raise ConfigError(f"study '{study.study_name}' in {plan.storage_shown} is to "
-                                  f"{study.direction.name.lower()}, but hydra.sweeper.direction={plan.direction}")
+                raise ConfigError(
+                    f"study '{study.study_name}' in {plan.storage_shown} is to "
+                    f"{study.direction.name.lower()}, but hydra.sweeper.direction={plan.direction}"
+                )
             if not study.metric_names:
                 study.set_metric_names([plan.metric])
         self._check_against_study(study, plan.space)
@@ -274,14 +322,25 @@ class OptunaSweeperImpl(Sweeper):
         assert self.config is not None and self.launcher is not None
         t0 = time.perf_counter()
         plan = self._plan(arguments)
-        self.validate(plan.space, self._search_overrides("validation", plan.storage_url, 0, plan.pruner, plan.direction))
+        self.validate(
+            plan.space, self._search_overrides("validation", plan.storage_url, 0, plan.pruner, plan.direction)
+        )
         study = self._open_study(plan)
-        log.info("Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s", study.study_name,
-                 plan.storage_shown, plan.n_trials, self.n_jobs, _sampler_name(plan.sampler), plan.pruner,
-                 plan.direction, plan.metric)
+        log.info(
+            "Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s",
+            study.study_name,
+            plan.storage_shown,
+            plan.n_trials,
+            self.n_jobs,
+            _sampler_name(plan.sampler),
+            plan.pruner,
+            plan.direction,
+            plan.metric,
+        )
         log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in plan.space.distributions.items()))
-        study_run = self._study_run(study.study_name, plan.storage_shown, plan.direction, plan.metric, plan.sampler,
-                                    plan.pruner)
+        study_run = self._study_run(
+            study.study_name, plan.storage_shown, plan.direction, plan.metric, plan.sampler, plan.pruner
+        )
         asked: list[int] = []
         failures: list[str] = []
         locks = TrialLocks()
@@ -291,14 +350,27 @@ class OptunaSweeperImpl(Sweeper):
             before = sum(1 for t in trials if t.user_attrs.get(ATTR_SWEEP) == str(plan.sweep_dir))
             new = max(plan.n_trials - before, 0)
             if before:
-                log.info("this sweep (hydra.sweep.dir=%s) asked %d of its n_trials=%d trials before: %d to ask now%s",
-                         plan.sweep_dir, before, plan.n_trials, new,
-                         "" if new else " (another hydra.sweep.dir, e.g. the default new one, adds n_trials more)")
+                log.info(
+                    "this sweep (hydra.sweep.dir=%s) asked %d of its n_trials=%d trials before: %d to ask now%s",
+                    plan.sweep_dir,
+                    before,
+                    plan.n_trials,
+                    new,
+                    "" if new else " (another hydra.sweep.dir, e.g. the default new one, adds n_trials more)",
+                )
             job_idx = 0
-            self._finish_adopted(study, plan, study_run, [o for o in orphans if o.finished], asked, locks)
+            finish_adopted(
+                study,
+                storage_url=plan.storage_url,
+                metric=plan.metric,
+                study_run=study_run,
+                orphans=[o for o in orphans if o.finished],
+                asked=asked,
+                locks=locks,
+            )
             relaunch = [o for o in orphans if not o.finished]
             for i in range(0, len(relaunch), self.n_jobs):
-                batch = relaunch[i:i + self.n_jobs]
+                batch = relaunch[i : i + self.n_jobs]
                 jobs = [(o.number, self._relaunch_overrides(o, plan)) for o in batch]
                 failures += self._run_batch(study, plan, study_run, jobs, job_idx=job_idx, asked=asked, locks=locks)
                 job_idx += len(batch)
@@ -310,14 +382,26 @@ class OptunaSweeperImpl(Sweeper):
             if _resumable(err):  # a graceful stop: the jobs saved their state; the same command resumes them
                 log.warning("trials %s stay RUNNING: rerun the same command to resume them", locks.held())
             else:
-                self._fail_running(study, plan.storage_url, asked)
+                fail_running(study, plan.storage_url, asked)
             if study_run is not None:
                 study_run.end("KILLED")
             raise
         finally:
             locks.release_all()
-        results = self._finish(study, plan.storage_url, asked, plan.metric, plan.direction, study_run,
-                               time.perf_counter() - t0)
+        commands = BestCommand(self.hydra_context, self.config, self.trial_node, self.add_run_name, self.entrypoint)
+        outcome = finish_study(
+            study,
+            storage_url=plan.storage_url,
+            asked=asked,
+            metric=plan.metric,
+            direction=plan.direction,
+            seconds=time.perf_counter() - t0,
+            best_command=commands,
+            sweep_dir=Path(str(self.config.hydra.sweep.dir)),
+        )
+        if study_run is not None:
+            log_study(study_run, outcome)
+        results = outcome.results
         if asked and len(failures) == len(asked):
             raise SweepError(f"all {len(asked)} trials of this run failed; the first: {failures[0]}")
         return results
@@ -328,16 +412,19 @@ class OptunaSweeperImpl(Sweeper):
         trial = self._ask(study, plan.storage_url, plan.space)
         job_dir = plan.sweep_dir / str(trial.number)
         if not locks.take(trial.number, job_dir):
-            self._fail_running(study, plan.storage_url, [trial.number])
-            raise SweepError(f"error: the job directory {job_dir} of trial {trial.number} is in use by process "
-                             f"{holder(job_dir)} (another study in the same hydra.sweep.dir?). Fix: give this "
-                             "study its own hydra.sweep.dir")
+            fail_running(study, plan.storage_url, [trial.number])
+            raise SweepError(
+                f"error: the job directory {job_dir} of trial {trial.number} is in use by process "
+                f"{holder(job_dir)} (another study in the same hydra.sweep.dir?). Fix: give this "
+                "study its own hydra.sweep.dir"
+            )
         if self.custom_search_space:
             from hydra.utils import get_method
 
             get_method(self.custom_search_space)(self.config, trial)
         job = plan.space.overrides(trial.params) + self._search_overrides(
-            study.study_name, plan.storage_url, trial.number, plan.pruner, plan.direction)
+            study.study_name, plan.storage_url, trial.number, plan.pruner, plan.direction
+        )
         if self.add_run_name:
             job.append(f"run_name={quote(trial_name(trial.number, trial.params))}")  # `trial 3: last_n=2 lr=0.0004`
         job.append(f"hydra.sweep.subdir={trial.number}")
@@ -355,25 +442,17 @@ class OptunaSweeperImpl(Sweeper):
             return [*orphan.overrides, f"hydra.sweep.dir={quote(orphan.sweep_dir)}"]
         return list(orphan.overrides)
 
-    def _finish_adopted(self, study, plan: "_Plan", study_run, orphans: list[Orphan], asked: list[int],
-                        locks: TrialLocks) -> None:
-        """Adopted trials whose job had finished before its sweeper died: the study learns what they recorded."""
-        import optuna
-
-        for o in orphans:
-            state, value = o.finished  # type: ignore[misc]
-            asked.append(o.number)
-            if state == "COMPLETE":
-                self._tell(study, o.number, values=value)
-            else:
-                self._tell(study, o.number, state=optuna.trial.TrialState.PRUNED)
-            tid = trial_id(plan.storage_url, study.study_name, o.number)
-            self._log_trial(study, open_storage(plan.storage_url).get_trial(tid), failure=None, metric=plan.metric,
-                            study_run=study_run)
-            locks.release(o.number)
-
-    def _run_batch(self, study, plan: "_Plan", study_run, jobs: list[tuple[int, list[str]]], *, job_idx: int,
-                   asked: list[int], locks: TrialLocks) -> list[str]:
+    def _run_batch(
+        self,
+        study,
+        plan: "_Plan",
+        study_run,
+        jobs: list[tuple[int, list[str]]],
+        *,
+        job_idx: int,
+        asked: list[int],
+        locks: TrialLocks,
+    ) -> list[str]:
         """Launch a batch of trials' jobs together, record each; returns the failure messages."""
         numbers, overrides = [n for n, _ in jobs], [tuple(o) for _, o in jobs]
         asked += numbers
@@ -385,9 +464,18 @@ class OptunaSweeperImpl(Sweeper):
             log.error("the launcher failed on trials %s: %s", numbers, err)
             returns, launch_error = [None] * len(jobs), err
         faults.point("optuna.trial")  # chaos test: the batch's jobs ran, their trials not yet told
-        failures = [self._record(study, number, ret, storage_url=plan.storage_url, launch_error=launch_error,
-                                 metric=plan.metric, study_run=study_run)
-                    for number, ret in zip(numbers, returns)]
+        failures = [
+            record_trial(
+                study,
+                number,
+                ret,
+                storage_url=plan.storage_url,
+                launch_error=launch_error,
+                metric=plan.metric,
+                study_run=study_run,
+            )
+            for number, ret in zip(numbers, returns)
+        ]
         for number in numbers:  # told: nothing left to adopt (one descriptor per trial in flight, not per study)
             locks.release(number)
         return [f for f in failures if f]
@@ -398,9 +486,12 @@ class OptunaSweeperImpl(Sweeper):
             return study.ask(fixed_distributions=space.distributions)
         except Exception:
             # ask() creates the trial before it samples: do not leave it RUNNING forever
-            orphans = [t.number for t in study.get_trials(deepcopy=False)
-                       if t.number not in known and t.state.name == "RUNNING" and ATTR_OVERRIDES not in t.user_attrs]
-            self._fail_running(study, storage_url, orphans)
+            orphans = [
+                t.number
+                for t in study.get_trials(deepcopy=False)
+                if t.number not in known and t.state.name == "RUNNING" and ATTR_OVERRIDES not in t.user_attrs
+            ]
+            fail_running(study, storage_url, orphans)
             raise
 
     @staticmethod
@@ -422,7 +513,8 @@ class OptunaSweeperImpl(Sweeper):
                 raise SearchSpaceError(
                     f"{space.origin.get(name, 'search space')} '{name}': study '{study.study_name}' sampled it from "
                     f"{old}, the search space now says {new}: {err} Keep the study's distribution, or start a new "
-                    "study (hydra.sweeper.study_name=<new name>).") from None
+                    "study (hydra.sweeper.study_name=<new name>)."
+                ) from None
 
     def _study_run(self, study_name: str, storage: str, direction: str, metric: str, sampler, pruner: str):
         assert self.config is not None
@@ -432,193 +524,19 @@ class OptunaSweeperImpl(Sweeper):
             return None
         from ttm_experiments.search.mlflow_study import StudyRun
 
-        return StudyRun(uri, experiment, study_name, storage, {
-            "optuna.direction": direction, "optuna.metric": metric, "optuna.sampler": _sampler_name(sampler),
-            "optuna.pruner": pruner, "sweep": str(self.config.hydra.sweep.dir)})
-
-    def _record(self, study, number: int, ret, *, storage_url: str, launch_error: Optional[BaseException], metric: str,
-                study_run) -> Optional[str]:
-        """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
-        import optuna
-        from hydra.core.utils import JobStatus
-
-        TrialState = optuna.trial.TrialState
-        storage = open_storage(storage_url)
-        tid = trial_id(storage_url, study.study_name, number)
-        frozen = storage.get_trial(tid)
-        failure = None
-        if frozen.state.is_finished():  # the job pruned itself (or another process finished it)
-            pass
-        elif ret is not None and ret.status == JobStatus.COMPLETED:
-            try:
-                value = float(ret.return_value)
-                if not math.isfinite(value):
-                    raise ValueError(f"the objective is {value}")
-                self._tell(study, number, values=value)
-            except (TypeError, ValueError) as err:
-                failure = f"the job returned {ret.return_value!r} ({err}); it must return a finite float"
-                self._tell(study, number, state=TrialState.FAIL)
-        else:
-            err = launch_error if ret is None else ret._return_value
-            failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
-            storage.set_trial_user_attr(tid, "fail_reason", failure)
-            self._tell(study, number, state=TrialState.FAIL)
-            if not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
-                log.error("trial %d failed", number, exc_info=err)
-        self._log_trial(study, storage.get_trial(tid), failure=failure, metric=metric, study_run=study_run)
-        return failure
-
-    @staticmethod
-    def _log_trial(study, frozen, *, failure: Optional[str], metric: str, study_run) -> None:
-        """One line per finished trial (state, value or reason, params, MLflow run), and the study run's update."""
-        state = frozen.state.name
-        trials = study.get_trials(deepcopy=False)
-        best = summary.best_value_so_far(trials, study.direction.name == "MAXIMIZE")
-        params = " ".join(f"{k}={summary._fmt(v)}" for k, v in frozen.params.items())
-        run_id = frozen.user_attrs.get(ATTR_RUN)
-        if state == "COMPLETE":
-            detail = f"{metric} {frozen.value:.4f}"
-        elif state == "PRUNED":
-            last = max(frozen.intermediate_values) if frozen.intermediate_values else None
-            detail = f"at epoch {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last else ""
-        else:
-            detail = failure or frozen.user_attrs.get("fail_reason", "")
-        log.info("trial %d %-8s %s | %s%s", frozen.number, state, detail, params,
-                 f" | MLflow run {run_id}" if run_id else "")
-        if study_run is not None:
-            try:
-                study_run.trial_finished(frozen.number, state, frozen.value if state == "COMPLETE" else None,
-                                         run_id, best, summary.counts(trials))
-            except Exception:  # MLflow is the record, the storage is the truth: the study goes on
-                log.exception("could not record trial %d in MLflow", frozen.number)
-
-    @staticmethod
-    def _tell(study, trial: int, **kwargs) -> None:
-        try:
-            study.tell(trial, **kwargs)
-        except RuntimeError as err:  # GridSampler asks the study to stop once the grid is used up: the state is set
-            if "Study.stop" not in str(err):
-                raise
-
-    def _fail_running(self, study, storage_url: str, numbers: list[int]) -> None:
-        import optuna
-
-        for number in numbers:
-            try:
-                tid = trial_id(storage_url, study.study_name, number)
-                if not open_storage(storage_url).get_trial(tid).state.is_finished():
-                    study.tell(number, state=optuna.trial.TrialState.FAIL)
-            except Exception:
-                log.exception("could not mark trial %d failed", number)
-
-    # -- the end: best trial, command, importances ------------------------------------------------------------
-    def best_command(self, overrides: list[str], tuned_in: Optional[str] = None) -> tuple[str, Optional[DictConfig]]:
-        """A `ttm-train ...` command that trains what the trial trained, checked by composing both configs;
-        with `tuned_in`, it records the study (`search.tuned_in`) so that ttm-report can tell its outer fold."""
-        assert self.config is not None and self.hydra_context is not None
-        keep, search_choice = [], None
-        # a search path given on the command line is needed to compose the same config again
-        keep += [str(ov) for ov in self.config.hydra.overrides.hydra if str(ov).startswith("hydra.searchpath=")]
-        for ov in overrides:
-            key = ov.split("=", 1)[0].lstrip("+~")
-            if key == "hparams_search":
-                search_choice = ov.split("=", 1)[1]
-                continue
-            if (key.startswith(("hydra.", "hydra/")) and not key.startswith("hydra.searchpath")) or (
-                    self.trial_node and key.startswith(self.trial_node + ".")):
-                continue
-            if key == "run_name" and self.add_run_name:
-                continue
-            keep.append(ov)
-        if tuned_in and self.trial_node:
-            keep.append(f"{self.trial_node}.tuned_in={quote(tuned_in)}")
-        plain = None
-        try:
-            job_cfg = self._compose(list(overrides))
-            plain = self._compose_command(keep)
-            if _task(job_cfg, self.trial_node) != _task(plain, self.trial_node) and search_choice:
-                # the search space file sets task keys too: keep it, but run one job
-                keep = [f"hparams_search={search_choice}", "hydra.mode=RUN", *keep]
-                plain = self._compose_command(keep)
-        except Exception as err:  # the command is still right in the common case; say that it was not checked
-            log.warning("could not check the best command against the trial's config: %s", err)
-        return " ".join([self.entrypoint, *map(shlex.quote, keep)]), plain
-
-    def _compose_command(self, overrides: list[str]) -> DictConfig:
-        """The config that `ttm-train <overrides>` composes (a single run, none of this sweep's hydra overrides)."""
-        assert self.config is not None and self.hydra_context is not None
-        cfg = self.hydra_context.config_loader.load_configuration(
-            config_name=self.config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
-    def _finish(self, study, storage_url: str, asked: list[int], metric: str, direction: str, study_run,
-                seconds: float) -> dict:
-        assert self.config is not None
-        trials = study.get_trials(deepcopy=False)
-        maximize = direction == "maximize"
-        complete = [t for t in trials if t.state.name == "COMPLETE"]
-        best = (max if maximize else min)(complete, key=lambda t: t.value) if complete else None
-        command, best_cfg = None, None
-        if best is not None:
-            overrides = best.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in best.params.items()]
-            command, best_cfg = self.best_command(list(overrides), tuned_in=study.study_name)
-        imp = summary.importances(study)
-        storage_shown = display_storage(storage_url)
-        text = summary.format_summary(study.study_name, storage_shown, metric, trials, asked, best, command, imp)
-        print(text, flush=True)
-        log.info("study finished in %.0f s", seconds)
-        counts = summary.counts(trials)
-        results: dict[str, Any] = {
-            "name": "optuna", "study_name": study.study_name, "storage": storage_shown, "direction": direction,
-            "metric": metric, "n_trials": len(trials), "trials_this_run": asked, **{f"n_{k}": v for k, v in counts.items()},
-            "epochs_reported": sum(max(t.intermediate_values) for t in trials if t.intermediate_values),
-        }
-        if best is not None:
-            results.update(best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
-                           best_command=command)
-        if imp:
-            results["importances"] = imp
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        if study_run is not None:
-            self._log_study(study_run, study, trials, results, best, best_cfg, command, imp, text, metric, maximize)
-        return results
-
-    def _log_study(self, study_run, study, trials, results, best, best_cfg, command, imp, text, metric, maximize):
-        tags = {"optuna.n_trials": str(len(trials)), "mlflow.note.content": "```\n" + text.strip() + "\n```"}
-        metrics = {f"study/{k}": float(v) for k, v in summary.counts(trials).items()}
-        texts = {"study/summary.txt": text.strip() + "\n"}
-        figures = {"study/history.png": summary.history_figure(trials, metric, maximize)}
-        if best is not None:
-            tags.update({"best.trial": str(best.number), "best.command": command or "",
-                         "best.params": " ".join(f"{k}={v}" for k, v in best.params.items())})
-            metrics["best/value"] = float(best.value)
-            texts["best/command.sh"] = f"#!/bin/sh\n# best trial {best.number} of study '{study.study_name}': " \
-                                       f"{metric} = {best.value:.6g}\n{command}\n"
-            if best_cfg is not None:
-                try:
-                    texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg, resolve=True)
-                except Exception as err:  # e.g. a ${hydra:...} interpolation outside a job: keep it unresolved
-                    log.warning("best config logged unresolved: %s", err)
-                    texts["best/config.yaml"] = OmegaConf.to_yaml(best_cfg)
-            run = best.user_attrs.get(ATTR_RUN)
-            if run:
-                tags["best.run_id"] = str(run)
-        if imp:
-            metrics.update({f"importance/{k}": v for k, v in imp.items()})
-            figures["study/importances.png"] = summary.importance_figure(imp)
-        texts["study/results.yaml"] = OmegaConf.to_yaml(OmegaConf.create(results))
-        try:
-            texts["study/trials.csv"] = study.trials_dataframe().to_csv(index=False)
-        except Exception:
-            log.exception("could not tabulate the trials")
-        try:
-            study_run.finish(tags, metrics, texts, figures, [])
-        except Exception:
-            log.exception("could not log the study's result to MLflow")
+        return StudyRun(
+            uri,
+            experiment,
+            study_name,
+            storage,
+            {
+                "optuna.direction": direction,
+                "optuna.metric": metric,
+                "optuna.sampler": _sampler_name(sampler),
+                "optuna.pruner": pruner,
+                "sweep": str(self.config.hydra.sweep.dir),
+            },
+        )
 
 
 def _sampler_name(sampler: Any) -> str:
@@ -645,12 +563,3 @@ def _is_int_key(cfg: DictConfig, key: str) -> bool:
     except OmegaConfBaseException:  # an interpolation that cannot resolve here: not known to be an int
         return False
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _task(cfg: DictConfig, trial_node: Optional[str]) -> Any:
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    for key in (*_NEUTRAL_KEYS, trial_node):
-        if key:
-            data.pop(key, None)
-    return data

@@ -9,8 +9,8 @@ import numpy as np
 
 from ttm_experiments.config.schema import TrainConfig
 from ttm_experiments.data.base import WindowSet
-from ttm_experiments.metrics import classification_metrics
-from ttm_experiments.tracking import MlflowTracker
+from ttm_experiments.metrics.classification import classification_metrics
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 from ttm_experiments.training.loop import EpochRecord, LoopResult
 from ttm_experiments.training.recipe import RunInfo, RunOutcome, load_splits, open_run, publish_summary, run_tags
 from ttm_experiments.training.record import baseline_summary, objective_value, record_test
@@ -27,13 +27,16 @@ class BaselineRecipe:
 
     def setup(self) -> None:
         c = self.config
-        self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
-                                     log_system_metrics=c.tracking.log_system_metrics,
-                                     system_metrics_interval_s=c.tracking.system_metrics_interval_s)
+        self.tracker = MlflowTracker(
+            c.tracking.uri,
+            c.experiment_name,
+            log_system_metrics=c.tracking.log_system_metrics,
+            system_metrics_interval_s=c.tracking.system_metrics_interval_s,
+        )
         self.splits = load_splits(c)
 
     def train(self) -> LoopResult:
-        from ttm_experiments import baselines
+        from ttm_experiments.models import baselines
 
         c = self.config
         tags = {**run_tags(c, self.info, empty=False, init="none"), "model": c.backbone.name}
@@ -57,8 +60,15 @@ class BaselineRecipe:
     def finish(self, result: LoopResult) -> RunOutcome:
         c = self.config
         part = self.splits.test
-        test, test_collapsed = record_test(self.tracker, part, _metrics(part, self.probs["test"]), self.probs["test"],
-                                           step=1, seed=c.seed, collapse_threshold=c.trainer.collapse_threshold)
+        test, test_collapsed = record_test(
+            self.tracker,
+            part,
+            _metrics(part, self.probs["test"]),
+            self.probs["test"],
+            step=1,
+            seed=c.seed,
+            collapse_threshold=c.trainer.collapse_threshold,
+        )
         self.tracker.set_tags({"mode_collapse": str(bool(test_collapsed)).lower()})
         publish_summary(self.tracker, baseline_summary(c.backbone.name, result.history[0].val, test, part.class_names))
         self.tracker.end_run("FINISHED")

@@ -26,6 +26,11 @@ def finetune_rates(stages: list[StagePlan], optim: OptimConf, *, init: str) -> t
     scale, decay = optim.pretrained_backbone_lr_scale, optim.pretrained_layer_decay
     planned = [replace(s, backbone_lr=s.backbone_lr * scale) if s.supervised else s for s in stages]
     tuned = optim if decay is None else replace(optim, layer_decay=decay)
-    log.info("init=%s: supervised backbone rates x%g (optim.pretrained_backbone_lr_scale), layer decay %g "
-             "(optim.pretrained_layer_decay); the head keeps its rate", init, scale, tuned.layer_decay)
+    log.info(
+        "init=%s: supervised backbone rates x%g (optim.pretrained_backbone_lr_scale), layer decay %g "
+        "(optim.pretrained_layer_decay); the head keeps its rate",
+        init,
+        scale,
+        tuned.layer_decay,
+    )
     return planned, tuned

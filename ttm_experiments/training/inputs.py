@@ -59,8 +59,13 @@ def split_inputs(splits: Splits, *, dataset: str, fold: int, root: str | None, s
     inputs = []
     for split_name, split in splits.items():
         # from_numpy keeps a reference to the arrays (no copy); its profile holds shapes and sizes
-        ds = mlflow.data.from_numpy(split.signals, source=source, targets=split.labels,
-                                    name=f"{dataset} fold {fold} {split_name}", digest=windows_digest(split))
+        ds = mlflow.data.from_numpy(
+            split.signals,
+            source=source,
+            targets=split.labels,
+            name=f"{dataset} fold {fold} {split_name}",
+            digest=windows_digest(split),
+        )
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, CONTEXTS.get(split_name, split_name))]
         tags += [InputTag(k, str(v)) for k, v in described[split_name].items()]
         inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))  # what mlflow.log_input sends

@@ -20,19 +20,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttm_experiments import faults
 from ttm_experiments.config.schema import (
-    CollapseAction, FrozenMode, LossKind, Metric, OptimConf, TrainerConf, UnfreezeConf, parse_metric,
+    DEFAULT_SELECTION,
+    CollapseAction,
+    FrozenMode,
+    LossKind,
+    Metric,
+    OptimConf,
+    TrainerConf,
+    UnfreezeConf,
 )
 from ttm_experiments.data.base import WindowSet
-from ttm_experiments.device_metrics import classification_metrics_on_device
-from ttm_experiments.metrics import classification_metrics, collapsed_classes, softmax
+from ttm_experiments.metrics.classification import classification_metrics, collapsed_classes, softmax
+from ttm_experiments.metrics.on_device import classification_metrics_on_device
 from ttm_experiments.models.backbones import Backbone, Classifier
-from ttm_experiments.tracking import Tracker
-from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
+from ttm_experiments.models.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks, freeze_frozen_modes
+from ttm_experiments.tracking.mlflow_tracker import Tracker
 from ttm_experiments.training import signals
+from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
-from ttm_experiments.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks, freeze_frozen_modes
+from ttm_experiments.utils import faults
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +134,9 @@ def build_loss(optim: OptimConf, train_labels: np.ndarray, num_classes: int) -> 
     return nn.CrossEntropyLoss(weight=weight)
 
 
-def param_groups(model: Classifier, stage: StagePlan, selected: list[Block], all_blocks: list[Block],
-                 layer_decay: float) -> list[dict]:
+def param_groups(
+    model: Classifier, stage: StagePlan, selected: list[Block], all_blocks: list[Block], layer_decay: float
+) -> list[dict]:
     """Head at the head rate; backbone blocks at the backbone rate, decayed per block from the output end."""
     groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": stage.head_lr, "name": "head"}]
     seen = {id(p) for p in groups[0]["params"]}
@@ -200,10 +208,22 @@ class Trainer:
     """Runs the stages of a schedule on one model and keeps the best checkpoint by `selection`
     (`optimized_metric`, in its direction)."""
 
-    def __init__(self, model: Classifier, train: WindowSet, val: WindowSet, *, optim: OptimConf,
-                 trainer: TrainerConf, unfreeze: UnfreezeConf, device: torch.device, seed: int, tracker: Tracker,
-                 epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = (),
-                 selection: Metric = parse_metric("val/auroc"), precision: Precision | None = None):
+    def __init__(
+        self,
+        model: Classifier,
+        train: WindowSet,
+        val: WindowSet,
+        *,
+        optim: OptimConf,
+        trainer: TrainerConf,
+        unfreeze: UnfreezeConf,
+        device: torch.device,
+        seed: int,
+        tracker: Tracker,
+        epoch_hooks: tuple[Callable[[EpochRecord], None], ...] = (),
+        selection: Metric = DEFAULT_SELECTION,
+        precision: Precision | None = None,
+    ):
         self.model = model.to(device)
         # autocast and (fp16) the gradient scaler; the recipe shares one with the SSL stages (one scaler state)
         self.precision = precision if precision is not None else Precision(device, trainer.amp)
@@ -283,8 +303,9 @@ class Trainer:
         batches = self._batches()
         # the epoch's order goes to the device in one copy; the CPU batches index the frozen-backbone cache
         on_device = torch.cat(batches).to(self.device).split([len(b) for b in batches])
-        for step, (rows, index) in enumerate(zip(tqdm(batches, desc=desc, leave=False,
-                                                      disable=not self.conf.progress), on_device)):
+        for step, (rows, index) in enumerate(
+            zip(tqdm(batches, desc=desc, leave=False, disable=not self.conf.progress), on_device)
+        ):
             y = self.y_train[index]
             with self._autocast():
                 if self.frozen is not None:
@@ -336,8 +357,15 @@ class Trainer:
         metrics = classification_metrics(y.cpu().numpy(), softmax(logits.cpu().numpy()), self.class_names)
         return {"loss": float(loss), **metrics}
 
-    def run_stage(self, stage: StagePlan, result: LoopResult, epoch: int, *, resume: dict | None = None,
-                  on_epoch_end: OnEpochEnd | None = None) -> int:
+    def run_stage(
+        self,
+        stage: StagePlan,
+        result: LoopResult,
+        epoch: int,
+        *,
+        resume: dict | None = None,
+        on_epoch_end: OnEpochEnd | None = None,
+    ) -> int:
         """One supervised stage in its own nested run; returns the last epoch number (across stages).
 
         `resume` (from a checkpoint) restores the optimizer and scheduler and skips the epochs already done;
@@ -358,16 +386,18 @@ class Trainer:
         else:
             result.reports.append(report)
             log.info("\n%s", report.format())
-            self.tracker.start_stage(stage.name, {"scope": stage.scope, "kind": "supervised",
-                                                  "unfreeze.empty": str(report.empty).lower()})
+            self.tracker.start_stage(
+                stage.name, {"scope": stage.scope, "kind": "supervised", "unfreeze.empty": str(report.empty).lower()}
+            )
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json", stage=True)
             self.tracker.log_dict(report.to_dict(), f"unfreeze/{stage.name}.json")
         self.frozen = self._frozen_features() if self._frozen_backbone() else None
         if self.conf.compile and self.frozen is None:
             self.step_model = compile_model(self.model)
         try:
-            return self._run_epochs(stage, result, epoch, done=done, optimizer=optimizer, scheduler=scheduler,
-                                    on_epoch_end=on_epoch_end)
+            return self._run_epochs(
+                stage, result, epoch, done=done, optimizer=optimizer, scheduler=scheduler, on_epoch_end=on_epoch_end
+            )
         finally:
             self.frozen = None
 
@@ -376,13 +406,28 @@ class Trainer:
         need = FrozenFeatures.bytes_needed(self.model.backbone, len(self.x_train) + len(self.x_val))
         cache = need <= FEATURE_CACHE_BYTES
         if not cache:
-            log.info("head-only stage: the backbone's outputs (%.0f MiB) exceed the cache (%.0f MiB); the frozen "
-                     "backbone runs per batch", need / 2**20, FEATURE_CACHE_BYTES / 2**20)
-        return (FrozenFeatures(self.model.backbone, self.x_train, self._autocast, cache),
-                FrozenFeatures(self.model.backbone, self.x_val, self._autocast, cache))
+            log.info(
+                "head-only stage: the backbone's outputs (%.0f MiB) exceed the cache (%.0f MiB); the frozen "
+                "backbone runs per batch",
+                need / 2**20,
+                FEATURE_CACHE_BYTES / 2**20,
+            )
+        return (
+            FrozenFeatures(self.model.backbone, self.x_train, self._autocast, cache),
+            FrozenFeatures(self.model.backbone, self.x_val, self._autocast, cache),
+        )
 
-    def _run_epochs(self, stage: StagePlan, result: LoopResult, epoch: int, *, done: int, optimizer, scheduler,
-                    on_epoch_end: OnEpochEnd | None) -> int:
+    def _run_epochs(
+        self,
+        stage: StagePlan,
+        result: LoopResult,
+        epoch: int,
+        *,
+        done: int,
+        optimizer,
+        scheduler,
+        on_epoch_end: OnEpochEnd | None,
+    ) -> int:
         for stage_epoch in range(done + 1, stage.epochs + 1):
             epoch += 1
             desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
@@ -435,8 +480,13 @@ class Trainer:
         per_class = "  ".join(f"{c} {record.val.get(f'acc/{c}', float('nan')):.2f}" for c in self.class_names)
         log.info(
             "%s  train loss %.4f auroc %.3f | val loss %.4f auroc %.3f bal_acc %.3f | val acc: %s",
-            desc, record.train["loss"], record.train.get("auroc", float("nan")), record.val["loss"],
-            record.val.get("auroc", float("nan")), record.val["balanced_acc"], per_class,
+            desc,
+            record.train["loss"],
+            record.train.get("auroc", float("nan")),
+            record.val["loss"],
+            record.val.get("auroc", float("nan")),
+            record.val["balanced_acc"],
+            per_class,
         )
 
     def _warn_collapse(self, record: EpochRecord) -> None:
@@ -445,7 +495,10 @@ class Trainer:
             "MODE COLLAPSE at epoch %d (stage %s): validation accuracy of %s is below %.2f; the model has "
             "(almost) stopped predicting that class. Check the learning rate, the class weights "
             "(optim.loss) and what this stage unfreezes.",
-            record.epoch, record.stage, rates, self.conf.collapse_threshold,
+            record.epoch,
+            record.stage,
+            rates,
+            self.conf.collapse_threshold,
         )
         # the stage run says it collapsed; the parent's `mode_collapse` describes the selected checkpoint (finish)
         self.tracker.set_tags({"mode_collapse": "true"}, stage=True)

@@ -50,11 +50,18 @@ class Precision:
 
     def autocast(self):
         """Autocast in the run's precision; a no-op context with `trainer.amp=false`."""
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16,
-                              enabled=self.dtype is not None)
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
+        )
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, grad_clip: float,
-             after_backward: Callable[[], None] | None = None) -> None:
+    def step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad_clip: float,
+        after_backward: Callable[[], None] | None = None,
+    ) -> None:
         """backward, clip (on unscaled gradients), optimizer step; with fp16 through the scaler."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if after_backward is not None:
@@ -82,12 +89,18 @@ def check_amp(amp: object, device: torch.device) -> AmpMode:
     """`trainer.amp` on `device`, refused before training where the device cannot do it."""
     mode = parse_amp(amp)
     if mode == AmpMode.fp16 and device.type != "cuda":
-        raise ConfigError(f"trainer.amp=fp16 on trainer.device={device.type}: fp16 autocast with a gradient scaler "
-                          "is for CUDA GPUs. Fix: trainer.amp=false (or bf16) here, or run on a CUDA device.")
+        raise ConfigError(
+            f"trainer.amp=fp16 on trainer.device={device.type}: fp16 autocast with a gradient scaler "
+            "is for CUDA GPUs. Fix: trainer.amp=false (or bf16) here, or run on a CUDA device."
+        )
     if mode == AmpMode.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"trainer.amp=bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support. "
-                          "Fix: trainer.amp=fp16 (with a gradient scaler) or trainer.amp=false.")
+        raise ConfigError(
+            f"trainer.amp=bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support. "
+            "Fix: trainer.amp=fp16 (with a gradient scaler) or trainer.amp=false."
+        )
     if mode != AmpMode.off and device.type not in ("cuda", "cpu"):
-        raise ConfigError(f"trainer.amp={mode.value} on trainer.device={device.type} is not supported here. Fix: "
-                          "trainer.amp=false, or trainer.device=cuda / cpu.")
+        raise ConfigError(
+            f"trainer.amp={mode.value} on trainer.device={device.type} is not supported here. Fix: "
+            "trainer.amp=false, or trainer.device=cuda / cpu."
+        )
     return mode

@@ -17,30 +17,41 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ttm_experiments.config import spec as specs
-from ttm_experiments.files import remove_stale_temporaries
 from ttm_experiments.config.schema import TrainConfig, parse_metric
 from ttm_experiments.data.prepare import (
-    RowView, Splits, check_windows, describe_splits, load_windows, split_subject_wise,
+    RowView,
+    Splits,
+    check_windows,
+    describe_splits,
+    load_pretrain_corpus,
+    load_windows,
+    split_subject_wise,
 )
 from ttm_experiments.errors import Pruned
-from ttm_experiments.metrics import softmax
+from ttm_experiments.metrics.classification import softmax
 from ttm_experiments.models.checkpoint import save_classifier
 from ttm_experiments.models.pretrained import build_model
-from ttm_experiments.run_names import run_name
-from ttm_experiments.search.pruning import epoch_hooks, search_tags
-from ttm_experiments.tracking import MlflowTracker
+from ttm_experiments.models.unfreeze import plan_stage
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
+from ttm_experiments.tracking.run_names import run_name
 from ttm_experiments.training import resume, signals, stage_cache
+from ttm_experiments.training.device import pick_device
 from ttm_experiments.training.finetune import finetune_rates
 from ttm_experiments.training.inputs import split_inputs, windows_digest
 from ttm_experiments.training.loop import LoopResult, Trainer
 from ttm_experiments.training.optim import Precision, check_amp
 from ttm_experiments.training.record import (
-    config_params, objective_value, pretrain_summary, record_model, record_test, summary_table,
+    config_params,
+    objective_value,
+    pretrain_summary,
+    record_model,
+    record_test,
+    summary_table,
 )
 from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.training.stages import EpochEnd, StagePlan, plan_stages
-from ttm_experiments.unfreeze import plan_stage
+from ttm_experiments.training.trial import epoch_hooks, search_tags
+from ttm_experiments.utils.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +163,10 @@ def open_run(tracker: MlflowTracker, c: TrainConfig, info: RunInfo, splits: Spli
     """Start the parent run and record what it starts from: params, the splits, the resolved config."""
     if splits.shared_subjects:  # a predefined split allowed to share subjects (dataset.allow_shared_subjects)
         tags = {**tags, "split.shared_subjects": str(splits.shared_subjects)}
-    tracker.start_run(run_name(explicit=c.run_name, overrides=info.overrides, backbone=c.backbone.name,
-                               schedule=c.schedule.name), tags)
+    tracker.start_run(
+        run_name(explicit=c.run_name, overrides=info.overrides, backbone=c.backbone.name, schedule=c.schedule.name),
+        tags,
+    )
     tracker.log_params(config_params(c))
     tracker.log_dict(describe_splits(splits), "data/splits.json")
     d = c.dataset  # the splits as MLflow datasets: name, source, digest of the windows, sizes and class balance
@@ -184,28 +197,38 @@ class TrainRecipe:
         if c.trainer.num_threads:
             torch.set_num_threads(c.trainer.num_threads)
         # auto: multirun job j takes visible GPU j % n (joblib n_jobs=K packs K jobs over them); logged there
-        self.device = specs.pick_device(c.trainer.device, job_num=self.info.job_num)
+        self.device = pick_device(c.trainer.device, job_num=self.info.job_num)
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         if track:
-            self.tracker = MlflowTracker(c.tracking.uri, c.experiment_name,
-                                         log_system_metrics=c.tracking.log_system_metrics,
-                                         system_metrics_interval_s=c.tracking.system_metrics_interval_s)
+            self.tracker = MlflowTracker(
+                c.tracking.uri,
+                c.experiment_name,
+                log_system_metrics=c.tracking.log_system_metrics,
+                system_metrics_interval_s=c.tracking.system_metrics_interval_s,
+            )
         self.splits = load_splits(c)
-        self.stages = plan_stages(c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr,
-                                  max_epochs=c.trainer.max_epochs_per_stage)
+        self.stages = plan_stages(
+            c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
+        )
         # random, or a checkpoint (hub id, directory, ttm-train file) whose architecture it was built from
-        self.model, self.init = build_model(c.backbone, num_channels=c.dataset.channels,
-                                            num_classes=len(self.splits.train.class_names))
+        self.model, self.init = build_model(
+            c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names)
+        )
         self.init_kind = self.init.kind
         self.stages, self.optim = finetune_rates(self.stages, c.optim, init=self.init_kind)
         self.resume_state = self._resume_state() if track else None
         if self.resume_state is not None:
             self.model.load_state_dict(self.resume_state["model"])
         # every stage's selection, before training: an empty or out-of-range selection stops here
-        self.empty_stages = [] if not track else [
-            s.name for s in self.stages
-            if s.supervised and plan_stage(self.model.backbone.model, c.unfreeze, scope=s.scope, stage=s.name)[1]
-        ]
+        self.empty_stages = (
+            []
+            if not track
+            else [
+                s.name
+                for s in self.stages
+                if s.supervised and plan_stage(self.model.backbone.model, c.unfreeze, scope=s.scope, stage=s.name)[1]
+            ]
+        )
         self.pretrain_digest = None
         self.pretrain = self._pretrain_data() if any(s.data == "pretrain" for s in self.stages) else None
         self._open_stage_cache()
@@ -220,72 +243,107 @@ class TrainRecipe:
         settings = [self._stage_settings(s) for s in self.stages]
         self.cache_keys = stage_cache.stage_keys(self._cache_inputs(), settings)[:-1]
         stored = [s.name for s, key in zip(self.stages, self.cache_keys) if self.cache.exists(key)]
-        log.info("stage cache %s: %s", c.paths.stage_cache_dir,
-                 f"stages stored by earlier runs: {', '.join(stored)}" if stored else "no stage of this run stored yet")
+        log.info(
+            "stage cache %s: %s",
+            c.paths.stage_cache_dir,
+            f"stages stored by earlier runs: {', '.join(stored)}" if stored else "no stage of this run stored yet",
+        )
 
     def _cache_inputs(self) -> dict:
         """What every stage's end state depends on besides the stages' settings (training/stage_cache.py)."""
         c = self.config
-        return {"data": {name: windows_digest(split) for name, split in (("train", self.splits.train),
-                                                                          ("val", self.splits.val))},
-                "classes": list(self.splits.train.class_names), "pretrain": self.pretrain_digest,
-                "dataset": c.dataset, "backbone": c.backbone, "init": self.init.tags(),
-                "weights": stage_cache.weights_digest(c.backbone.pretrained_path), "seed": c.seed,
-                "device": str(self.device), "threads": torch.get_num_threads()}
+        return {
+            "data": {
+                name: windows_digest(split) for name, split in (("train", self.splits.train), ("val", self.splits.val))
+            },
+            "classes": list(self.splits.train.class_names),
+            "pretrain": self.pretrain_digest,
+            "dataset": c.dataset,
+            "backbone": c.backbone,
+            "init": self.init.tags(),
+            "weights": stage_cache.weights_digest(c.backbone.pretrained_path),
+            "seed": c.seed,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
 
     def _stage_settings(self, stage: StagePlan) -> dict:
         """A stage's own settings: its plan, and the `optim`, `trainer`, `unfreeze` keys its loop reads."""
         c, t, o = self.config, self.config.trainer, self.optim
-        plan = {"conf": stage.conf, "epochs": stage.epochs, "head_lr": stage.head_lr, "backbone_lr": stage.backbone_lr,
-                "amp": t.amp, "compile": t.compile, "max_batches": t.max_batches}
+        plan = {
+            "conf": stage.conf,
+            "epochs": stage.epochs,
+            "head_lr": stage.head_lr,
+            "backbone_lr": stage.backbone_lr,
+            "amp": t.amp,
+            "compile": t.compile,
+            "max_batches": t.max_batches,
+        }
         if not stage.supervised:  # the SSL loop and its linear probe
             return {**plan, "optim": {k: getattr(o, k) for k in SSL_OPTIM}}
-        return {**plan, "optim": o, "unfreeze": c.unfreeze, "selection": c.optimized_metric,
-                "collapse": [t.collapse_threshold, t.collapse_action]}
+        return {
+            **plan,
+            "optim": o,
+            "unfreeze": c.unfreeze,
+            "selection": c.optimized_metric,
+            "collapse": [t.collapse_threshold, t.collapse_action],
+        }
 
     def cache_plan(self) -> list[str]:
         """Per stage whether the stage cache holds it now, and who computed it (`ttm-train --cfg job`)."""
         self.setup(track=False)
         if self.cache is None:
-            why = "off (trainer.stage_cache=false)" if not self.config.trainer.stage_cache else "one stage: nothing to share"
+            why = (
+                "off (trainer.stage_cache=false)"
+                if not self.config.trainer.stage_cache
+                else "one stage: nothing to share"
+            )
             return [f"stage cache: {why}"]
         lines = [f"stage cache {self.cache.root}:"]
         for stage, key in zip(self.stages, self.cache_keys):
             entry = self.cache.read(key, stage.name)
-            lines.append(f"  {stage.name}: " + (f"stored, would be REUSED (computed by run {entry.source['parent']})"
-                                               if entry is not None else "not stored, would be trained and stored"))
+            lines.append(
+                f"  {stage.name}: "
+                + (
+                    f"stored, would be REUSED (computed by run {entry.source['parent']})"
+                    if entry is not None
+                    else "not stored, would be trained and stored"
+                )
+            )
         lines.append(f"  {self.stages[-1].name}: trained (the last stage is not stored)")
         return lines
 
     def _resume_state(self) -> dict | None:
         """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
-        found = resume.find_state(resume=self.config.resume, output_dir=self.info.output_dir,
-                                  tracking_uri=self.config.tracking.uri, config=config_params(self.config))
+        found = resume.find_state(
+            resume=self.config.resume,
+            output_dir=self.info.output_dir,
+            tracking_uri=self.config.tracking.uri,
+            config=config_params(self.config),
+        )
         if found is None:
             return None
         state, path = found
         self.info.output_dir = path.parent
         remove_stale_temporaries(path.parent)  # a kill inside a write of last.pt or best.pt left its temporary
-        log.warning("RESUMING %s at stage %r, after epoch %d (MLflow run %s)", path, state["stage_name"],
-                    state["epoch"], state["run_ids"]["parent"])
+        log.warning(
+            "RESUMING %s at stage %r, after epoch %d (MLflow run %s)",
+            path,
+            state["stage_name"],
+            state["epoch"],
+            state["run_ids"]["parent"],
+        )
         return state
 
-    def _pretrain_data(self) -> tuple[np.ndarray, np.ndarray]:
-        """The unlabeled corpus of `data: pretrain` stages, split by subject into train and validation (90/10)."""
+    def _pretrain_data(self) -> tuple[RowView, RowView]:
+        """The unlabeled corpus of `data: pretrain` stages, split by subject into train and validation."""
         c = self.config
-        ds, seed = specs.pretrain_dataset(c)
-        windows = load_windows(ds, seed=seed, cache_dir=Path(c.paths.cache_dir))
-        windows = check_windows(windows, c.backbone.context_length, c.dataset.channels, ds.nonfinite)
+        windows, train, val = load_pretrain_corpus(
+            c.dataset, context_length=c.backbone.context_length, cache_dir=Path(c.paths.cache_dir)
+        )
         if c.trainer.stage_cache:  # the corpus is part of the stage cache's key
             self.pretrain_digest = windows_digest(windows)
-        subjects = np.unique(windows.subjects)
-        rng = np.random.default_rng(c.dataset.split_seed)  # data, not model: the split seed decides it
-        held_out = rng.choice(subjects, size=max(1, len(subjects) // 10), replace=False)
-        is_val = np.isin(windows.subjects, held_out)
-        log.info("pretraining corpus %s: %d windows of %d subjects (%d held out for validation)", ds.name,
-                 len(windows), len(subjects), int(is_val.sum()))
-        # views, not copies: a large memory-mapped corpus stays on disk and is read batch by batch
-        return RowView(windows.signals, np.flatnonzero(~is_val)), RowView(windows.signals, np.flatnonzero(is_val))
+        return train, val
 
     # -- train --------------------------------------------------------------------------------------
     def train(self) -> LoopResult:
@@ -295,8 +353,10 @@ class TrainRecipe:
             tags = {**run_tags(c, self.info, empty=bool(self.empty_stages), init=self.init_kind), **self.init.tags()}
             open_run(self.tracker, c, self.info, self.splits, tags)
         if self.empty_stages:
-            log.warning("stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged "
-                        "unfreeze.empty=true", self.empty_stages)
+            log.warning(
+                "stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged unfreeze.empty=true",
+                self.empty_stages,
+            )
         self._build_loops()
         result, epoch, first = LoopResult(), 0, 0
         if state is not None:
@@ -313,23 +373,43 @@ class TrainRecipe:
                 within = state if state is not None and index == first and state["stage_epoch"] > 0 else None
                 epoch = self._run_stage(index, result, epoch, within)
         except Pruned:  # a pruned trial is over: its state must not be resumed as if it had been killed
-            resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(c),
-                                 run_id=self.tracker.run_id, pruned=True)
+            resume.mark_finished(
+                self.info.output_dir / resume.STATE_FILE,
+                config=config_params(c),
+                run_id=self.tracker.run_id,
+                pruned=True,
+            )
             raise
         if self.cache is not None:
-            self.tracker.set_tags({"stage_cache.reused": ",".join(self.cache_reused) or "none",
-                                   "stage_cache.computed": ",".join(self.cache_computed) or "none"})
+            self.tracker.set_tags(
+                {
+                    "stage_cache.reused": ",".join(self.cache_reused) or "none",
+                    "stage_cache.computed": ",".join(self.cache_computed) or "none",
+                }
+            )
         return result
 
     def _build_loops(self) -> None:
         c = self.config
         # one Precision for both loops: the fp16 scaler's state carries across stages and into last.pt
         self.precision = Precision(self.device, c.trainer.amp)
-        shared = {"optim": self.optim, "trainer": c.trainer, "device": self.device, "seed": c.seed,
-                  "tracker": self.tracker, "precision": self.precision}
-        self.trainer = Trainer(self.model, self.splits.train, self.splits.val, unfreeze=c.unfreeze,
-                               selection=parse_metric(c.optimized_metric),
-                               epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker), **shared)
+        shared = {
+            "optim": self.optim,
+            "trainer": c.trainer,
+            "device": self.device,
+            "seed": c.seed,
+            "tracker": self.tracker,
+            "precision": self.precision,
+        }
+        self.trainer = Trainer(
+            self.model,
+            self.splits.train,
+            self.splits.val,
+            unfreeze=c.unfreeze,
+            selection=parse_metric(c.optimized_metric),
+            epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker),
+            **shared,
+        )
         self.ssl_runner = SSLRunner(self.model.backbone, **shared)
 
     def _run_stage(self, index: int, result: LoopResult, epoch: int, within: dict | None) -> int:
@@ -348,8 +428,9 @@ class TrainRecipe:
         self._after_stage(index, result, epoch)
         return epoch
 
-    def _train_stage(self, index: int, result: LoopResult, epoch: int, within: dict | None, *,
-                     record: bool = False) -> int:
+    def _train_stage(
+        self, index: int, result: LoopResult, epoch: int, within: dict | None, *, record: bool = False
+    ) -> int:
         """Train the stage; `record`: keep its MLflow calls (`tracker.journal`) for the stage cache."""
         stage = self.stages[index]
 
@@ -365,16 +446,25 @@ class TrainRecipe:
         """Put the stage just trained in the cache: the state the next stage starts from and its MLflow record."""
         journal, self.tracker.journal = self.tracker.journal, None
         stage = self.stages[index]
-        state = {"model": self.model.state_dict(), "epoch": epoch, "result": result,
-                 "best_state": self.trainer.best_state, "scaler": self.precision.state_dict(),
-                 "rng": resume.rng_state(self._generators())}
-        source = {"experiment": self.tracker.experiment_id, "parent": self.tracker.run_id,
-                  "stage": self.tracker.last_stage_run_id}
+        state = {
+            "model": self.model.state_dict(),
+            "epoch": epoch,
+            "result": result,
+            "best_state": self.trainer.best_state,
+            "scaler": self.precision.state_dict(),
+            "rng": resume.rng_state(self._generators()),
+        }
+        source = {
+            "experiment": self.tracker.experiment_id,
+            "parent": self.tracker.run_id,
+            "stage": self.tracker.last_stage_run_id,
+        }
         try:
             self.cache.store(stage_cache.Entry(key, stage.name, state, journal, source))
         except OSError as err:  # a full disk: this run is fine, later runs recompute the stage
-            log.warning("[%s] could not store the stage in the cache (%s); later runs will train it again",
-                        stage.name, err)
+            log.warning(
+                "[%s] could not store the stage in the cache (%s); later runs will train it again", stage.name, err
+            )
             self.tracker.set_tags({"stage_cache.store_failed": f"{stage.name}: {err}"[:500]})
             return
         self.cache_computed.append(stage.name)
@@ -389,33 +479,56 @@ class TrainRecipe:
         self.precision.load_state_dict(state["scaler"])
         resume.restore_rng(state["rng"], self._generators())
         link = f"#/experiments/{src['experiment']}/runs/{src['stage']}"
-        self.tracker.replay(entry.journal, {"stage_cache": "reused", "stage_cache.key": entry.key,
-                                            "stage_cache.source_run": str(src["parent"]),
-                                            "stage_cache.source_stage_run": str(src["stage"]),
-                                            "stage_cache.source_link": link})
+        self.tracker.replay(
+            entry.journal,
+            {
+                "stage_cache": "reused",
+                "stage_cache.key": entry.key,
+                "stage_cache.source_run": str(src["parent"]),
+                "stage_cache.source_stage_run": str(src["stage"]),
+                "stage_cache.source_link": link,
+            },
+        )
         for record in (r for r in result.history if r.stage == stage.name):
             for hook in self.trainer.epoch_hooks:  # an Optuna trial sees the epochs as if it had trained them
                 hook(record)
         self.cache_reused.append(stage.name)
-        log.info("[%s] REUSED from the stage cache (computed by run %s; %s): epochs %d, the same end state",
-                 stage.name, src["parent"], self.cache.path(entry.key), stage.epochs)
+        log.info(
+            "[%s] REUSED from the stage cache (computed by run %s; %s): epochs %d, the same end state",
+            stage.name,
+            src["parent"],
+            self.cache.path(entry.key),
+            stage.epochs,
+        )
         return state["epoch"]
 
     def _after_stage(self, index: int, result: LoopResult, epoch: int) -> None:
         stage = self.stages[index]
-        save_classifier(self.info.output_dir / f"stage-{stage.name}.pt", self.model, stage.name,
-                        self.splits.train.class_names, window_s=self.config.dataset.duration_s)
+        save_classifier(
+            self.info.output_dir / f"stage-{stage.name}.pt",
+            self.model,
+            stage.name,
+            self.splits.train.class_names,
+            window_s=self.config.dataset.duration_s,
+        )
         if index + 1 < len(self.stages):  # between stages: the next one starts fresh on resume
-            self._checkpoint(EpochEnd(0, epoch, None, None, {}), stage_index=index + 1,
-                             stage=self.stages[index + 1], result=result)
+            self._checkpoint(
+                EpochEnd(0, epoch, None, None, {}), stage_index=index + 1, stage=self.stages[index + 1], result=result
+            )
 
     def _checkpoint(self, end: EpochEnd, *, stage_index: int, stage: StagePlan, result: LoopResult) -> None:
         """After every epoch, before its metrics are logged: everything needed to continue from here."""
         end = replace(end, extra={**end.extra, "scaler": self.precision.state_dict()})  # fp16: the loss scale
         resume.save_epoch(
-            self.info.output_dir / resume.STATE_FILE, end, config=config_params(self.config),
-            stage_index=stage_index, stage_name=stage.name, model=self.model, result=result,
-            best_state=self.trainer.best_state, generators=self._generators(),
+            self.info.output_dir / resume.STATE_FILE,
+            end,
+            config=config_params(self.config),
+            stage_index=stage_index,
+            stage_name=stage.name,
+            model=self.model,
+            result=result,
+            best_state=self.trainer.best_state,
+            generators=self._generators(),
             run_ids={"parent": self.tracker.run_id, "stage": self.tracker.stage_run_id},
         )
 
@@ -424,13 +537,19 @@ class TrainRecipe:
 
     def _ssl_stage(self, stage: StagePlan, result: LoopResult, epoch: int, within: dict | None, on_end) -> int:
         """A self-supervised stage in its own nested run, then a linear probe on the labeled data."""
-        train_x, val_x = self.pretrain if stage.data == "pretrain" else (self.splits.train.signals,
-                                                                           self.splits.val.signals)
+        train_x, val_x = (
+            self.pretrain if stage.data == "pretrain" else (self.splits.train.signals, self.splits.val.signals)
+        )
         if within is None:
             self.tracker.start_stage(stage.name, {"scope": "full", "kind": stage.kind, "data": stage.data})
         epoch, history = self.ssl_runner.run_stage(stage, train_x, val_x, epoch, resume=within, on_epoch_end=on_end)
-        probe = linear_probe_auroc(self.model.backbone, self.splits.train, self.splits.val,
-                                   batch_size=self.config.optim.eval_batch_size, device=self.device)
+        probe = linear_probe_auroc(
+            self.model.backbone,
+            self.splits.train,
+            self.splits.val,
+            batch_size=self.config.optim.eval_batch_size,
+            device=self.device,
+        )
         self.tracker.log_metrics({"probe/val_auroc": probe}, step=epoch)
         log.info("[%s] linear probe on frozen features: val AUROC %.3f", stage.name, probe)
         self.tracker.end_stage()
@@ -444,26 +563,41 @@ class TrainRecipe:
             return self._finish_pretrain(result)
         self.trainer.restore_best()
         ckpt = self.info.output_dir / "best.pt"
-        save_classifier(ckpt, self.model, result.best_stage, self.splits.train.class_names,
-                        window_s=c.dataset.duration_s)
+        save_classifier(
+            ckpt, self.model, result.best_stage, self.splits.train.class_names, window_s=c.dataset.duration_s
+        )
         test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
         step = result.history[-1].epoch
-        test, test_collapsed = record_test(self.tracker, self.splits.test, test, softmax(logits), step=step,
-                                           seed=c.seed, collapse_threshold=c.trainer.collapse_threshold)
+        test, test_collapsed = record_test(
+            self.tracker,
+            self.splits.test,
+            test,
+            softmax(logits),
+            step=step,
+            seed=c.seed,
+            collapse_threshold=c.trainer.collapse_threshold,
+        )
         self._record_best(result, test_collapsed, step=step)
         self.tracker.log_artifact(ckpt)
-        record_model(self.tracker, checkpoint=ckpt, split=self.splits.test, probs=softmax(logits),
-                     register_as=c.tracking.register_model)
+        record_model(
+            self.tracker,
+            checkpoint=ckpt,
+            split=self.splits.test,
+            probs=softmax(logits),
+            register_as=c.tracking.register_model,
+        )
         if test_collapsed:
-            log.warning("MODE COLLAPSE on the test set: accuracy of %s below %.2f", test_collapsed,
-                        c.trainer.collapse_threshold)
+            log.warning(
+                "MODE COLLAPSE on the test set: accuracy of %s below %.2f", test_collapsed, c.trainer.collapse_threshold
+            )
         summary = summary_table(result, test, self.splits.test.class_names, metric=parse_metric(c.optimized_metric))
         publish_summary(self.tracker, summary)
         (self.info.output_dir / "summary.txt").write_text(summary + "\n")
         objective = objective_value(result, c.optimized_metric)
         self._end_run(objective)
-        log.info("run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id,
-                 time.perf_counter() - self.t0, ckpt)
+        log.info(
+            "run %s finished in %.1f s; best checkpoint %s", self.tracker.run_id, time.perf_counter() - self.t0, ckpt
+        )
         return RunOutcome(objective, test, self.tracker.run_id, result.best_epoch, result.best_stage)
 
     def _record_best(self, result: LoopResult, test_collapsed: list[str], *, step: int) -> None:
@@ -471,20 +605,32 @@ class TrainRecipe:
         (its validation epoch, its test result); the collapsed epochs are counted apart."""
         metric = parse_metric(self.config.optimized_metric)
         best = next(r for r in result.history if r.epoch == result.best_epoch)
-        self.tracker.log_metrics({"best/epoch": result.best_epoch, "best/val_auroc": result.best_val_auroc,
-                                  f"best/{metric.split}_{metric.key}": result.best_value,
-                                  "val/collapsed_epochs": len(result.collapse_epochs)}, step=step)
-        self.tracker.set_tags({
-            "mode_collapse": str(bool(best.collapsed) or bool(test_collapsed)).lower(),
-            "mode_collapse.best_val_classes": ",".join(best.collapsed) or "none",
-            "mode_collapse.val_epochs": ",".join(map(str, result.collapse_epochs)) or "none",
-            "mode_collapse.test_classes": ",".join(test_collapsed) or "none",
-            "best.stage": result.best_stage,
-        })
+        self.tracker.log_metrics(
+            {
+                "best/epoch": result.best_epoch,
+                "best/val_auroc": result.best_val_auroc,
+                f"best/{metric.split}_{metric.key}": result.best_value,
+                "val/collapsed_epochs": len(result.collapse_epochs),
+            },
+            step=step,
+        )
+        self.tracker.set_tags(
+            {
+                "mode_collapse": str(bool(best.collapsed) or bool(test_collapsed)).lower(),
+                "mode_collapse.best_val_classes": ",".join(best.collapsed) or "none",
+                "mode_collapse.val_epochs": ",".join(map(str, result.collapse_epochs)) or "none",
+                "mode_collapse.test_classes": ",".join(test_collapsed) or "none",
+                "best.stage": result.best_stage,
+            }
+        )
 
     def _end_run(self, objective: float) -> None:
-        resume.mark_finished(self.info.output_dir / resume.STATE_FILE, config=config_params(self.config),
-                             run_id=self.tracker.run_id, objective=objective)
+        resume.mark_finished(
+            self.info.output_dir / resume.STATE_FILE,
+            config=config_params(self.config),
+            run_id=self.tracker.run_id,
+            objective=objective,
+        )
         self.tracker.end_run("FINISHED")
 
     def _finish_pretrain(self, result: LoopResult) -> RunOutcome:

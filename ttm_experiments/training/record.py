@@ -7,16 +7,17 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ttm_experiments.config.schema import Metric, TrainConfig, parse_metric
+from ttm_experiments.config.schema import DEFAULT_SELECTION, Metric, TrainConfig, parse_metric
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.metrics import bootstrap_auroc_ci, collapsed_classes, confusion
-from ttm_experiments.tracking import MlflowTracker, _retry_locked, flatten
+from ttm_experiments.metrics.classification import bootstrap_auroc_ci, collapsed_classes, confusion
+from ttm_experiments.tracking.mlflow_tracker import MlflowTracker, _retry_locked, flatten
 from ttm_experiments.training.loop import LoopResult
 
 
 def config_params(c: TrainConfig) -> dict:
     """The typed config as flat plain data (enums as their values): MLflow params, and what resume compares."""
+
     def plain(value):
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
@@ -27,8 +28,16 @@ def config_params(c: TrainConfig) -> dict:
     return flatten(plain(asdict(c)))
 
 
-def record_test(tracker: MlflowTracker, split: WindowSet, test: dict[str, float], probs: np.ndarray, *,
-                step: int, seed: int, collapse_threshold: float) -> tuple[dict[str, float], list[str]]:
+def record_test(
+    tracker: MlflowTracker,
+    split: WindowSet,
+    test: dict[str, float],
+    probs: np.ndarray,
+    *,
+    step: int,
+    seed: int,
+    collapse_threshold: float,
+) -> tuple[dict[str, float], list[str]]:
     """Log test metrics (with the subject-wise bootstrap interval) and the confusion matrix; return the
     metrics and the collapsed classes."""
     names = split.class_names
@@ -37,8 +46,10 @@ def record_test(tracker: MlflowTracker, split: WindowSet, test: dict[str, float]
         test["auroc_ci_low"], test["auroc_ci_high"] = interval
     tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step)
     cm = confusion(split.labels, probs, len(names))
-    tracker.log_dict({"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
-                     "test/confusion_matrix.json")
+    tracker.log_dict(
+        {"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
+        "test/confusion_matrix.json",
+    )
     tracker.log_figure(confusion_figure(cm, names), "test/confusion_matrix.png")
     tracker.log_text(predictions_csv(split, probs), PREDICTIONS_ARTIFACT)
     return test, collapsed_classes(test, names, collapse_threshold)
@@ -51,28 +62,42 @@ def predictions_csv(split: WindowSet, probs: np.ndarray) -> str:
     """One row per test window: subject, label (index) and p_<class>; what ttm-report's paired bootstrap reads."""
     import pandas as pd
 
-    frame = pd.DataFrame({"subject": split.subjects.astype(str), "label": split.labels.astype(int),
-                          **{f"p_{c}": probs[:, i] for i, c in enumerate(split.class_names)}})
+    frame = pd.DataFrame(
+        {
+            "subject": split.subjects.astype(str),
+            "label": split.labels.astype(int),
+            **{f"p_{c}": probs[:, i] for i, c in enumerate(split.class_names)},
+        }
+    )
     return frame.to_csv(index=False, float_format="%.6g")
 
 
-def record_model(tracker: MlflowTracker, *, checkpoint, split: WindowSet, probs: np.ndarray,
-                 register_as: str | None) -> None:
+def record_model(
+    tracker: MlflowTracker, *, checkpoint, split: WindowSet, probs: np.ndarray, register_as: str | None
+) -> None:
     """The best checkpoint as the run's MLflow model (input example: two test windows and their probabilities),
     registered as a new version of `register_as` when given; the run is tagged with the model's URIs."""
-    from ttm_experiments.models.pyfunc import log_classifier
+    from ttm_experiments.tracking.pyfunc import log_classifier
 
     # a run killed after logging its model (while writing its finished marker) redoes its end on resume: the same
     # model is logged already (and registered); a second copy and version would be noise (seen by bench/chaos.py)
     if tracker.resumed and "model.uri" in _retry_locked(lambda: tracker.client.get_run(tracker.run_id)).data.tags:
         return
     n = min(2, len(split))
-    logged = log_classifier(tracking_uri=tracker.uri, run_id=tracker.run_id, checkpoint=checkpoint,
-                            example=np.ascontiguousarray(split.signals[:n]), probs=probs[:n],
-                            class_names=split.class_names, register_as=register_as)
+    logged = log_classifier(
+        tracking_uri=tracker.uri,
+        run_id=tracker.run_id,
+        checkpoint=checkpoint,
+        example=np.ascontiguousarray(split.signals[:n]),
+        probs=probs[:n],
+        class_names=split.class_names,
+        register_as=register_as,
+    )
     tags = {"model.uri": logged.model_uri}
     if logged.registered:
-        tags.update({"registered_model": logged.registered, "registered_model.version": logged.registered.rsplit("/", 1)[1]})
+        tags.update(
+            {"registered_model": logged.registered, "registered_model.version": logged.registered.rsplit("/", 1)[1]}
+        )
     tracker.set_tags(tags)
 
 
@@ -106,8 +131,9 @@ def confusion_figure(cm: np.ndarray, names: tuple[str, ...]):
     return fig
 
 
-def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, ...], *,
-                  metric: Metric = parse_metric("val/auroc")) -> str:
+def summary_table(
+    result: LoopResult, test: dict[str, float], names: tuple[str, ...], *, metric: Metric = DEFAULT_SELECTION
+) -> str:
     """Per stage: the stage's best validation numbers (best on `metric`); then the test row."""
     cols = ["auroc", "balanced_acc"] + [f"acc/{c}" for c in names]
     header = f"{'':24s}" + "".join(f"{c:>14s}" for c in cols)
@@ -118,8 +144,10 @@ def summary_table(result: LoopResult, test: dict[str, float], names: tuple[str, 
         best = epochs[values.index(min(values) if metric.direction == "minimize" else max(values))]
         label = f"val {report.stage} (ep {best.epoch})"
         lines.append(f"{label:24s}" + "".join(f"{best.val.get(c, float('nan')):14.3f}" for c in cols))
-    lines.append(f"{'test (best: ' + result.best_stage + ' ep ' + str(result.best_epoch) + ')':24s}"
-                 + "".join(f"{test.get(c, float('nan')):14.3f}" for c in cols))
+    lines.append(
+        f"{'test (best: ' + result.best_stage + ' ep ' + str(result.best_epoch) + ')':24s}"
+        + "".join(f"{test.get(c, float('nan')):14.3f}" for c in cols)
+    )
     trainable = ", ".join(f"{r.stage} {r.trainable_params:,}" for r in result.reports)
     lines.append(f"trainable parameters per stage: {trainable}")
     return "\n".join(lines)
@@ -129,15 +157,22 @@ def pretrain_summary(result: LoopResult, foundation) -> str:
     """A self-supervised schedule: each stage's validation losses and probe AUROC, and how to fine-tune."""
     return "\n".join(
         [f"SELF-SUPERVISED STAGES (foundation checkpoint: {foundation})"]
-        + [f"  {r['stage']:12s} val ssl_loss {r['val']['ssl_loss']:.4f}  masked {r['val']['ssl_masked']:.4f} "
-           f"(predicting zeros {r['val']['ssl_zero_baseline']:.4f})  linear-probe val AUROC "
-           f"{r['probe_val_auroc']:.3f}" for r in result.ssl]
+        + [
+            f"  {r['stage']:12s} val ssl_loss {r['val']['ssl_loss']:.4f}  masked {r['val']['ssl_masked']:.4f} "
+            f"(predicting zeros {r['val']['ssl_zero_baseline']:.4f})  linear-probe val AUROC "
+            f"{r['probe_val_auroc']:.3f}"
+            for r in result.ssl
+        ]
         + [f"fine-tune from it: ttm-train backbone.pretrained_path={foundation.resolve()}"]
     )
 
 
 def baseline_summary(name: str, val: dict[str, float], test: dict[str, float], class_names: tuple[str, ...]) -> str:
     cols = ["auroc", "auroc_ci_low", "auroc_ci_high", "balanced_acc"] + [f"acc/{n}" for n in class_names]
-    return "\n".join([f"BASELINE {name}", "".join(f"{k:>14s}" for k in ["split"] + cols)] + [
-        f"{split:>14s}" + "".join(f"{values.get(k, float('nan')):14.3f}" for k in cols)
-        for split, values in (("val", val), ("test", test))])
+    return "\n".join(
+        [f"BASELINE {name}", "".join(f"{k:>14s}" for k in ["split"] + cols)]
+        + [
+            f"{split:>14s}" + "".join(f"{values.get(k, float('nan')):14.3f}" for k in cols)
+            for split, values in (("val", val), ("test", test))
+        ]
+    )

@@ -73,7 +73,9 @@ def locate(resume: str, tracking_uri: str) -> Path:
     if candidate.is_dir():
         path = candidate / STATE_FILE
         if not path.is_file():
-            raise CheckpointError(f"resume={resume}: the directory holds no {STATE_FILE} (was it written by ttm-train?)")
+            raise CheckpointError(
+                f"resume={resume}: the directory holds no {STATE_FILE} (was it written by ttm-train?)"
+            )
         return path
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -87,7 +89,9 @@ def locate(resume: str, tracking_uri: str) -> Path:
         ) from None
     out = run.data.tags.get("output_dir")
     if not out or not (Path(out) / STATE_FILE).is_file():
-        raise CheckpointError(f"resume={resume}: MLflow run found, but its output directory {out} holds no {STATE_FILE}")
+        raise CheckpointError(
+            f"resume={resume}: MLflow run found, but its output directory {out} holds no {STATE_FILE}"
+        )
     return Path(out) / STATE_FILE
 
 
@@ -110,8 +114,9 @@ def check_config(state: dict[str, Any], current: dict[str, Any], path: Path) -> 
         )
 
 
-def find_state(*, resume: str | None, output_dir: Path, tracking_uri: str, config: dict[str, Any]
-               ) -> tuple[dict[str, Any], Path] | None:
+def find_state(
+    *, resume: str | None, output_dir: Path, tracking_uri: str, config: dict[str, Any]
+) -> tuple[dict[str, Any], Path] | None:
     """The state to continue from, and its file: `resume=<dir or run id>`, or an unfinished run in
     `output_dir`. Refuses a finished run and one whose config differs from `config` (flattened)."""
     if resume:
@@ -123,40 +128,58 @@ def find_state(*, resume: str | None, output_dir: Path, tracking_uri: str, confi
     state = load_state(path)
     if state.get("finished"):
         how = "was pruned by its Optuna study" if state.get("pruned") else "already finished"
-        raise ConfigError(f"the run in {path.parent} {how} (MLflow run {state['run_ids']['parent']}); "
-                          "nothing to resume. Start a new run without resume=.")
+        raise ConfigError(
+            f"the run in {path.parent} {how} (MLflow run {state['run_ids']['parent']}); "
+            "nothing to resume. Start a new run without resume=."
+        )
     check_config(state, config, path)
     return state, path
 
 
-def save_epoch(path: Path, end: EpochEnd, *, config: dict[str, Any], stage_index: int, stage_name: str,
-               model: torch.nn.Module, result: Any, best_state: dict | None, generators: dict[str, torch.Generator],
-               run_ids: dict[str, str | None]) -> None:
+def save_epoch(
+    path: Path,
+    end: EpochEnd,
+    *,
+    config: dict[str, Any],
+    stage_index: int,
+    stage_name: str,
+    model: torch.nn.Module,
+    result: Any,
+    best_state: dict | None,
+    generators: dict[str, torch.Generator],
+    run_ids: dict[str, str | None],
+) -> None:
     """Everything needed to continue after `end`; its metrics are `pending` until logged."""
-    save_state(path, {
-        "config": config,
-        "stage_index": stage_index,
-        "stage_name": stage_name,
-        "stage_epoch": end.stage_epoch,
-        "epoch": end.epoch,
-        "model": model.state_dict(),
-        "optimizer": end.optimizer.state_dict() if end.optimizer is not None else None,
-        "scheduler": end.scheduler.state_dict() if end.scheduler is not None else None,
-        "rng": rng_state(generators),
-        "result": result,
-        "best_state": best_state,
-        "run_ids": run_ids,
-        "pending": {"epoch": end.epoch, "metrics": end.metrics},
-        **end.extra,
-    })
+    save_state(
+        path,
+        {
+            "config": config,
+            "stage_index": stage_index,
+            "stage_name": stage_name,
+            "stage_epoch": end.stage_epoch,
+            "epoch": end.epoch,
+            "model": model.state_dict(),
+            "optimizer": end.optimizer.state_dict() if end.optimizer is not None else None,
+            "scheduler": end.scheduler.state_dict() if end.scheduler is not None else None,
+            "rng": rng_state(generators),
+            "result": result,
+            "best_state": best_state,
+            "run_ids": run_ids,
+            "pending": {"epoch": end.epoch, "metrics": end.metrics},
+            **end.extra,
+        },
+    )
 
 
-def mark_finished(path: Path, *, config: dict[str, Any], run_id: str, pruned: bool = False,
-                  objective: float | None = None) -> None:
+def mark_finished(
+    path: Path, *, config: dict[str, Any], run_id: str, pruned: bool = False, objective: float | None = None
+) -> None:
     """A finished (or pruned) run keeps no resumable state (its results are in MLflow), only a marker with
     what the run returned (an Optuna sweeper killed before it told the trial reads it from here)."""
-    save_state(path, {"finished": True, "pruned": pruned, "config": config, "run_ids": {"parent": run_id},
-                      "objective": objective})
+    save_state(
+        path,
+        {"finished": True, "pruned": pruned, "config": config, "run_ids": {"parent": run_id}, "objective": objective},
+    )
 
 
 def continue_tracking(tracker, state: dict[str, Any]) -> None:
@@ -169,7 +192,10 @@ def continue_tracking(tracker, state: dict[str, Any]) -> None:
     if pending and pending["metrics"]:
         # per run: a kill between the parent's write and the stage run's leaves only the stage run short
         key = next(iter(pending["metrics"]))
-        missing = tuple(rid for rid in filter(None, (state["run_ids"]["parent"], state["run_ids"]["stage"]))
-                        if not tracker.has_metric_step(key, pending["epoch"], run_id=rid))
+        missing = tuple(
+            rid
+            for rid in filter(None, (state["run_ids"]["parent"], state["run_ids"]["stage"]))
+            if not tracker.has_metric_step(key, pending["epoch"], run_id=rid)
+        )
         if missing:
             tracker.log_metrics(pending["metrics"], step=pending["epoch"], run_ids=missing)

@@ -51,8 +51,10 @@ def _handle(signum: int, frame) -> None:
         os.kill(os.getpid(), signum)
         return
     _requested.append(REASONS[signum])
-    log.warning("%s received: finishing the current step, then stopping (resumable); send it again to stop at "
-                "once", signal.Signals(signum).name)
+    log.warning(
+        "%s received: finishing the current step, then stopping (resumable); send it again to stop at once",
+        signal.Signals(signum).name,
+    )
 
 
 @contextmanager

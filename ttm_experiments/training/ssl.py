@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttm_experiments import faults
 from ttm_experiments.config.schema import OptimConf, StageConf, StageKind, TrainerConf
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.models.backbones import Backbone, amplitude_features, pool_patches
-from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
 from ttm_experiments.training import signals
+from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
+from ttm_experiments.utils import faults
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,16 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes: tuple[int, ...] =
         if n_fft > pred.shape[-1]:
             continue
         window = torch.hann_window(n_fft, device=pred.device)
-        spec = lambda s: torch.stft(s, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+        spec = lambda s, n_fft=n_fft, window=window: torch.stft(
+            s, n_fft, hop_length=n_fft // 4, window=window, return_complex=True
+        ).abs()
         total = total + (torch.log1p(spec(pred)) - torch.log1p(spec(target))).abs().mean()
     return total
 
 
-def masked_reconstruction(backbone: Backbone, head: ReconstructionHead, x: torch.Tensor, mask: torch.Tensor,
-                          stft_weight: float = 0.0) -> dict[str, torch.Tensor]:
+def masked_reconstruction(
+    backbone: Backbone, head: ReconstructionHead, x: torch.Tensor, mask: torch.Tensor, stft_weight: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Loss parts for windows x [B, C, T] with patch mask [B, P]: `masked` (MSE on masked patches),
     `stft` (when weighted), `zero_baseline` (the MSE of predicting zeros: what a useless model scores)."""
     patch_length = backbone.conf.patch_length
@@ -176,8 +179,9 @@ def pooled_features(backbone: Backbone, x: np.ndarray, *, batch_size: int, devic
     return np.concatenate(out)
 
 
-def linear_probe_auroc(backbone: Backbone, train: WindowSet, val: WindowSet, *, batch_size: int,
-                       device: torch.device) -> float:
+def linear_probe_auroc(
+    backbone: Backbone, train: WindowSet, val: WindowSet, *, batch_size: int, device: torch.device
+) -> float:
     """AUROC on the validation windows of a logistic regression on frozen pooled features (seconds)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -204,8 +208,17 @@ class SSLRunner:
     Data may be a memory-mapped array (a large corpus): batches are read by index, never all at once.
     """
 
-    def __init__(self, backbone: Backbone, *, optim: OptimConf, trainer: TrainerConf, device: torch.device,
-                 seed: int, tracker, precision: Precision | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        optim: OptimConf,
+        trainer: TrainerConf,
+        device: torch.device,
+        seed: int,
+        tracker,
+        precision: Precision | None = None,
+    ):
         self.backbone, self.optim, self.conf, self.device, self.tracker = backbone, optim, trainer, device, tracker
         # the same autocast and gradient scaler as the supervised loop (training/optim.py)
         self.precision = precision if precision is not None else Precision(device, trainer.amp)
@@ -215,8 +228,9 @@ class SSLRunner:
     def _batch(self, x: np.ndarray, index: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x[np.sort(index)], dtype=np.float32)).to(self.device)
 
-    def _epoch(self, objective: SSLObjective, x: np.ndarray, optimizer=None, scheduler=None,
-               desc: str = "") -> dict[str, float]:
+    def _epoch(
+        self, objective: SSLObjective, x: np.ndarray, optimizer=None, scheduler=None, desc: str = ""
+    ) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         training = optimizer is not None
@@ -241,8 +255,9 @@ class SSLRunner:
                     faults.point("step")  # chaos test (bench/chaos.py): a SIGKILL after a step
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(index)
-        out = {f"ssl_{k}" if k != "loss" else "ssl_loss": float(v) / sum(len(b) for b in batches)
-               for k, v in sums.items()}
+        out = {
+            f"ssl_{k}" if k != "loss" else "ssl_loss": float(v) / sum(len(b) for b in batches) for k, v in sums.items()
+        }
         if not math.isfinite(out["ssl_loss"]):
             raise FloatingPointError(f"{desc}: the self-supervised loss is {out['ssl_loss']}. Lower optim.ssl_lr.")
         return out
@@ -255,8 +270,10 @@ class SSLRunner:
             objective = SSLObjective(self.backbone, stage.conf).to(self.device)
         objective.requires_grad_(True)
         heads = [p for n, p in objective.named_parameters() if not n.startswith("backbone.")]
-        groups = [{"params": list(self.backbone.parameters()), "lr": stage.backbone_lr},
-                  {"params": heads, "lr": stage.head_lr}]
+        groups = [
+            {"params": list(self.backbone.parameters()), "lr": stage.backbone_lr},
+            {"params": heads, "lr": stage.head_lr},
+        ]
         optimizer = make_optimizer(groups, weight_decay=self.optim.weight_decay, device=self.device)
         steps = train_steps(train_size, self.optim.batch_size) * stage.epochs  # the batches `_epoch` really runs
         scheduler = warmup_cosine(optimizer, steps, self.optim.warmup_frac)
@@ -267,16 +284,30 @@ class SSLRunner:
             objective.proj.load_state_dict(resume["ssl_heads"]["proj"])
         return objective, optimizer, scheduler
 
-    def run_stage(self, stage: StagePlan, train_x: np.ndarray, val_x: np.ndarray, epoch: int, *,
-                  resume: dict | None = None, on_epoch_end: OnEpochEnd | None = None) -> tuple[int, list[dict]]:
+    def run_stage(
+        self,
+        stage: StagePlan,
+        train_x: np.ndarray,
+        val_x: np.ndarray,
+        epoch: int,
+        *,
+        resume: dict | None = None,
+        on_epoch_end: OnEpochEnd | None = None,
+    ) -> tuple[int, list[dict]]:
         """Train the stage's epochs; log `train/ssl_*` and `val/ssl_*` per epoch. Returns (last epoch, history).
 
         `resume` restores the optimizer, scheduler and SSL heads and skips the epochs already done;
         `on_epoch_end` writes the checkpoint."""
         name = stage.name
         objective, optimizer, scheduler = self._setup(stage, len(train_x), resume)
-        log.info("[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
-                 name, stage.kind, len(train_x), len(val_x), stage.conf.mask_ratio)
+        log.info(
+            "[%s] %s on %d windows (validation %d), mask ratio %.2f: the whole backbone trains",
+            name,
+            stage.kind,
+            len(train_x),
+            len(val_x),
+            stage.conf.mask_ratio,
+        )
         history, done = (resume or {}).get("ssl_history", []), 0
         if resume is not None:
             done = resume["stage_epoch"]
@@ -290,10 +321,24 @@ class SSLRunner:
             history.append({"epoch": epoch, "train": train, "val": val})
             if on_epoch_end is not None:
                 heads = {"recon": objective.recon.state_dict(), "proj": objective.proj.state_dict()}
-                on_epoch_end(EpochEnd(stage_epoch, epoch, optimizer, scheduler, metrics,
-                                      {"ssl_heads": heads, "ssl_history": list(history)}))
+                on_epoch_end(
+                    EpochEnd(
+                        stage_epoch,
+                        epoch,
+                        optimizer,
+                        scheduler,
+                        metrics,
+                        {"ssl_heads": heads, "ssl_history": list(history)},
+                    )
+                )
             faults.point("epoch.ssl")  # chaos test: the state written, the metrics not yet logged
             self.tracker.log_metrics(metrics, step=epoch)
-            log.info("%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
-                     desc, train["ssl_loss"], val["ssl_loss"], val["ssl_masked"], val["ssl_zero_baseline"])
+            log.info(
+                "%s  train ssl_loss %.4f | val ssl_loss %.4f masked %.4f (predicting zeros: %.4f)",
+                desc,
+                train["ssl_loss"],
+                val["ssl_loss"],
+                val["ssl_masked"],
+                val["ssl_zero_baseline"],
+            )
         return epoch, history

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import zipfile
 from contextlib import contextmanager
@@ -37,16 +36,16 @@ from typing import Any, Iterator
 
 import torch
 
-from ttm_experiments import faults
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.files import atomic_file, remove_stale_temporaries
-from ttm_experiments.locks import file_lock
+from ttm_experiments.utils import faults
+from ttm_experiments.utils.files import atomic_file, remove_stale_temporaries, writable_directory
+from ttm_experiments.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ttm-experiments-stage-cache/1"
 # the sources whose code decides a stage's end state (reports, CLIs, the sweeper and serving do not)
-CODE = ("config", "data", "models", "training", "unfreeze.py", "metrics.py", "files.py")
+CODE = ("config", "data", "models", "training", "metrics", "utils/files.py")
 # the libraries that compute (numba compiles the dropout masks: models/dropout_kernels.py)
 LIBRARIES = ("torch", "numpy", "numba", "granite-tsfm", "transformers", "scikit-learn", "scipy")
 # what torch.load raises on a truncated or foreign file
@@ -97,8 +96,10 @@ def weights_digest(path: str | None) -> str | None:
 
 def stage_keys(inputs: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
     """Key of each stage: the run's inputs and the settings of that stage and every stage before it."""
-    return [digest({"format": FORMAT, "code": code_version(), "inputs": inputs, "stages": stages[: i + 1]})
-            for i in range(len(stages))]
+    return [
+        digest({"format": FORMAT, "code": code_version(), "inputs": inputs, "stages": stages[: i + 1]})
+        for i in range(len(stages))
+    ]
 
 
 @dataclass
@@ -117,14 +118,12 @@ class StageCache:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"paths.stage_cache_dir={self.root} cannot be created: {err}. Fix: "
-                              "paths.stage_cache_dir=<a writable directory>, or trainer.stage_cache=false.") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise ConfigError(f"paths.stage_cache_dir={self.root} is not writable. Fix: paths.stage_cache_dir="
-                              "<a writable directory>, or trainer.stage_cache=false (every stage trains).")
+        writable_directory(
+            self.root,
+            what=f"paths.stage_cache_dir={self.root}",
+            error=ConfigError,
+            fix="paths.stage_cache_dir=<a writable directory>, or trainer.stage_cache=false (every stage trains).",
+        )
         for bucket in self.root.glob("??"):  # temporaries of writers killed mid-store (none held by a live one)
             remove_stale_temporaries(bucket)
 
@@ -139,8 +138,13 @@ class StageCache:
         """Hold the entry's lock; yields the stored entry, or None: then compute the stage and `store` it."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(path, what=f"stage cache entry {path}", wait_s=math.inf, holding=f"computes stage {stage!r}",
-                       fix="trainer.stage_cache=false, or paths.stage_cache_dir on a filesystem with locks"):
+        with file_lock(
+            path,
+            what=f"stage cache entry {path}",
+            wait_s=math.inf,
+            holding=f"computes stage {stage!r}",
+            fix="trainer.stage_cache=false, or paths.stage_cache_dir on a filesystem with locks",
+        ):
             yield self.read(key, stage)
 
     def read(self, key: str, stage: str) -> Entry | None:
@@ -166,7 +170,17 @@ class StageCache:
         """Write atomically (the caller holds the entry's lock): a kill leaves the old entry or none."""
         path = self.path(entry.key)
         with atomic_file(path) as tmp:
-            torch.save({"format": FORMAT, "key": entry.key, "code": code_version(), "stage": entry.stage,
-                        "state": entry.state, "journal": entry.journal, "source": entry.source}, tmp)
+            torch.save(
+                {
+                    "format": FORMAT,
+                    "key": entry.key,
+                    "code": code_version(),
+                    "stage": entry.stage,
+                    "state": entry.state,
+                    "journal": entry.journal,
+                    "source": entry.source,
+                },
+                tmp,
+            )
             faults.point("stage_cache.write")  # chaos test: the temporary file written, not renamed
         log.info("[%s] stored in the stage cache: %s", entry.stage, path)

@@ -13,7 +13,8 @@ from ttm_experiments.config.schema import ScheduleConf, StageConf, StageKind
 @dataclass(frozen=True)
 class StagePlan:
     """One stage of `schedule.stages` with what it derives from other keys: the learning rates
-    (`optim.lr`, `optim.ssl_lr` for a self-supervised stage, times the stage's factors) and the epochs (capped by `trainer.max_epochs_per_stage`)."""
+    (`optim.lr`, `optim.ssl_lr` for a self-supervised stage, times the stage's factors) and the epochs
+    (capped by `trainer.max_epochs_per_stage`)."""
 
     conf: StageConf
     epochs: int
@@ -44,13 +45,21 @@ class StagePlan:
 def plan_stages(schedule: ScheduleConf, *, lr: float, ssl_lr: float, max_epochs: int) -> list[StagePlan]:
     """The stages from `schedule.start_at` on (all of them when it is null); `max_epochs` 0 = no cap.
     Self-supervised stages take `ssl_lr`, supervised ones `lr`: a fine-tuning grid over `lr` leaves them alone."""
+
     def base(s: StageConf) -> float:
         return lr if s.kind == StageKind.supervised else ssl_lr
 
-    plans = [StagePlan(conf=s, epochs=min(s.epochs, max_epochs or s.epochs), head_lr=base(s) * s.head_lr_scale,
-                       backbone_lr=base(s) * s.backbone_lr_scale) for s in schedule.stages]
+    plans = [
+        StagePlan(
+            conf=s,
+            epochs=min(s.epochs, max_epochs or s.epochs),
+            head_lr=base(s) * s.head_lr_scale,
+            backbone_lr=base(s) * s.backbone_lr_scale,
+        )
+        for s in schedule.stages
+    ]
     names = [p.name for p in plans]
-    return plans[names.index(schedule.start_at):] if schedule.start_at is not None else plans
+    return plans[names.index(schedule.start_at) :] if schedule.start_at is not None else plans
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Nested cross-validation in `ttm-report`: the outer test AUROC of each study's best trial, across folds, and
+the runs whose tuning and testing folds differ.
+
+Rule for a mixed estimate: a study's fold is the `dataset.fold` of its trials (tag `optuna.study`); a run
+whose `search.tuned_in` (set by the study's best command) names a study of another fold, or a study whose
+trials span several folds, is flagged: its test result is not a nested estimate.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from scipy import stats
+
+
+def _family(study: str) -> str:
+    """A study's name without its fold and split seed: the studies of one nested CV share it."""
+    return re.sub(r"-fold\d+-split\d+$", "", study)
+
+
+def study_folds(rows: list) -> dict[str, set[str]]:
+    folds: dict[str, set[str]] = {}
+    for r in rows:
+        if r.tags.get("optuna.study"):
+            folds.setdefault(r.tags["optuna.study"], set()).add(r.params.get("dataset.fold", "?"))
+    return folds
+
+
+def best_trials(rows: list) -> dict[str, object]:
+    """Each study's best finished trial (rows are ranked best first by the objective)."""
+    best: dict[str, object] = {}
+    for r in rows:
+        if r.tags.get("optuna.study") and r.state == "finished" and "test/auroc" in r.metrics:
+            best.setdefault(r.tags["optuna.study"], r)
+    return best
+
+
+def mixing_notes(rows: list) -> list[str]:
+    """Runs tested on a fold other than the one their hyperparameters were tuned on, and multi-fold studies."""
+    folds = study_folds(rows)
+    notes = [
+        f"study `{s}` holds trials of folds {sorted(f)}: its best trial was selected on several folds' "
+        "subjects, not a nested estimate"
+        for s, f in folds.items()
+        if len(f) > 1
+    ]
+    for r in rows:
+        tuned = r.params.get("search.tuned_in")
+        if (
+            tuned
+            and tuned != "None"
+            and r.params.get("dataset.fold") not in folds.get(tuned, {r.params.get("dataset.fold")})
+        ):
+            notes.append(
+                f"run `{r.name}` tests fold {r.params.get('dataset.fold')} with hyperparameters tuned in "
+                f"study `{tuned}` on fold(s) {sorted(folds[tuned])}: tuned on another fold, so its test "
+                "subjects may have chosen them; not a nested estimate"
+            )
+    return notes
+
+
+def nested_markdown(rows: list) -> list[str]:
+    """Per study family: each outer fold's best trial and its test AUROC, then mean, sd and a t interval."""
+    best = best_trials(rows)
+    families: dict[str, list] = {}
+    for study, row in sorted(best.items()):
+        families.setdefault(_family(study), []).append((study, row))
+    lines, notes = [], mixing_notes(rows)
+    if notes:
+        lines += ["## Warning: tuning and test folds mixed", "", *[f"- {n}" for n in notes], ""]
+    for family, members in families.items():
+        folds = [r.params.get("dataset.fold") for _, r in members]
+        if len(members) < 2 or len(set(folds)) < len(folds):
+            continue  # not a nested CV: one study, or several studies per fold
+        values = np.array([r.metrics["test/auroc"] for _, r in members])
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        lines += [
+            f"## Nested cross-validation: `{family}` ({len(members)} outer folds)",
+            "",
+            "Each outer fold's study selected on validation subjects only (fold k+1); its best trial's "
+            "test AUROC on fold k is the outer estimate.",
+            "",
+            "| outer fold | study | best trial | objective | outer test AUROC |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.params.get('dataset.fold')} | {s} | {r.tags.get('optuna.trial', '-')} | "
+            f"{'-' if r.objective is None else f'{r.objective:.3f}'} | {r.metrics['test/auroc']:.3f} |"
+            for s, r in members
+        ]
+        lines += [
+            "",
+            f"Outer test AUROC across folds: mean {values.mean():.3f}, sd {values.std(ddof=1):.3f}, "
+            f"95% t interval [{values.mean() - half:.3f}, {values.mean() + half:.3f}].",
+            "",
+        ]
+    return lines

@@ -1,0 +1,211 @@
+"""The end of an Optuna sweep: the best trial as a ready-to-run command (checked by composing it), the study's
+results (`optimization_results.yaml`, the printed summary) and the study's MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.types import HydraContext, RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ttm_experiments.search import summary
+from ttm_experiments.search.space import format_value, quote
+from ttm_experiments.tracking.optuna_storage import display_storage
+from ttm_experiments.training.trial import ATTR_OVERRIDES, ATTR_RUN
+
+log = logging.getLogger(__name__)
+
+# task keys that do not change what a job trains: left out when the best trial is turned into a command
+_NEUTRAL_KEYS = ("optimized_metric", "run_name")
+
+
+def compose_job(hydra_context: HydraContext, config: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config a sweep job with `overrides` composes (without its `hydra` node)."""
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def compose_command(hydra_context: HydraContext, config: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config that `ttm-train <overrides>` composes (a single run, none of this sweep's hydra overrides)."""
+    cfg = hydra_context.config_loader.load_configuration(
+        config_name=config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN
+    )
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@dataclass
+class BestCommand:
+    """Turns a trial's job overrides into the command that trains the same thing outside the sweep."""
+
+    hydra_context: HydraContext
+    config: DictConfig  # the sweep's config
+    trial_node: Optional[str]  # the node the sweeper fills per trial (left out of the command)
+    add_run_name: bool  # the sweeper named the trial's run: left out too
+    entrypoint: str  # the command's name, e.g. ttm-train
+
+    def command(self, overrides: list[str], tuned_in: Optional[str] = None) -> tuple[str, Optional[DictConfig]]:
+        """A `ttm-train ...` command that trains what the trial trained, checked by composing both configs;
+        with `tuned_in`, it records the study (`search.tuned_in`) so that ttm-report can tell its outer fold."""
+        search_choice = None
+        # a search path given on the command line is needed to compose the same config again
+        keep = [str(ov) for ov in self.config.hydra.overrides.hydra if str(ov).startswith("hydra.searchpath=")]
+        for ov in overrides:
+            key = ov.split("=", 1)[0].lstrip("+~")
+            if key == "hparams_search":
+                search_choice = ov.split("=", 1)[1]
+                continue
+            if (key.startswith(("hydra.", "hydra/")) and not key.startswith("hydra.searchpath")) or (
+                self.trial_node and key.startswith(self.trial_node + ".")
+            ):
+                continue
+            if key == "run_name" and self.add_run_name:
+                continue
+            keep.append(ov)
+        if tuned_in and self.trial_node:
+            keep.append(f"{self.trial_node}.tuned_in={quote(tuned_in)}")
+        plain = None
+        try:
+            job_cfg = compose_job(self.hydra_context, self.config, list(overrides))
+            plain = compose_command(self.hydra_context, self.config, keep)
+            if _task(job_cfg, self.trial_node) != _task(plain, self.trial_node) and search_choice:
+                # the search space file sets task keys too: keep it, but run one job
+                keep = [f"hparams_search={search_choice}", "hydra.mode=RUN", *keep]
+                plain = compose_command(self.hydra_context, self.config, keep)
+        except Exception as err:  # the command is still right in the common case; say that it was not checked
+            log.warning("could not check the best command against the trial's config: %s", err)
+        return " ".join([self.entrypoint, *map(shlex.quote, keep)]), plain
+
+
+@dataclass
+class StudyOutcome:
+    """What a finished sweep found: the study's trials, its results and the best trial as a command."""
+
+    study: Any
+    trials: list
+    metric: str
+    maximize: bool
+    results: dict[str, Any]
+    text: str  # the printed summary
+    best: Any = None  # the best COMPLETE trial, if any
+    command: Optional[str] = None
+    best_cfg: Optional[DictConfig] = None
+    importances: dict[str, float] | None = None
+
+
+def finish_study(
+    study,
+    *,
+    storage_url: str,
+    asked: list[int],
+    metric: str,
+    direction: str,
+    seconds: float,
+    best_command: BestCommand,
+    sweep_dir: Path,
+) -> StudyOutcome:
+    """Print the summary, write `optimization_results.yaml` into the sweep folder and return the outcome."""
+    trials = study.get_trials(deepcopy=False)
+    maximize = direction == "maximize"
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    best = (max if maximize else min)(complete, key=lambda t: t.value) if complete else None
+    command, best_cfg = None, None
+    if best is not None:
+        overrides = best.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in best.params.items()]
+        command, best_cfg = best_command.command(list(overrides), tuned_in=study.study_name)
+    imp = summary.importances(study)
+    storage_shown = display_storage(storage_url)
+    text = summary.format_summary(study.study_name, storage_shown, metric, trials, asked, best, command, imp)
+    print(text, flush=True)
+    log.info("study finished in %.0f s", seconds)
+    counts = summary.counts(trials)
+    results: dict[str, Any] = {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "storage": storage_shown,
+        "direction": direction,
+        "metric": metric,
+        "n_trials": len(trials),
+        "trials_this_run": asked,
+        **{f"n_{k}": v for k, v in counts.items()},
+        "epochs_reported": sum(max(t.intermediate_values) for t in trials if t.intermediate_values),
+    }
+    if best is not None:
+        results.update(
+            best_trial=best.number, best_value=float(best.value), best_params=dict(best.params), best_command=command
+        )
+    if imp:
+        results["importances"] = imp
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    return StudyOutcome(
+        study=study,
+        trials=trials,
+        metric=metric,
+        maximize=maximize,
+        results=results,
+        text=text,
+        best=best,
+        command=command,
+        best_cfg=best_cfg,
+        importances=imp,
+    )
+
+
+def log_study(study_run, outcome: StudyOutcome) -> None:
+    """The study's MLflow run: counts, the best trial (its value, command, config, run), importances, figures."""
+    o = outcome
+    tags = {"optuna.n_trials": str(len(o.trials)), "mlflow.note.content": "```\n" + o.text.strip() + "\n```"}
+    metrics = {f"study/{k}": float(v) for k, v in summary.counts(o.trials).items()}
+    texts = {"study/summary.txt": o.text.strip() + "\n"}
+    figures = {"study/history.png": summary.history_figure(o.trials, o.metric, o.maximize)}
+    if o.best is not None:
+        tags.update(
+            {
+                "best.trial": str(o.best.number),
+                "best.command": o.command or "",
+                "best.params": " ".join(f"{k}={v}" for k, v in o.best.params.items()),
+            }
+        )
+        metrics["best/value"] = float(o.best.value)
+        texts["best/command.sh"] = (
+            f"#!/bin/sh\n# best trial {o.best.number} of study '{o.study.study_name}': "
+            f"{o.metric} = {o.best.value:.6g}\n{o.command}\n"
+        )
+        if o.best_cfg is not None:
+            try:
+                texts["best/config.yaml"] = OmegaConf.to_yaml(o.best_cfg, resolve=True)
+            except Exception as err:  # e.g. a ${hydra:...} interpolation outside a job: keep it unresolved
+                log.warning("best config logged unresolved: %s", err)
+                texts["best/config.yaml"] = OmegaConf.to_yaml(o.best_cfg)
+        run = o.best.user_attrs.get(ATTR_RUN)
+        if run:
+            tags["best.run_id"] = str(run)
+    if o.importances:
+        metrics.update({f"importance/{k}": v for k, v in o.importances.items()})
+        figures["study/importances.png"] = summary.importance_figure(o.importances)
+    texts["study/results.yaml"] = OmegaConf.to_yaml(OmegaConf.create(o.results))
+    try:
+        texts["study/trials.csv"] = o.study.trials_dataframe().to_csv(index=False)
+    except Exception:
+        log.exception("could not tabulate the trials")
+    try:
+        study_run.finish(tags, metrics, texts, figures, [])
+    except Exception:
+        log.exception("could not log the study's result to MLflow")
+
+
+def _task(cfg: DictConfig, trial_node: Optional[str]) -> Any:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in (*_NEUTRAL_KEYS, trial_node):
+        if key:
+            data.pop(key, None)
+    return data

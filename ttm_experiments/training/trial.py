@@ -1,0 +1,132 @@
+"""Per-epoch pruning inside a training job, whatever launched it.
+
+The Optuna sweeper gives each job its trial as overrides of `search.*` (study name, storage URL, trial
+number, pruner spec, direction). The job opens the storage itself, reports `optimized_metric` after every
+epoch (step = epoch counted across stages) and, when the pruner says so, marks its trial PRUNED in the
+storage (the job is the one that knows) and raises `errors.Pruned`; the recipe then ends the MLflow run
+KILLED with a `pruned` tag, and the sweeper reads the trial's state back from the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Callable
+
+from ttm_experiments.config.schema import SearchConf, parse_metric
+from ttm_experiments.errors import ConfigError, Pruned
+from ttm_experiments.tracking.optuna_storage import (
+    display_storage,
+    load_study,
+    normalize_storage,
+    open_storage,
+    trial_id,
+)
+
+if TYPE_CHECKING:  # the sweeper imports this module too, and needs no torch
+    from ttm_experiments.training.loop import EpochRecord
+
+log = logging.getLogger(__name__)
+
+# trial user attributes: what the sweeper and the job tell each other through the storage
+ATTR_PARENT_RUN = "mlflow.parent_run_id"  # set by the sweeper: the study's MLflow run
+ATTR_RUN = "mlflow.run_id"  # set by the job: its own MLflow run
+ATTR_OVERRIDES = "hydra.overrides"  # set by the sweeper: the job's overrides, for the best command
+
+
+def _check(search: SearchConf) -> tuple[str, str, int]:
+    if not search.study_name or not search.storage:
+        raise ConfigError(
+            f"search.trial_number={search.trial_number} needs search.study_name and search.storage "
+            "(the Optuna sweeper sets all three); to train without a study, leave search.* unset"
+        )
+    return search.study_name, normalize_storage(search.storage), int(search.trial_number)
+
+
+def search_tags(search: SearchConf) -> dict[str, str]:
+    """MLflow tags of a trial's run: study, trial number, state, and the study's run as its parent."""
+    if search.trial_number is None:
+        return {}
+    name, url, number = _check(search)
+    tags = {
+        "optuna.study": name,
+        "optuna.trial": str(number),
+        "optuna.storage": display_storage(url),
+        "optuna.state": "RUNNING",
+        "optuna.pruner": search.pruner or "none",
+    }
+    attrs = open_storage(url).get_trial(trial_id(url, name, number)).user_attrs
+    if attrs.get(ATTR_PARENT_RUN):
+        tags["mlflow.parentRunId"] = str(attrs[ATTR_PARENT_RUN])
+    return tags
+
+
+def epoch_hooks(search: SearchConf, metric: str, tracker) -> tuple[Callable[[EpochRecord], None], ...]:
+    """The hooks `Trainer` calls after every epoch: none outside a study, else one that reports and prunes."""
+    if search.trial_number is None:
+        return ()
+    return (TrialReporter(search, metric, tracker),)
+
+
+class TrialReporter:
+    """Reports `metric` of every epoch to the job's trial and prunes it when the study's pruner says so."""
+
+    def __init__(self, search: SearchConf, metric: str, tracker):
+        import optuna
+
+        self.study_name, self.storage_url, self.number = _check(search)
+        (split, self.key, _), self.metric, self.tracker = parse_metric(metric), metric, tracker
+        self.split = split
+        self.pruner = search.pruner or "none"
+        self.study = load_study(self.study_name, self.storage_url, self.pruner)
+        if self.study.direction.name.lower() != str(search.direction).lower():
+            raise ConfigError(
+                f"search.direction={search.direction} but study '{self.study_name}' is to "
+                f"{self.study.direction.name.lower()}"
+            )
+        tid = trial_id(self.storage_url, self.study_name, self.number)
+        state = open_storage(self.storage_url).get_trial(tid).state
+        if state.is_finished():
+            raise ConfigError(
+                f"search.trial_number={self.number}: trial {self.number} of study '{self.study_name}' "
+                f"is already {state.name}; a finished trial cannot run again. To repeat it, run "
+                "without the search.* overrides."
+            )
+        self.trial = optuna.trial.Trial(self.study, tid)
+        if getattr(tracker, "run_id", None):
+            self.trial.set_user_attr(ATTR_RUN, tracker.run_id)
+        self.best = -math.inf if self.study.direction.name == "MAXIMIZE" else math.inf
+        log.info(
+            "Optuna trial %d of study '%s' (%s): reporting %s every epoch, pruner %s",
+            self.number,
+            self.study_name,
+            display_storage(self.storage_url),
+            metric,
+            self.pruner,
+        )
+
+    def __call__(self, record: EpochRecord) -> None:
+        import optuna
+
+        values = record.val if self.split == "val" else record.train
+        value = values.get(self.key)
+        if value is None or not math.isfinite(float(value)):
+            log.warning("epoch %d: %s is %s; not reported to trial %d", record.epoch, self.metric, value, self.number)
+            return
+        value = float(value)
+        self.best = max(self.best, value) if self.study.direction.name == "MAXIMIZE" else min(self.best, value)
+        self.trial.report(value, record.epoch)
+        if not self.trial.should_prune():
+            return
+        self.study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
+        message = (
+            f"trial {self.number} of study '{self.study_name}' pruned after epoch {record.epoch} "
+            f"(stage {record.stage}) by the {self.pruner} pruner: {self.metric} = {value:.4f}, "
+            f"best so far {self.best:.4f}"
+        )
+        log.warning("PRUNED: %s", message)
+        try:
+            self.tracker.set_tags({"optuna.state": "PRUNED", "optuna.pruned_epoch": str(record.epoch)})
+        except Exception:  # the storage already says PRUNED; the recipe tags the run again
+            log.exception("could not tag the MLflow run as pruned")
+        raise Pruned(message)
