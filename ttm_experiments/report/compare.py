@@ -18,23 +18,11 @@ import pandas as pd
 
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.report.paired import Difference, PairedFold, auroc_differences
+from ttm_experiments.report.runs import is_bookkeeping
 
 PREDICTIONS_ARTIFACT = "test/predictions.csv"  # written by training/record.py (not imported: it pulls in torch)
 
-# params that say nothing about what was trained, or that the comparison pairs on
-_BOOKKEEPING = (
-    "paths.",
-    "tracking.",
-    "search.",
-    "report.",
-    "inspect.",
-    "run_name",
-    "experiment_name",
-    "resume",
-    "trainer.progress",
-    "trainer.num_threads",
-    "trainer.device",
-)
+# the comparison pairs runs on these
 _PAIRED_ON = ("dataset.fold", "seed")
 
 
@@ -58,10 +46,6 @@ class Comparison:
         )
 
 
-def _bookkeeping(key: str) -> bool:
-    return key.startswith(_BOOKKEEPING) or key in _BOOKKEEPING
-
-
 def setting_keys(setting: str, params: dict[str, str]) -> tuple[str, list[str]]:
     """The param that names the setting's value and every param the setting owns."""
     if f"{setting}.name" in params:
@@ -79,7 +63,7 @@ def varying_settings(rows: list) -> list[str]:
             k
             for p in params
             for k in p
-            if not _bookkeeping(k) and k not in _PAIRED_ON and not k.startswith(tuple(g + "." for g in groups))
+            if not is_bookkeeping(k) and k not in _PAIRED_ON and not k.startswith(tuple(g + "." for g in groups))
         }
     )
     return found + [k for k in singles if len({p.get(k) for p in params}) > 1]
@@ -107,7 +91,7 @@ def _signature(row, owned: list[str]) -> tuple:
         sorted(
             (k, v)
             for k, v in row.params.items()
-            if not _bookkeeping(k) and k not in _PAIRED_ON and k not in owned and k not in derived
+            if not is_bookkeeping(k) and k not in _PAIRED_ON and k not in owned and k not in derived
         )
     )
 

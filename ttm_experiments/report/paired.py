@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
+
+from ttm_experiments.metrics.classification import weighted_auroc
 
 
 @dataclass(frozen=True)
@@ -39,30 +39,38 @@ class Difference:
 
 
 def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUROC (one-vs-rest macro for more than two classes); the binary case by ranks, fast enough to bootstrap."""
+    """AUROC (one-vs-rest macro for more than two classes), as scikit-learn's `roc_auc_score`."""
+    return float(_auroc_rows(labels, probs, np.ones((1, len(labels))))[0])
+
+
+def _auroc_rows(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC for each row of `weights` [R, N] (window i counted weights[r, i] times); one-vs-rest macro for more
+    than two classes. NaN in a row where a class has no weight."""
     k = probs.shape[1]
-    if k > 2:
-        return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(k))))
-    positive = labels == 1
-    n1 = int(positive.sum())
-    n0 = len(labels) - n1
-    ranks = rankdata(probs[:, 1])
-    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    scored = [1] if k == 2 else range(k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.mean([weighted_auroc(probs[:, j], labels == j, weights) for j in scored], axis=0)
+
+
+def subject_weights(subjects: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """[n_boot, N]: each replicate draws the subjects with replacement; a window counts as often as its subject
+    was drawn (the same as concatenating the drawn subjects' windows)."""
+    groups, index = np.unique(subjects, return_inverse=True)
+    draws = rng.integers(0, len(groups), (n_boot, len(groups)))
+    counts = np.zeros((n_boot, len(groups)))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
+    return counts[:, index]
 
 
 def _replicates(fold: PairedFold, rng: np.random.Generator, n_boot: int, paired: bool) -> np.ndarray:
     """n_boot differences (NaN where a resample lacks a class): both models on the same subjects when paired."""
-    groups = np.unique(fold.subjects)
-    members = [np.flatnonzero(fold.subjects == g) for g in groups]
+    weights_a = subject_weights(fold.subjects, rng, n_boot)
+    weights_b = weights_a if paired else subject_weights(fold.subjects, rng, n_boot)
     k = fold.probs_a.shape[1]
-    out = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        draws = [rng.integers(0, len(groups), len(groups)) for _ in range(1 if paired else 2)]
-        ia, ib = (np.concatenate([members[i] for i in d]) for d in (draws[0], draws[-1]))
-        if len(np.unique(fold.labels[ia])) < k or len(np.unique(fold.labels[ib])) < k:
-            continue  # no AUROC without every class: the replicate is skipped, not scored
-        out[b] = auroc(fold.labels[ia], fold.probs_a[ia]) - auroc(fold.labels[ib], fold.probs_b[ib])
-    return out
+    onehot = fold.labels[:, None] == np.arange(k)
+    usable = ((weights_a @ onehot) > 0).all(axis=1) & ((weights_b @ onehot) > 0).all(axis=1)
+    out = _auroc_rows(fold.labels, fold.probs_a, weights_a) - _auroc_rows(fold.labels, fold.probs_b, weights_b)
+    return np.where(usable, out, np.nan)  # no AUROC without every class: such a replicate is skipped
 
 
 def _interval(estimate: float, values: np.ndarray, level: float) -> Difference:

@@ -18,28 +18,41 @@ from typing import Any
 
 import pandas as pd
 
+from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, TrackingError
 
-# params that never describe what was trained (or are shown in their own column)
-# (schedule.stages follows schedule.name, backbone.kind and block_pattern follow backbone.name: showing the
-# long JSON / regex as well buries the value that differs)
-_NOT_VARIED = (
+# params that say nothing about what was trained: where it ran, how it was tracked, searched or reported
+BOOKKEEPING = (
     "paths.",
-    "search.",
     "tracking.",
+    "search.",
     "report.",
     "inspect.",
     "run_name",
     "experiment_name",
+    "resume",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.device",
+)
+# ... and params the table shows in their own column, or that follow another param (schedule.stages follows
+# schedule.name, backbone.kind and block_pattern follow backbone.name: the long JSON / regex would bury the value
+# that differs)
+_NOT_VARIED = BOOKKEEPING + (
     "optimized_metric",
     "unfreeze.strategy",
     "unfreeze.last_n",
     "optim.lr",
-    "trainer.progress",
     "schedule.stages",
     "backbone.kind",
     "backbone.block_pattern",
 )
+
+
+def is_bookkeeping(key: str, prefixes: tuple[str, ...] = BOOKKEEPING) -> bool:
+    return key.startswith(prefixes) or key in prefixes
+
+
 STATE_ORDER = {"finished": 0, "pruned": 1, "running": 2, "failed": 3}
 
 
@@ -232,7 +245,9 @@ def classes_of(rows: list[Row]) -> list[str]:
 
 
 def _maximize(row: Row) -> bool:
-    return row.params.get("search.direction", "maximize") != "minimize"
+    """The direction of the run's selection metric, by the one rule that parses it (a `*loss` is minimised); a
+    run without a per-epoch metric (a study's own run) ranks by its objective, maximised."""
+    return "/" not in row.metric or parse_metric(row.metric).direction == "maximize"
 
 
 def collect(client, experiment_id: str, sweep: str | None, max_runs: int) -> tuple[list[Row], list[str]]:
@@ -254,11 +269,7 @@ def collect(client, experiment_id: str, sweep: str | None, max_runs: int) -> tup
 # -- the table ------------------------------------------------------------------------------------------------------
 def varied_params(rows: list[Row]) -> list[str]:
     keys = sorted({k for r in rows for k in r.params})
-    return [
-        k
-        for k in keys
-        if not (k.startswith(_NOT_VARIED) or k in _NOT_VARIED) and len({r.params.get(k) for r in rows}) > 1
-    ]
+    return [k for k in keys if not is_bookkeeping(k, _NOT_VARIED) and len({r.params.get(k) for r in rows}) > 1]
 
 
 # -- the plots ------------------------------------------------------------------------------------------------------

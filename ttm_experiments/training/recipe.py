@@ -55,8 +55,6 @@ from ttm_experiments.utils.files import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-SSL_OPTIM = ("weight_decay", "batch_size", "eval_batch_size", "warmup_frac", "grad_clip")  # what SSL stages read
-
 
 @dataclass
 class RunInfo:
@@ -231,87 +229,19 @@ class TrainRecipe:
         )
         self.pretrain_digest = None
         self.pretrain = self._pretrain_data() if any(s.data == "pretrain" for s in self.stages) else None
-        self._open_stage_cache()
-
-    def _open_stage_cache(self) -> None:
-        """`trainer.stage_cache`: the key of every stage but the last, and which of them are stored already."""
-        c = self.config
-        self.cache, self.cache_keys, self.cache_reused, self.cache_computed = None, [], [], []
-        if not c.trainer.stage_cache or len(self.stages) < 2:
-            return
-        self.cache = stage_cache.StageCache(Path(c.paths.stage_cache_dir))
-        settings = [self._stage_settings(s) for s in self.stages]
-        self.cache_keys = stage_cache.stage_keys(self._cache_inputs(), settings)[:-1]
-        stored = [s.name for s, key in zip(self.stages, self.cache_keys) if self.cache.exists(key)]
-        log.info(
-            "stage cache %s: %s",
-            c.paths.stage_cache_dir,
-            f"stages stored by earlier runs: {', '.join(stored)}" if stored else "no stage of this run stored yet",
+        self.cache = stage_cache.RunStages.open(
+            Path(c.paths.stage_cache_dir) if c.trainer.stage_cache else None,
+            self.stages,
+            inputs=stage_cache.run_inputs(
+                c, self.splits, pretrain_digest=self.pretrain_digest, init_tags=self.init.tags(), device=self.device
+            ),
+            settings=[stage_cache.stage_settings(c, self.optim, s) for s in self.stages],
         )
-
-    def _cache_inputs(self) -> dict:
-        """What every stage's end state depends on besides the stages' settings (training/stage_cache.py)."""
-        c = self.config
-        return {
-            "data": {
-                name: windows_digest(split) for name, split in (("train", self.splits.train), ("val", self.splits.val))
-            },
-            "classes": list(self.splits.train.class_names),
-            "pretrain": self.pretrain_digest,
-            "dataset": c.dataset,
-            "backbone": c.backbone,
-            "init": self.init.tags(),
-            "weights": stage_cache.weights_digest(c.backbone.pretrained_path),
-            "seed": c.seed,
-            "device": str(self.device),
-            "threads": torch.get_num_threads(),
-        }
-
-    def _stage_settings(self, stage: StagePlan) -> dict:
-        """A stage's own settings: its plan, and the `optim`, `trainer`, `unfreeze` keys its loop reads."""
-        c, t, o = self.config, self.config.trainer, self.optim
-        plan = {
-            "conf": stage.conf,
-            "epochs": stage.epochs,
-            "head_lr": stage.head_lr,
-            "backbone_lr": stage.backbone_lr,
-            "amp": t.amp,
-            "compile": t.compile,
-            "max_batches": t.max_batches,
-        }
-        if not stage.supervised:  # the SSL loop and its linear probe
-            return {**plan, "optim": {k: getattr(o, k) for k in SSL_OPTIM}}
-        return {
-            **plan,
-            "optim": o,
-            "unfreeze": c.unfreeze,
-            "selection": c.optimized_metric,
-            "collapse": [t.collapse_threshold, t.collapse_action],
-        }
 
     def cache_plan(self) -> list[str]:
         """Per stage whether the stage cache holds it now, and who computed it (`ttm-train --cfg job`)."""
         self.setup(track=False)
-        if self.cache is None:
-            why = (
-                "off (trainer.stage_cache=false)"
-                if not self.config.trainer.stage_cache
-                else "one stage: nothing to share"
-            )
-            return [f"stage cache: {why}"]
-        lines = [f"stage cache {self.cache.root}:"]
-        for stage, key in zip(self.stages, self.cache_keys):
-            entry = self.cache.read(key, stage.name)
-            lines.append(
-                f"  {stage.name}: "
-                + (
-                    f"stored, would be REUSED (computed by run {entry.source['parent']})"
-                    if entry is not None
-                    else "not stored, would be trained and stored"
-                )
-            )
-        lines.append(f"  {self.stages[-1].name}: trained (the last stage is not stored)")
-        return lines
+        return self.cache.plan(self.stages, enabled=self.config.trainer.stage_cache)
 
     def _resume_state(self) -> dict | None:
         """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
@@ -380,13 +310,8 @@ class TrainRecipe:
                 pruned=True,
             )
             raise
-        if self.cache is not None:
-            self.tracker.set_tags(
-                {
-                    "stage_cache.reused": ",".join(self.cache_reused) or "none",
-                    "stage_cache.computed": ",".join(self.cache_computed) or "none",
-                }
-            )
+        if self.cache.entries is not None:
+            self.tracker.set_tags(self.cache.tags())
         return result
 
     def _build_loops(self) -> None:
@@ -415,11 +340,11 @@ class TrainRecipe:
     def _run_stage(self, index: int, result: LoopResult, epoch: int, within: dict | None) -> int:
         """One stage (trained, or taken from the stage cache), its checkpoint file, and (between stages) a
         resume state that starts the next one."""
-        key = self.cache_keys[index] if within is None and index < len(self.cache_keys) else None
+        key = self.cache.key(index) if within is None else None
         if key is None:
             epoch = self._train_stage(index, result, epoch, within)
         else:
-            with self.cache.claim(key, self.stages[index].name) as entry:
+            with self.cache.entries.claim(key, self.stages[index].name) as entry:
                 if entry is not None:
                     epoch = self._reuse_stage(index, result, entry)
                 else:
@@ -460,14 +385,14 @@ class TrainRecipe:
             "stage": self.tracker.last_stage_run_id,
         }
         try:
-            self.cache.store(stage_cache.Entry(key, stage.name, state, journal, source))
+            self.cache.entries.store(stage_cache.Entry(key, stage.name, state, journal, source))
         except OSError as err:  # a full disk: this run is fine, later runs recompute the stage
             log.warning(
                 "[%s] could not store the stage in the cache (%s); later runs will train it again", stage.name, err
             )
             self.tracker.set_tags({"stage_cache.store_failed": f"{stage.name}: {err}"[:500]})
             return
-        self.cache_computed.append(stage.name)
+        self.cache.computed.append(stage.name)
 
     def _reuse_stage(self, index: int, result: LoopResult, entry: stage_cache.Entry) -> int:
         """Continue from a stored stage: its end state, its MLflow record replayed in this run (tagged
@@ -492,12 +417,12 @@ class TrainRecipe:
         for record in (r for r in result.history if r.stage == stage.name):
             for hook in self.trainer.epoch_hooks:  # an Optuna trial sees the epochs as if it had trained them
                 hook(record)
-        self.cache_reused.append(stage.name)
+        self.cache.reused.append(stage.name)
         log.info(
             "[%s] REUSED from the stage cache (computed by run %s; %s): epochs %d, the same end state",
             stage.name,
             src["parent"],
-            self.cache.path(entry.key),
+            self.cache.entries.path(entry.key),
             stage.epochs,
         )
         return state["epoch"]

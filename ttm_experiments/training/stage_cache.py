@@ -29,14 +29,18 @@ import math
 import pickle
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from ttm_experiments.config.schema import OptimConf, TrainConfig
+from ttm_experiments.data.prepare import Splits
 from ttm_experiments.errors import ConfigError
+from ttm_experiments.training.inputs import windows_digest
+from ttm_experiments.training.stages import StagePlan
 from ttm_experiments.utils import faults
 from ttm_experiments.utils.files import atomic_file, remove_stale_temporaries, writable_directory
 from ttm_experiments.utils.locks import file_lock
@@ -184,3 +188,100 @@ class StageCache:
             )
             faults.point("stage_cache.write")  # chaos test: the temporary file written, not renamed
         log.info("[%s] stored in the stage cache: %s", entry.stage, path)
+
+
+# -- what a run feeds the cache ---------------------------------------------------------------------------------------
+SSL_OPTIM = ("weight_decay", "batch_size", "eval_batch_size", "warmup_frac", "grad_clip")  # what SSL stages read
+
+
+def run_inputs(
+    c: TrainConfig, splits: Splits, *, pretrain_digest: str | None, init_tags: dict[str, str], device: torch.device
+) -> dict:
+    """What every stage's end state depends on besides the stages' settings."""
+    return {
+        "data": {name: windows_digest(split) for name, split in (("train", splits.train), ("val", splits.val))},
+        "classes": list(splits.train.class_names),
+        "pretrain": pretrain_digest,
+        "dataset": c.dataset,
+        "backbone": c.backbone,
+        "init": init_tags,
+        "weights": weights_digest(c.backbone.pretrained_path),
+        "seed": c.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def stage_settings(c: TrainConfig, optim: OptimConf, stage: StagePlan) -> dict:
+    """A stage's own settings: its plan, and the `optim` (as the run adjusted it), `trainer`, `unfreeze` keys its
+    loop reads."""
+    t = c.trainer
+    plan = {
+        "conf": stage.conf,
+        "epochs": stage.epochs,
+        "head_lr": stage.head_lr,
+        "backbone_lr": stage.backbone_lr,
+        "amp": t.amp,
+        "compile": t.compile,
+        "max_batches": t.max_batches,
+    }
+    if not stage.supervised:  # the SSL loop and its linear probe
+        return {**plan, "optim": {k: getattr(optim, k) for k in SSL_OPTIM}}
+    return {
+        **plan,
+        "optim": optim,
+        "unfreeze": c.unfreeze,
+        "selection": c.optimized_metric,
+        "collapse": [t.collapse_threshold, t.collapse_action],
+    }
+
+
+@dataclass
+class RunStages:
+    """The stage cache as one run sees it: the key of every stage but the last (none is started after it), and
+    which stages this run reused or computed. `entries` is None when the cache is off or there is one stage."""
+
+    entries: StageCache | None = None
+    keys: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, root: Path | None, stages: list[StagePlan], *, inputs: dict, settings: list[dict]) -> RunStages:
+        """`root` None: `trainer.stage_cache=false`."""
+        if root is None or len(stages) < 2:
+            return cls()
+        run = cls(StageCache(root), stage_keys(inputs, settings)[:-1])
+        stored = [s.name for s, key in zip(stages, run.keys) if run.entries.exists(key)]
+        log.info(
+            "stage cache %s: %s",
+            root,
+            f"stages stored by earlier runs: {', '.join(stored)}" if stored else "no stage of this run stored yet",
+        )
+        return run
+
+    def key(self, index: int) -> str | None:
+        """The key of stage `index`, None when it is not cached (the last stage, or the cache off)."""
+        return self.keys[index] if index < len(self.keys) else None
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "stage_cache.reused": ",".join(self.reused) or "none",
+            "stage_cache.computed": ",".join(self.computed) or "none",
+        }
+
+    def plan(self, stages: list[StagePlan], *, enabled: bool) -> list[str]:
+        """Per stage whether the cache holds it now, and who computed it (`ttm-train --cfg job`)."""
+        if self.entries is None:
+            return [f"stage cache: {'one stage: nothing to share' if enabled else 'off (trainer.stage_cache=false)'}"]
+        lines = [f"stage cache {self.entries.root}:"]
+        for stage, key in zip(stages, self.keys):
+            entry = self.entries.read(key, stage.name)
+            found = (
+                f"stored, would be REUSED (computed by run {entry.source['parent']})"
+                if entry is not None
+                else "not stored, would be trained and stored"
+            )
+            lines.append(f"  {stage.name}: {found}")
+        lines.append(f"  {stages[-1].name}: trained (the last stage is not stored)")
+        return lines
