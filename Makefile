@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: predict setup train test test-slow lint format sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
+.PHONY: predict setup train test test-slow lint format compare sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ nested-cv: $(STAMP)  ## nested CV: one study per outer fold (its best trial test
 		$(BIN)/ttm-train -m hparams_search=unfreeze_lr dataset.fold=$$k dataset.n_folds=$(N_FOLDS) $(ARGS) || exit 1; \
 	done
 	$(BIN)/ttm-report $(REPORT_ARGS)
+
+# a config pair over seeds x folds, then its paired report: the difference and an interval that takes both the
+# training seeds and the test subjects into account (e.g. COMPARE=backbone=ttm_1024,baseline_sqi BASELINE=baseline_sqi)
+COMPARE ?= schedule=progressive,head_only
+BASELINE ?= head_only
+SEEDS ?= 0,1,2
+FOLDS ?= 0,1,2,3,4
+COMPARE_EXPERIMENT ?= compare
+compare: $(STAMP)  ## COMPARE=<key>=<a>,<b> over SEEDS x FOLDS (3 x 5), then ttm-report's paired comparison against BASELINE
+	$(BIN)/ttm-train -m $(COMPARE) seed=$(SEEDS) dataset.fold=$(FOLDS) experiment_name=$(COMPARE_EXPERIMENT) $(ARGS)
+	$(BIN)/ttm-report report.experiment=$(COMPARE_EXPERIMENT) report.compare=$(firstword $(subst =, ,$(COMPARE))) \
+		report.baseline=$(BASELINE) $(REPORT_ARGS)
 
 report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
 	$(BIN)/ttm-report $(ARGS)

@@ -130,7 +130,7 @@ def server_scenario(root: Path, procs: int) -> bool:
         port = s.getsockname()[1]
     store = root / "server"
     store.mkdir(parents=True)
-    # as tests/test_search.py starts it: its own process group (uvicorn workers go with it), no job runner
+    # as tests/helpers/mlflow_server.py starts it: its own process group (uvicorn workers go with it), no job runner
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),

@@ -35,7 +35,8 @@ from ttm_experiments.config.schema import (
 )
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.models.backbones import Classifier, build_classifier
-from ttm_experiments.training.loop import LoopResult, Trainer, class_weights
+from ttm_experiments.training.loop import LoopResult, Trainer
+from ttm_experiments.training.losses import class_weights
 from ttm_experiments.training.optim import Precision, warmup_cosine
 from ttm_experiments.training.stages import StagePlan
 

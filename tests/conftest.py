@@ -1,54 +1,22 @@
-"""Shared fixtures: compose the real config with Hydra, in a temporary runs dir, offline."""
+"""Shared fixtures: a smoke config below a temporary runs dir, the session's one trained smoke run, and
+`mlflow server`s. Helpers (composing configs, data fixtures, servers) are in tests/helpers/."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-
-os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
-from hydra import compose, initialize_config_dir  # noqa: E402
+import contextlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ttm_experiments.cli.common import CONFIG_DIR, CONFIG_NAME  # noqa: E402  (registers the schema)
-from ttm_experiments.config.schema import (  # noqa: E402
-    BackboneConf,
-    BackboneKind,
-    UnfreezeConf,
-    UnfreezeStrategy,
-)
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def compose_config(overrides: list[str] | None = None, config_name: str = CONFIG_NAME) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
-
-
-def backbone_conf(kind: str = "ttm", **fields) -> BackboneConf:
-    """A backbone config built in Python; no dropout and a 16-unit head unless `fields` say otherwise."""
-    fields = {"dropout": 0.0, "head_hidden": 16, "head_dropout": 0.0, **fields}
-    return BackboneConf(name=f"test_{kind}", kind=BackboneKind(kind), block_pattern="", **fields)
-
-
-TINY_TTM = {
-    "context_length": 128,
-    "patch_length": 16,
-    "patch_stride": 16,
-    "d_model": 16,
-    "num_layers": 2,
-    "adaptive_patching_levels": 2,
-}  # 4 blocks, ~8k parameters
-
-
-def unfreeze_rule(pattern: str | None = None, **fields) -> UnfreezeConf:
-    """An unfreeze rule: the regex `pattern`, or the predecessor's depth rule when it is None."""
-    strategy = UnfreezeStrategy.pattern if pattern is not None else UnfreezeStrategy.depth
-    return UnfreezeConf(strategy=strategy, pattern=pattern, **fields)
+from tests.helpers.configs import compose_config  # noqa: E402
+from tests.helpers.mlflow_server import MlflowServer  # noqa: E402
+from tests.helpers.smoke_run import SmokeRun  # noqa: E402
 
 
 @pytest.fixture
@@ -64,3 +32,25 @@ def smoke(runs_dir: Path):
         return compose_config(["debug=smoke", f"paths.runs_dir={runs_dir}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """One finished `debug=smoke` run (its model registered as ppg-quality-test), trained once per session, for
+    tests that only read it. A test that writes to a store (another run, a resume, a logged model) uses its own
+    runs_dir instead."""
+    return SmokeRun(tmp_path_factory.mktemp("smoke-run") / "runs")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """Start a real `mlflow server`: `mlflow_server(backend_uri=None, workers=1)` -> its http:// URI. The backend is a
+    fresh SQLite file unless given (a PostgreSQL URL, say); each server stops at the end of the session."""
+    with contextlib.ExitStack() as servers:
+
+        def start(backend_uri: str | None = None, workers: int = 1) -> str:
+            folder = tmp_path_factory.mktemp("mlflow-server")
+            backend_uri = backend_uri or f"sqlite:///{folder}/server.db"
+            return servers.enter_context(MlflowServer(backend_uri, folder, workers=workers)).uri
+
+        yield start

@@ -29,6 +29,10 @@ class TrackingError(UserError):
     """A tracking store that cannot be reached or written."""
 
 
+class RunDirInUse(UserError):
+    """A run directory that a live `ttm-train` process is training in."""
+
+
 class Pruned(Exception):
     """Raised by an epoch hook when a search prunes the run: not a failure, the run stops early."""
 

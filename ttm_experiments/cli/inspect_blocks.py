@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ttm_experiments.cli.common import CONFIG_DIR, user_errors_exit
+from ttm_experiments.config.schema import InspectFormat
 from ttm_experiments.config.spec import to_config
 from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.models.unfreeze import apply_stage, count_params, describe, find_blocks
@@ -59,7 +60,7 @@ def format_text(info: dict) -> str:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     info = inspect_model(cfg)
-    if cfg.inspect.format == "json":
+    if cfg.inspect.format == InspectFormat.json:  # an Enum node: a wrong value failed at compose time
         print(json.dumps({k: v for k, v in info.items() if k != "report"}, indent=2))
     else:
         print(format_text(info))

@@ -84,6 +84,67 @@ class CollapseAction(str, Enum):
     stop = "stop"  # also end the stage early
 
 
+class DatasetLoader(str, Enum):
+    """`dataset.loader`: which loader reads a dataset option (`dataset.name` only names it in logs and MLflow)."""
+
+    synthetic = "synthetic"  # simulated PPG (data/synthetic.py)
+    butppg = "butppg"  # BUT-PPG v2 as downloaded (data/butppg.py)
+    windows = "windows"  # the predecessor's preprocessed .npz windows (data/windows.py)
+    vitaldb = "vitaldb"  # a directory of VitalDB .vital files (data/vitaldb.py)
+
+
+class NonFinite(str, Enum):
+    """`dataset.nonfinite`: what to do with windows holding NaN/Inf or a constant signal."""
+
+    error = "error"  # stop before training, with the count
+    drop = "drop"  # drop them (counted in the log)
+
+
+class MissingRecords(str, Enum):
+    """`dataset.missing_records` (BUT-PPG): an annotated record without its folder."""
+
+    error = "error"
+    skip = "skip"  # skip it (counted in the report)
+
+
+class InspectFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class Direction(str, Enum):
+    """`search.direction`: the way the Optuna study optimises `optimized_metric`."""
+
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+class PrunerKind(str, Enum):
+    """The pruner names of a `search.pruner` spec (`<name>[:key=value,...]`); `none` reports but never prunes."""
+
+    median = "median"
+    percentile = "percentile"
+    hyperband = "hyperband"
+    successive_halving = "successive_halving"
+    threshold = "threshold"
+    none = "none"
+
+
+def parse_pruner(spec: object, key: str = "pruner") -> tuple[PrunerKind, str]:
+    """A pruner spec (`median:n_warmup_steps=4`, `none`, null) -> its PrunerKind and the argument text after `:`;
+    the error names `key` (`search.pruner` in a job's config)."""
+    text = str(spec if spec is not None else "none").strip()
+    name, _, args = text.partition(":")
+    name = name.strip().lower()
+    name = "none" if name in ("", "nop", "null") else name
+    try:
+        return PrunerKind(name), args
+    except ValueError:
+        raise ConfigError(
+            f"{key} '{text}': unknown pruner '{name}'; use one of {sorted(k.value for k in PrunerKind)}"
+        ) from None
+
+
 class AmpMode(str, Enum):
     """`trainer.amp`: autocast off, bf16 autocast, or fp16 autocast with a gradient scaler."""
 
@@ -115,8 +176,15 @@ def parse_amp(value: object) -> AmpMode:
     return mode
 
 
+# The MLflow experiment of ttm-train and ttm-report (`experiment_name`); one place, read by both schemas
+EXPERIMENT_NAME = "ttm-ppg-quality"
+
+
 @dataclass
 class BackboneConf:
+    """`backbone.*`. The defaults are the ttm_1024 architecture (`conf/backbone/ttm_1024.yaml`): a preset states
+    only what differs, and `ttm-train --cfg job` prints every value."""
+
     name: str = MISSING
     kind: BackboneKind = BackboneKind.ttm
     context_length: int = 1024
@@ -131,8 +199,10 @@ class BackboneConf:
     # PatchTST only
     num_attention_heads: int = 4
     ffn_dim: int = 256
-    # regex (re.fullmatch on module names, relative to the backbone) that makes one block per match
-    block_pattern: str = MISSING
+    # regex (re.fullmatch on module names, relative to the backbone) that makes one block per match; the default is
+    # the TTM's: one block per mixer layer (6 blocks in ttm_1024). Levels as blocks instead (3 blocks):
+    #   unfreeze.pattern='encoder\.mlp_mixer_encoder\.mixers\.\d+'
+    block_pattern: str = r"encoder\.mlp_mixer_encoder\.mixers\.\d+\.mixer_layers\.\d+"
     # a ttm-train checkpoint, a local Hugging Face directory, or a hub id (at `revision`; null = main)
     pretrained_path: Optional[str] = None
     revision: Optional[str] = None
@@ -158,8 +228,9 @@ class UnfreezeConf:
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING
-    root: Optional[str] = None
+    name: str = MISSING  # the dataset's name in logs, run tags and MLflow dataset names
+    loader: DatasetLoader = MISSING  # which loader reads it: a variant of a dataset is one YAML file
+    root: Optional[str] = None  # the directory of a real dataset (butppg, windows, vitaldb): required there
     fold: int = 0
     n_folds: int = 5
     # decides the folds, the synthetic data and the pretraining corpus's synthetic subjects (`seed` does not)
@@ -173,16 +244,17 @@ class DatasetConf:
     windows_per_subject: int = 40
     good_fraction: float = 0.21
     label_noise: float = 0.03
-    nonfinite: str = "error"  # error | drop: what to do with windows holding NaN/Inf or a constant signal
+    nonfinite: NonFinite = NonFinite.error  # windows holding NaN/Inf or a constant signal
     # real datasets (butppg, windows, vitaldb)
     task: str = "quality"  # the label: quality | motion (butppg); any scalar key of the .npz files (windows)
-    ppg_channels: List[str] = field(default_factory=lambda: ["R"])  # butppg camera channels: R, G, B
-    missing_records: str = "error"  # butppg, an annotated record without its folder: error | skip (counted)
+    # butppg camera channels: R, G, B or several; dataset.channels must equal their number
+    ppg_channels: List[str] = field(default_factory=lambda: ["R"])
+    missing_records: MissingRecords = MissingRecords.error  # butppg: an annotated record without its folder
     subject_from: SubjectFrom = SubjectFrom.key  # windows: where a window's subject comes from
     allow_shared_subjects: bool = False  # windows: accept a predefined split that puts a subject in two splits
     track: str = "SNUADC/PLETH"  # vitaldb: the waveform track read from each .vital file
-    # the unlabeled corpus of `data: pretrain` stages: synthetic (unlabeled mode) or vitaldb
-    pretrain: str = "synthetic"
+    # the unlabeled corpus of `data: pretrain` stages, by its loader: synthetic (unlabeled mode) or vitaldb
+    pretrain: DatasetLoader = DatasetLoader.synthetic
     pretrain_root: Optional[str] = None
     pretrain_subjects: int = 100
 
@@ -214,6 +286,8 @@ class ScheduleConf:
 
 @dataclass
 class OptimConf:
+    """AdamW per stage; a stage's rates are lr x its head_lr_scale / backbone_lr_scale."""
+
     lr: float = 1e-3
     ssl_lr: float = 1e-3  # base rate of the self-supervised stages (optim.lr is the fine-tuning rate)
     weight_decay: float = 0.01
@@ -235,8 +309,10 @@ class OptimConf:
 @dataclass
 class TrainerConf:
     device: str = "auto"  # auto | cpu | cuda | mps
-    # mixed precision: false | bf16 | fp16 (fp16 with a gradient scaler; `true` is the old spelling of bf16);
-    # the YAML booleans arrive here as the strings "False"/"True": `parse_amp` reads every spelling
+    # mixed precision: false | bf16 | fp16 (fp16 with a gradient scaler; `true` is the old spelling of bf16).
+    # A string, not AmpMode: `trainer.amp=false` / `true` reach OmegaConf as booleans, which an Enum node refuses
+    # (it takes member names and ints only); a str node keeps them as "False"/"True", and `spec.to_config` turns
+    # every spelling into AmpMode once (`parse_amp`), so nothing below the CLI sees the string
     amp: str = "false"
     # torch.compile the training and evaluation steps. Off: on CPU it was slower than eager and compiling takes
     # minutes on 2 cores (BENCHMARKS.md); on a GPU it pays off only on runs much longer than the compile time
@@ -253,6 +329,8 @@ class TrainerConf:
 
 @dataclass
 class TrackingConf:
+    # MLflow on SQLite under runs/ (MLflow 3 refuses the plain ./mlruns file store); a server URL works too:
+    #   tracking.uri=http://mlflow.example.org:5000
     uri: str = "sqlite:///${paths.runs_dir}/mlflow.db"
     log_system_metrics: bool = False
     # seconds between system-metric samples while a run lives; one more sample is taken when it starts and ends
@@ -263,14 +341,14 @@ class TrackingConf:
 
 @dataclass
 class PathsConf:
-    runs_dir: str = "runs"
+    runs_dir: str = "runs"  # everything a run writes goes below it (git-ignored)
     cache_dir: str = "${paths.runs_dir}/cache"
     stage_cache_dir: str = "${paths.runs_dir}/stage_cache"
 
 
 @dataclass
 class InspectConf:
-    format: str = "text"  # text | json
+    format: InspectFormat = InspectFormat.text
 
 
 @dataclass
@@ -282,7 +360,7 @@ class ReportConf:
     out_dir: Optional[str] = None  # null = ${paths.runs_dir}/reports/<experiment>[/<sweep>]
     max_runs: int = 500  # newest runs read from MLflow
     top: int = 8  # runs drawn in the per-epoch curves (best first)
-    log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of the experiment
+    log_to_mlflow: bool = True  # also log the report as a run (tag ttm.kind=report) of <experiment>-reports
     compare: Optional[str] = (
         None  # paired comparisons over this setting (schedule, backbone, optim.lr); null = each varying one
     )
@@ -297,7 +375,7 @@ class ReportConfig:
     tracking: TrackingConf = field(default_factory=TrackingConf)
     paths: PathsConf = field(default_factory=PathsConf)
     report: ReportConf = field(default_factory=ReportConf)
-    experiment_name: str = "ttm-ppg-quality"
+    experiment_name: str = EXPERIMENT_NAME
 
 
 @dataclass
@@ -331,8 +409,10 @@ class SearchConf:
     study_name: Optional[str] = None
     storage: Optional[str] = None
     trial_number: Optional[int] = None
-    pruner: Optional[str] = None  # median | hyperband | none
-    direction: str = "maximize"
+    # a pruner spec, `<name>[:key=value,...]` (PrunerKind names the pruners): a string, not an Enum, because it
+    # carries the pruner's arguments; `spec.validate` checks its name
+    pruner: Optional[str] = None
+    direction: Direction = Direction.maximize
     tuned_in: Optional[str] = None  # the study this config's hyperparameters come from (its best command sets it)
 
 
@@ -352,7 +432,7 @@ class TrainConfig:
     # continue a killed run: its output directory or MLflow run id
     resume: Optional[str] = None
     seed: int = 0
-    experiment_name: str = "ttm-ppg-quality"
+    experiment_name: str = EXPERIMENT_NAME  # MLflow experiment
     run_name: Optional[str] = None
 
 

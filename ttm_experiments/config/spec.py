@@ -15,13 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.config.schema import (
     BackboneConf,
-    InspectConfig,
     ScheduleConf,
     TrainConfig,
     parse_amp,
     parse_metric,
+    parse_pruner,
 )
-from ttm_experiments.errors import ConfigError
+from ttm_experiments.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def to_config(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(
             f"the composed config is a {type(config).__name__}, not TrainConfig: is train_schema first in the defaults?"
         )
-    config.trainer.amp = parse_amp(config.trainer.amp)  # one spelling below the CLI: AmpMode (a str)
+    # `trainer.amp` is a str node (false/true arrive as booleans, which an Enum node refuses: see TrainerConf);
+    # here, once, every spelling becomes AmpMode, the one type below the CLI
+    config.trainer.amp = parse_amp(config.trainer.amp)
     validate(config)
     return config
 
@@ -58,10 +60,6 @@ def validate(c: TrainConfig) -> None:
         )
     _positive("dataset.duration_s", c.dataset.duration_s)
     _positive("tracking.system_metrics_interval_s", c.tracking.system_metrics_interval_s)
-    if c.dataset.nonfinite not in ("error", "drop"):
-        raise ConfigError(f"dataset.nonfinite={c.dataset.nonfinite!r} must be 'error' or 'drop'")
-    if isinstance(c, InspectConfig) and c.inspect.format not in ("text", "json"):
-        raise ConfigError(f"inspect.format={c.inspect.format!r} must be 'text' or 'json'")
     _validate_metric(c)
     if not 0 <= c.trainer.collapse_threshold < 1:
         raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
@@ -70,12 +68,13 @@ def validate(c: TrainConfig) -> None:
 def _validate_metric(c: TrainConfig) -> None:
     """`optimized_metric` parses, and an Optuna trial optimises it in its own direction."""
     metric = parse_metric(c.optimized_metric)
-    if c.search.trial_number is not None and c.search.direction != metric.direction:
+    if c.search.trial_number is not None and c.search.direction.value != metric.direction:
         raise ConfigError(
             f"optimized_metric={c.optimized_metric} is to {metric.direction}, but the study is to "
-            f"{c.search.direction} (search.direction, from hydra.sweeper.direction). Fix: "
+            f"{c.search.direction.value} (search.direction, from hydra.sweeper.direction). Fix: "
             f"hydra.sweeper.direction={metric.direction}, or another optimized_metric."
         )
+    parse_pruner(c.search.pruner, key="search.pruner")  # a spec string with arguments: its name checked here
 
 
 def _validate_optim(c: TrainConfig) -> None:
@@ -115,10 +114,16 @@ def _validate_unfreeze(c: TrainConfig) -> None:
             raise ConfigError(
                 "unfreeze.pattern is empty: give a regex, e.g. unfreeze.pattern='encoder\\.layers\\.\\d+'"
             )
-        try:
-            re.compile(c.unfreeze.pattern)
-        except re.error as err:
-            raise ConfigError(f"unfreeze.pattern={c.unfreeze.pattern!r} is not a valid regex: {err}") from None
+        compile_pattern(c.unfreeze.pattern)
+
+
+def compile_pattern(pattern: str, error: type[UserError] = ConfigError) -> re.Pattern:
+    """`unfreeze.pattern` compiled, or `error` naming the key: the one regex check of spec validation and of
+    `models/unfreeze.py` (which raises UnfreezeError)."""
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise error(f"unfreeze.pattern={pattern!r} is not a valid regex: {err}") from None
 
 
 def _validate_schedule(schedule: ScheduleConf, *, pretrained: bool) -> None:

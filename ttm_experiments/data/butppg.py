@@ -14,14 +14,14 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
-from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.config.schema import MissingRecords, NonFinite
 from ttm_experiments.data.base import WindowSet
 from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
 from ttm_experiments.errors import ConfigError, DataError
@@ -59,48 +59,57 @@ _EXAMPLES = 8  # example IDs kept per exclusion reason
 
 @dataclass(frozen=True)
 class Settings:
-    """What shapes the windows, besides the source files: exactly the settings the cache key holds."""
+    """The loader's own settings: the download's folder and what shapes the windows (the cache key holds all
+    but `root`). Checked when built; built from a dataset config in one place, `data/prepare.py`."""
 
-    task: str
-    colours: tuple[str, ...]
-    window_length: int
-    duration_s: float
-    nonfinite: str
-    missing_records: str
+    root: str | None  # the folder that holds quality-hr-ann.csv (dataset.root)
+    task: str = "quality"  # a key of TASKS
+    colours: tuple[str, ...] = ("R",)  # camera channels (dataset.ppg_channels)
+    window_length: int = 1024
+    duration_s: float = 10.0
+    nonfinite: NonFinite = NonFinite.error
+    missing_records: MissingRecords = MissingRecords.error
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"dataset.task={self.task!r} is not a BUT-PPG task: choose one of {sorted(TASKS)}")
+        colours = tuple(str(c).strip().upper() for c in self.colours)
+        bad = [c for c in colours if c not in COLOURS]
+        if bad or not colours or len(set(colours)) != len(colours):
+            raise ConfigError(
+                f"dataset.ppg_channels={list(self.colours)} is invalid: give distinct camera "
+                f"channels out of {list(COLOURS)}, e.g. dataset.ppg_channels=[R] or [R,G,B]"
+            )
+        object.__setattr__(self, "colours", colours)
+        object.__setattr__(self, "window_length", int(self.window_length))
+        object.__setattr__(self, "duration_s", float(self.duration_s))
+        for key, kind in (("nonfinite", NonFinite), ("missing_records", MissingRecords)):
+            try:
+                object.__setattr__(self, key, kind(getattr(self, key)))
+            except ValueError:
+                raise ConfigError(
+                    f"dataset.{key}={getattr(self, key)!r} must be one of {[m.value for m in kind]}"
+                ) from None
+
+    def cache_settings(self) -> dict:
+        """What shapes the windows besides the source files: the settings part of the cache key."""
+        return {
+            "task": self.task,
+            "colours": self.colours,
+            "window_length": self.window_length,
+            "duration_s": self.duration_s,
+            "nonfinite": self.nonfinite.value,
+            "missing_records": self.missing_records.value,
+        }
 
 
-def settings(conf: DatasetConf) -> Settings:
-    """The loader's settings (the part of the config that shapes the windows), checked."""
-    if conf.task not in TASKS:
-        raise ConfigError(f"dataset.task={conf.task!r} is not a BUT-PPG task: choose one of {sorted(TASKS)}")
-    colours = tuple(str(c).strip().upper() for c in conf.ppg_channels)
-    bad = [c for c in colours if c not in COLOURS]
-    if bad or not colours or len(set(colours)) != len(colours):
-        raise ConfigError(
-            f"dataset.ppg_channels={list(conf.ppg_channels)} is invalid: give distinct camera "
-            f"channels out of {list(COLOURS)}, e.g. dataset.ppg_channels=[R] or [R,G,B]"
-        )
-    if len(colours) != conf.channels:
-        raise ConfigError(
-            f"dataset.ppg_channels={list(colours)} selects {len(colours)} channel(s) but "
-            f"dataset.channels={conf.channels}: they must agree (the model's input channels). "
-            f"Fix: dataset.channels={len(colours)}"
-        )
-    if conf.missing_records not in ("error", "skip"):
-        raise ConfigError(f"dataset.missing_records={conf.missing_records!r} must be 'error' or 'skip'")
-    if conf.nonfinite not in ("error", "drop"):
-        raise ConfigError(f"dataset.nonfinite={conf.nonfinite!r} must be 'error' or 'drop'")
-    return Settings(
-        conf.task, colours, int(conf.window_length), float(conf.duration_s), conf.nonfinite, conf.missing_records
-    )
-
-
-def load_butppg(conf: DatasetConf, *, cache_dir: Path) -> Cached:
+def load_butppg(s: Settings, *, cache_dir: Path) -> Cached:
     """Windows, labels, subjects and meta of a BUT-PPG v2 download, through the cache; see the module doc."""
-    s = settings(conf)
-    root = source_root(conf.root, "butppg", [ANNOTATION_FILE, SUBJECT_FILE], LAYOUT)
+    root = source_root(s.root, "butppg", [ANNOTATION_FILE, SUBJECT_FILE], LAYOUT)
     sources = [root / ANNOTATION_FILE, root / SUBJECT_FILE, *root.glob("*/*_PPG.hea"), *root.glob("*/*_PPG.dat")]
-    key, manifest = cache_key(loader="butppg", version=LOADER_VERSION, settings=asdict(s), root=root, files=sources)
+    key, manifest = cache_key(
+        loader="butppg", version=LOADER_VERSION, settings=s.cache_settings(), root=root, files=sources
+    )
     result = load_or_build(
         cache_dir=cache_dir, loader="butppg", key=key, manifest=manifest, build=lambda w: _build(root, s, w)
     )
@@ -289,7 +298,7 @@ def _build(root: Path, s: Settings, writer: CacheWriter) -> BuildInfo:
     excluded, got = _Exclusions(), _Collected()
     for rid in _present_records(root, s, labels=tables.labels(s.task), ids=ids, excluded=excluded):
         _add_record(got, root=root, rid=rid, s=s, excluded=excluded)
-    if got.nonfinite_ids and s.nonfinite == "error":
+    if got.nonfinite_ids and s.nonfinite == NonFinite.error:
         raise DataError(
             f"{len(got.nonfinite_ids)} BUT-PPG record(s) hold NaN/Inf samples, e.g. {got.nonfinite_ids[:8]}. "
             "Fix: dataset.nonfinite=drop to exclude their windows (they are counted in the report)."
@@ -324,7 +333,7 @@ def _present_records(
         else:
             labelled.append(rid)
     missing = [rid for rid in labelled if not (root / rid / f"{rid}_PPG.hea").is_file()]
-    if missing and s.missing_records == "error":
+    if missing and s.missing_records == MissingRecords.error:
         raise DataError(
             f"{len(missing)} of {len(labelled)} annotated BUT-PPG records have no record folder, e.g. "
             f"{', '.join(str(root / r / f'{r}_PPG.hea') for r in missing[:3])}. Fix: point dataset.root at the "
@@ -375,7 +384,7 @@ def _add_record(got: _Collected, *, root: Path, rid: str, s: Settings, excluded:
     offsets = np.arange(n_win)
     if not finite.all():
         got.nonfinite_ids.append(rid)
-        if s.nonfinite == "drop":
+        if s.nonfinite == NonFinite.drop:
             excluded.add("windows with NaN/Inf (dataset.nonfinite=drop)", rid, int((~finite).sum()))
             segs, offsets = segs[finite], offsets[finite]
     if len(segs) == 0:

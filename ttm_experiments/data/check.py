@@ -39,22 +39,20 @@ def butppg_report(root: Path, task: str, colours: Sequence[str], window_length: 
 
     require_butppg_root(root)  # before the imports below (hydra, scipy, wfdb): a wrong path fails at once
 
-    from ttm_experiments.config.schema import DatasetConf
-    from ttm_experiments.data.butppg import load_butppg
+    from ttm_experiments.config.schema import MissingRecords, NonFinite
+    from ttm_experiments.data.butppg import Settings, load_butppg
 
-    conf = DatasetConf(
-        name="butppg",
+    settings = Settings(
         root=str(root),
+        task=task,
+        colours=tuple(colours),
         window_length=window_length,
         duration_s=10.0,
-        channels=len(colours),
-        nonfinite="drop",
-        task=task,
-        ppg_channels=list(colours),
-        missing_records="skip",
+        nonfinite=NonFinite.drop,  # counted in the report rather than stopping the check
+        missing_records=MissingRecords.skip,
     )
     with tempfile.TemporaryDirectory(prefix="ttm-data-check-") as cache:
-        report = dict(load_butppg(conf, cache_dir=Path(cache)).report)
+        report = dict(load_butppg(settings, cache_dir=Path(cache)).report)
     report["download"] = _download_state(root)
     return report
 

@@ -8,49 +8,117 @@ dropped silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Union
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.config.schema import DatasetConf, DatasetLoader, NonFinite
+from ttm_experiments.data import butppg, vitaldb
+from ttm_experiments.data import windows as windows_dir
 from ttm_experiments.data.base import SPLIT_NAMES, WindowSet
-from ttm_experiments.data.butppg import load_butppg
 from ttm_experiments.data.synthetic import SyntheticSpec, generate_cached
-from ttm_experiments.data.vitaldb import load_vitaldb
-from ttm_experiments.data.windows import load_windows_dir
 from ttm_experiments.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-
-def _synthetic(conf: DatasetConf, seed: int, cache_dir: Path) -> WindowSet:
-    # the settings both share, plus the seed; the generator's own knobs (sim_fs) keep their defaults
-    shared = {f.name: getattr(conf, f.name) for f in fields(SyntheticSpec) if hasattr(conf, f.name)}
-    return generate_cached(SyntheticSpec(**shared, seed=seed), cache_dir=cache_dir)
+# A loader's own settings: the synthetic generator's spec, or the settings object of a real dataset's loader
+LoaderSettings = Union[SyntheticSpec, butppg.Settings, windows_dir.Settings, vitaldb.Settings]
 
 
-# name -> loader(conf, seed, cache_dir); the seed only matters to generated data
-LOADERS: dict[str, Callable[[DatasetConf, int, Path], WindowSet]] = {
-    "synthetic": _synthetic,
-    "butppg": lambda conf, seed, cache_dir: load_butppg(conf, cache_dir=cache_dir).windows,
-    "windows": lambda conf, seed, cache_dir: load_windows_dir(conf, cache_dir=cache_dir).windows,
-    "vitaldb": lambda conf, seed, cache_dir: load_vitaldb(conf, cache_dir=cache_dir).windows,
+def _synthetic_settings(d: DatasetConf, seed: int) -> SyntheticSpec:
+    # the generator's own knobs (sim_fs) keep their defaults; the seed only matters to generated data
+    return SyntheticSpec(
+        n_subjects=d.n_subjects,
+        windows_per_subject=d.windows_per_subject,
+        window_length=d.window_length,
+        duration_s=d.duration_s,
+        channels=d.channels,
+        good_fraction=d.good_fraction,
+        label_noise=d.label_noise,
+        seed=seed,
+    )
+
+
+def _butppg_settings(d: DatasetConf, seed: int) -> butppg.Settings:
+    s = butppg.Settings(
+        root=d.root,
+        task=d.task,
+        colours=tuple(d.ppg_channels),
+        window_length=d.window_length,
+        duration_s=d.duration_s,
+        nonfinite=d.nonfinite,
+        missing_records=d.missing_records,
+    )
+    if len(s.colours) != d.channels:
+        raise ConfigError(
+            f"dataset.ppg_channels={list(s.colours)} selects {len(s.colours)} channel(s) but "
+            f"dataset.channels={d.channels}: they must agree (the model's input channels). "
+            f"Fix: dataset.channels={len(s.colours)}"
+        )
+    return s
+
+
+def _windows_settings(d: DatasetConf, seed: int) -> windows_dir.Settings:
+    return windows_dir.Settings(
+        root=d.root, task=d.task, window_length=d.window_length, duration_s=d.duration_s, subject_from=d.subject_from
+    )
+
+
+def _vitaldb_settings(d: DatasetConf, seed: int) -> vitaldb.Settings:
+    if d.channels != 1:
+        raise ConfigError(
+            f"dataset.loader=vitaldb reads one PPG track ({d.track}), but dataset.channels={d.channels}. "
+            "Fix: dataset.channels=1"
+        )
+    return vitaldb.Settings(root=d.root, track=d.track, window_length=d.window_length, duration_s=d.duration_s)
+
+
+# dataset.loader -> (dataset config, seed) -> the loader's own settings: the one place a DatasetConf is read for
+# loading, so a loader never sees the whole config
+SETTINGS: dict[DatasetLoader, Callable[[DatasetConf, int], LoaderSettings]] = {
+    DatasetLoader.synthetic: _synthetic_settings,
+    DatasetLoader.butppg: _butppg_settings,
+    DatasetLoader.windows: _windows_settings,
+    DatasetLoader.vitaldb: _vitaldb_settings,
+}
+
+# dataset.loader -> loader(its settings, cache_dir)
+LOADERS: dict[DatasetLoader, Callable[[Any, Path], WindowSet]] = {
+    DatasetLoader.synthetic: lambda s, cache_dir: generate_cached(s, cache_dir=cache_dir),
+    DatasetLoader.butppg: lambda s, cache_dir: butppg.load_butppg(s, cache_dir=cache_dir).windows,
+    DatasetLoader.windows: lambda s, cache_dir: windows_dir.load_windows_dir(s, cache_dir=cache_dir).windows,
+    DatasetLoader.vitaldb: lambda s, cache_dir: vitaldb.load_vitaldb(s, cache_dir=cache_dir).windows,
 }
 
 
+def dataset_loader(conf: DatasetConf) -> DatasetLoader:
+    """The loader that reads the dataset option ``conf`` (``dataset.loader``; ``dataset.name`` only names it)."""
+    try:
+        return DatasetLoader(conf.loader)
+    except ValueError:
+        raise DataError(
+            f"dataset.loader={conf.loader!r} (dataset={conf.name}) is not a loader; "
+            f"available: {[k.value for k in DatasetLoader]}"
+        ) from None
+
+
+def loader_settings(conf: DatasetConf, *, seed: int = 0) -> LoaderSettings:
+    """The settings of the loader ``conf`` names, built from the dataset config (checked); ``seed`` only matters to
+    generated data."""
+    return SETTINGS[dataset_loader(conf)](conf, seed)
+
+
 def load_windows(conf: DatasetConf, *, seed: int, cache_dir: Path) -> WindowSet:
-    """The windows of the dataset ``conf`` names (``dataset.name``), through the cache below ``cache_dir``."""
-    if conf.name not in LOADERS:
-        raise DataError(f"dataset={conf.name!r} has no loader; available: {sorted(LOADERS)}")
-    return LOADERS[conf.name](conf, seed, Path(cache_dir))
+    """The windows of the dataset option ``conf`` (read by the loader ``dataset.loader`` names), through the cache
+    below ``cache_dir``."""
+    loader = dataset_loader(conf)
+    return LOADERS[loader](SETTINGS[loader](conf, seed), Path(cache_dir))
 
 
-def check_windows(
-    windows: WindowSet, context_length: int, num_channels: int, nonfinite: Literal["error", "drop"]
-) -> WindowSet:
+def check_windows(windows: WindowSet, context_length: int, num_channels: int, nonfinite: NonFinite | str) -> WindowSet:
     """Refuse windows that do not fit the model; drop or refuse NaN/Inf and constant windows."""
     if windows.window_length != context_length:
         raise DataError(
@@ -64,7 +132,7 @@ def check_windows(
     bad = ~finite | constant
     if bad.any():
         detail = f"{int((~finite).sum())} window(s) with NaN/Inf and {int(constant.sum())} constant window(s)"
-        if nonfinite == "error":
+        if NonFinite(nonfinite) == NonFinite.error:
             raise DataError(
                 f"{detail} of {len(windows)}. They carry no signal and break the scaler. "
                 "Fix: clean the data, or dataset.nonfinite=drop to drop them (the count is logged)."
@@ -118,7 +186,7 @@ class Splits:
     train: WindowSet
     val: WindowSet
     test: WindowSet
-    shared_subjects: int = field(default=0, compare=False)  # a predefined split's subjects in train and val/test
+    shared_subjects: int = field(default=0, compare=False)  # a predefined split's subjects in two of its splits
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
@@ -128,8 +196,8 @@ def split_subject_wise(windows: WindowSet, n_folds: int, fold: int, seed: int, *
     """Fold `fold` is the test set, the next fold the validation set, the rest trains. No subject is in two.
 
     A dataset with ``meta["split"]`` (codes into SPLIT_NAMES, or the names) brings its own split: it is used
-    as it is, and `fold`, `n_folds` and `seed` are ignored (logged). One that puts a subject in train and in
-    val/test is refused unless `allow_shared` (`dataset.allow_shared_subjects`; the count is kept).
+    as it is (`n_folds` and `seed` do not apply; a `fold` other than 0 is refused). One that puts a subject in two
+    of its splits is refused unless `allow_shared` (`dataset.allow_shared_subjects`; the count is kept).
     """
     if "split" in windows.meta:
         return _predefined_split(windows, fold, allow_shared)
@@ -154,11 +222,13 @@ def _predefined_split(windows: WindowSet, fold: int, allow_shared: bool) -> Spli
         codes = np.array([SPLIT_NAMES.index(s) for s in split.astype(str)], dtype=np.int64)
     else:
         codes = split.astype(np.int64)
-    log.info(
-        "the dataset brings its own train/val/test split (meta['split']): it is used as it is, and "
-        "dataset.fold=%d / dataset.n_folds are ignored",
-        fold,
-    )
+    if fold != 0:  # a fold sweep would give k identical runs that a report would average as k folds
+        raise DataError(
+            f"dataset.fold={fold}: the dataset brings its own train/val/test split (meta['split']), which has one "
+            "fold only. Fix: dataset.fold=0 (and no fold sweep), or put all files in one folder so that the suite "
+            "makes subject-wise folds itself."
+        )
+    log.info("the dataset brings its own train/val/test split (meta['split']): it is used as it is")
     index = {name: np.flatnonzero(codes == i) for i, name in enumerate(SPLIT_NAMES)}
     empty = [name for name, idx in index.items() if len(idx) == 0]
     if empty:
@@ -167,22 +237,28 @@ def _predefined_split(windows: WindowSet, fold: int, allow_shared: bool) -> Spli
             "test are all needed. Fix: add them, or remove the split folders so that the suite "
             "splits subject-wise itself."
         )
-    shared = set(np.unique(windows.subjects[index["train"]]).tolist()) & set(
-        np.unique(windows.subjects[np.concatenate([index["val"], index["test"]])]).tolist()
+    people = {name: set(np.unique(windows.subjects[idx]).tolist()) for name, idx in index.items()}
+    # every pair: a person in val and test means selection happened on test people, as surely as train and test
+    overlaps = {
+        f"{a} and {b}": people[a] & people[b] for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+    }
+    overlaps = {pair: found for pair, found in overlaps.items() if found}
+    shared = set().union(*overlaps.values()) if overlaps else set()
+    described = "; ".join(
+        f"{len(found)} subject(s) in {pair} (e.g. {sorted(found)[:5]})" for pair, found in overlaps.items()
     )
     if shared and not allow_shared:
         raise DataError(
-            f"the predefined split puts {len(shared)} subject(s) in train and in val/test (e.g. {sorted(shared)[:5]}): "
-            "evaluation would not be subject-wise. Fix: regenerate the split by subject, put all files in one folder "
-            "so that the suite splits subject-wise itself, or dataset.allow_shared_subjects=true to accept it (the "
-            "run is tagged split.shared_subjects)."
+            f"the predefined split puts the same subjects in two splits: {described}. Evaluation would not be "
+            "subject-wise. Fix: regenerate the split by subject, put all files in one folder so that the suite "
+            "splits subject-wise itself, or dataset.allow_shared_subjects=true to accept it (the run is tagged "
+            "split.shared_subjects)."
         )
     if shared:
         log.warning(
-            "the predefined split puts %d subject(s) in train and in val/test (e.g. %s): evaluation is not "
-            "subject-wise (dataset.allow_shared_subjects=true)",
-            len(shared),
-            sorted(shared)[:5],
+            "the predefined split puts the same subjects in two splits: %s; evaluation is not subject-wise "
+            "(dataset.allow_shared_subjects=true)",
+            described,
         )
     splits = Splits(*(windows.subset(index[name]) for name in SPLIT_NAMES), shared_subjects=len(shared))
     _require_every_class(splits, "of the predefined split", "a split that holds every class")
@@ -221,9 +297,17 @@ def pretrain_dataset(d: DatasetConf) -> tuple[DatasetConf, int]:
 
     Its NaN or constant windows are dropped (counted), not refused: a long unlabeled recording always has some.
     """
-    if d.pretrain != "synthetic" and not d.pretrain_root:
-        raise ConfigError(f"dataset.pretrain={d.pretrain} needs dataset.pretrain_root=<directory of the corpus>")
-    corpus = replace(d, name=d.pretrain, root=d.pretrain_root, n_subjects=d.pretrain_subjects, nonfinite="drop")
+    loader = DatasetLoader(d.pretrain)
+    if loader != DatasetLoader.synthetic and not d.pretrain_root:
+        raise ConfigError(f"dataset.pretrain={loader.value} needs dataset.pretrain_root=<directory of the corpus>")
+    corpus = replace(
+        d,
+        name=loader.value,
+        loader=loader,
+        root=d.pretrain_root,
+        n_subjects=d.pretrain_subjects,
+        nonfinite=NonFinite.drop,
+    )
     return corpus, d.split_seed + 10_000
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
-from ttm_experiments.config.schema import DatasetConf
 from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
-from ttm_experiments.errors import ConfigError, DataError
+from ttm_experiments.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +28,25 @@ FLAT_STD = 1e-6  # a window whose standard deviation is below this carries no pu
 LAYOUT = "<root>/**/*.vital: one VitalDB case per file (e.g. <root>/0001.vital), read offline"
 
 
-def load_vitaldb(conf: DatasetConf, *, cache_dir: Path) -> Cached:
-    if conf.channels != 1:
-        raise ConfigError(
-            f"dataset=vitaldb reads one PPG track ({conf.track}), but dataset.channels={conf.channels}. "
-            "Fix: dataset.channels=1"
-        )
-    root = source_root(conf.root, "vitaldb", [], LAYOUT)
+@dataclass(frozen=True)
+class Settings:
+    """The loader's own settings, built from a dataset config in one place (`data/prepare.py`)."""
+
+    root: str | None  # the directory of the .vital files (dataset.root)
+    track: str = "SNUADC/PLETH"  # the waveform track read from each file
+    window_length: int = 1024
+    duration_s: float = 10.0
+
+
+def load_vitaldb(s: Settings, *, cache_dir: Path) -> Cached:
+    root = source_root(s.root, "vitaldb", [], LAYOUT)
     files = sorted(root.rglob("*.vital"))
     if not files:
         raise DataError(f"no .vital file under dataset.root={root}. Expected layout: {LAYOUT}")
     settings = {
-        "track": conf.track,
-        "window_length": int(conf.window_length),
-        "duration_s": float(conf.duration_s),
+        "track": s.track,
+        "window_length": int(s.window_length),
+        "duration_s": float(s.duration_s),
         "source_fs": SOURCE_FS,
         "flat_std": FLAT_STD,
     }
@@ -52,7 +56,7 @@ def load_vitaldb(conf: DatasetConf, *, cache_dir: Path) -> Cached:
         loader="vitaldb",
         key=key,
         manifest=manifest,
-        build=lambda w: _build(root, files, conf, w),
+        build=lambda w: _build(root, files, s, w),
         mmap=True,
     )
     log_report("vitaldb", result.report)
@@ -90,7 +94,7 @@ class _Scan:
     examples: dict[str, list[str]] = field(default_factory=lambda: {"nan": [], "flat": []})
 
 
-def _build(root: Path, files: list[Path], conf: DatasetConf, writer: CacheWriter) -> BuildInfo:
+def _build(root: Path, files: list[Path], conf: Settings, writer: CacheWriter) -> BuildInfo:
     scan = _Scan()
     for case, path in enumerate(files):
         _scan_file(scan, case=case, path=path, conf=conf, directory=writer.dir)
@@ -130,7 +134,7 @@ def _build(root: Path, files: list[Path], conf: DatasetConf, writer: CacheWriter
     return BuildInfo(CLASS_NAMES, fs_out, report)
 
 
-def _scan_file(scan: _Scan, *, case: int, path: Path, conf: DatasetConf, directory: Path) -> None:
+def _scan_file(scan: _Scan, *, case: int, path: Path, conf: Settings, directory: Path) -> None:
     """Cut one recording into spans, reject those with NaN or a flat signal, resample the rest into a shard."""
     span = int(round(conf.duration_s * SOURCE_FS))
     up, down = Fraction(int(conf.window_length), span).as_integer_ratio()

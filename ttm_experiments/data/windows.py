@@ -27,13 +27,14 @@ import math
 import re
 import zipfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
-from ttm_experiments.config.schema import DatasetConf
+from ttm_experiments.config.schema import SubjectFrom
 from ttm_experiments.data.base import SPLIT_NAMES, WindowSet
 from ttm_experiments.data.butppg import MOTION_CLASSES, QUALITY_CLASSES
 from ttm_experiments.data.cache import BuildInfo, Cached, CacheWriter, cache_key, load_or_build, log_report, source_root
@@ -51,15 +52,30 @@ KNOWN_CLASSES = {"quality": QUALITY_CLASSES, "motion": MOTION_CLASSES}
 RESERVED = ("signal", "record_id", "fs", "subject", "subject_id")
 
 
-def load_windows_dir(conf: DatasetConf, *, cache_dir: Path) -> Cached:
-    root = source_root(conf.root, "windows", [], LAYOUT)
+@dataclass(frozen=True)
+class Settings:
+    """The loader's own settings, built from a dataset config in one place (`data/prepare.py`)."""
+
+    root: str | None  # the directory that holds train/ val/ test/ (or the files; dataset.root)
+    task: str = "quality"  # the .npz key used as the class label
+    window_length: int = 1024
+    duration_s: float = 10.0
+    subject_from: SubjectFrom = SubjectFrom.key
+
+    def cache_settings(self) -> dict:
+        """What shapes the windows besides the source files: the settings part of the cache key."""
+        return {
+            "task": self.task,
+            "window_length": int(self.window_length),
+            "duration_s": float(self.duration_s),
+            "subject_from": SubjectFrom(self.subject_from).value,
+        }
+
+
+def load_windows_dir(s: Settings, *, cache_dir: Path) -> Cached:
+    root = source_root(s.root, "windows", [], LAYOUT)
     files = find_files(root)
-    settings = {
-        "task": conf.task,
-        "window_length": int(conf.window_length),
-        "duration_s": float(conf.duration_s),
-        "subject_from": conf.subject_from.value,
-    }
+    settings = s.cache_settings()
     key, manifest = cache_key(
         loader="windows", version=LOADER_VERSION, settings=settings, root=root, files=[f for _, f in files]
     )

@@ -77,6 +77,19 @@ def confusion(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> np.nda
     return confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(num_classes)))
 
 
+MIN_SUBJECTS_FOR_INTERVAL = 5  # fewer test subjects: an interval is printed with a caveat
+
+
+def subject_weights(subjects: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """[n_boot, windows]: each resample draws the subjects with replacement; a window counts as often as its
+    subject was drawn (the same as concatenating the drawn subjects' windows)."""
+    groups, group_of = np.unique(subjects, return_inverse=True)
+    draws = rng.integers(0, len(groups), (n_boot, len(groups)))
+    counts = np.zeros((n_boot, len(groups)))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts[:, group_of]
+
+
 def bootstrap_auroc_ci(
     y_true: np.ndarray, probs: np.ndarray, subjects: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float] | None:
@@ -88,12 +101,15 @@ def bootstrap_auroc_ci(
     every resample at once (`weighted_auroc`; equal to sklearn's `roc_auc_score` on the resampled windows, and
     about 50x faster than calling it 1000 times)."""
     k = probs.shape[1]
-    groups, group_of = np.unique(subjects, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(groups), (n_boot, len(groups)))  # the same numbers as one draw per resample
-    counts = np.zeros((n_boot, len(groups)))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
-    weights = counts[:, group_of]  # (n_boot, windows)
+    n_subjects = len(np.unique(subjects))
+    if n_subjects < MIN_SUBJECTS_FOR_INTERVAL:
+        log.warning(
+            "the test AUROC interval rests on %d subject(s): too few to say how much the AUROC would move with other "
+            "people (at least %d are needed); report it with that caveat, or use more test subjects (fewer folds)",
+            n_subjects,
+            MIN_SUBJECTS_FOR_INTERVAL,
+        )
+    weights = subject_weights(subjects, np.random.default_rng(seed), n_boot)  # (n_boot, windows)
     onehot = y_true[None, :] == np.arange(k)[:, None]  # (classes, windows)
     held = (weights @ onehot.T > 0).all(axis=1)  # a resample without some class has no AUROC: skipped, not 0
     weights = weights[held]

@@ -4,7 +4,7 @@ The same definitions as `metrics/classification.py` (scikit-learn's: accuracy, b
 or macro,
 one-vs-rest macro AUROC with ties counted half, average precision over distinct thresholds, per-class
 recall) on a float32 softmax: for the same probabilities equal to scikit-learn's up to float64 rounding
-(tests/test_device_metrics.py); torch's and scipy's float32 softmax can differ in the last bit, which can make
+(tests/metrics/test_device_metrics.py); torch's and scipy's float32 softmax can differ in the last bit, which can make
 or break a tie between two windows' scores.
 
 Why: on an H200 the inference of 16k windows takes ~150 ms, and scikit-learn's metrics on the host (~20 ms)

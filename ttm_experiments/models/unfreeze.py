@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 from torch import nn
 
 from ttm_experiments.config.schema import OnEmpty, OnNested, UnfreezeConf, UnfreezeStrategy
+from ttm_experiments.config.spec import compile_pattern
 from ttm_experiments.errors import UnfreezeError
 
 if TYPE_CHECKING:
@@ -58,10 +59,7 @@ def _matches(rule: UnfreezeConf, name: str) -> bool:
 def compile_rule(rule: UnfreezeConf) -> None:
     """Fail early, with the key's name, when the rule's regex does not compile."""
     if rule.strategy == UnfreezeStrategy.pattern and rule.pattern is not None:
-        try:
-            re.compile(rule.pattern)
-        except re.error as err:
-            raise UnfreezeError(f"unfreeze.pattern={rule.pattern!r} is not a valid regex: {err}") from None
+        compile_pattern(rule.pattern, UnfreezeError)
 
 
 def find_blocks(root: nn.Module, rule: UnfreezeConf) -> list[Block]:

@@ -11,11 +11,21 @@ from ttm_experiments.errors import ConfigError
 from ttm_experiments.report import compare as report_compare
 from ttm_experiments.report import nested as report_nested
 from ttm_experiments.report.plots import epochs_figure, heatmap_figure, per_class_figure
-from ttm_experiments.report.runs import STATE_ORDER, Row, as_float, collect, connect, load_details, sci
+from ttm_experiments.report.runs import (
+    STATE_ORDER,
+    Row,
+    as_float,
+    collect,
+    connect,
+    load_details,
+    poolable,
+    sci,
+)
 from ttm_experiments.report.table import display_table, format_number, markdown_table, records
 
 CAPTIONS = {
-    "auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean over runs per cell)",
+    "auroc_heatmap.png": "AUROC over unfreeze.last_n x learning rate (mean per cell over runs that differ only in "
+    "these axes, the seed and the fold{pooled})",
     "per_class_accuracy.png": "Per-class test accuracy per run",
     "epochs.png": "Validation AUROC and per-class accuracy over epochs (top {drawn} runs)",
     "paired_forest.png": "Paired comparisons: test AUROC differences per fold and across folds",
@@ -79,8 +89,10 @@ def _markdown(
             "",
         ]
     lines += [table, ""]
+    kept, left_out = poolable([r for r in rows if r.state == "finished" and r.lr is not None])
+    pooled = "; only runs with " + ", ".join(f"{k}={kept[0].params.get(k)}" for k in left_out) if left_out else ""
     for name in figures:
-        caption = CAPTIONS[name].format(drawn=drawn)
+        caption = CAPTIONS[name].format(drawn=drawn, pooled=pooled)
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
 
@@ -155,11 +167,16 @@ def _extra_sections(client, rows: list[Row], settings: list[tuple[str, str | Non
     return lines + report_compare.seed_markdown(report_compare.seed_spread(rows)), comps
 
 
+def reports_experiment(experiment: str) -> str:
+    return f"{experiment}-reports"
+
+
 def log_report(uri: str, experiment: str, sweep: str | None, result: dict[str, Any]) -> str:
-    """The report as a run of the experiment: its files as artifacts, the table as the run's description."""
+    """The report as a run of the experiment `<experiment>-reports` (beside the training runs, not among them): its
+    files as artifacts, the table as the run's description."""
     from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 
-    tracker = MlflowTracker(uri, experiment)
+    tracker = MlflowTracker(uri, reports_experiment(experiment))
     tags = {
         "ttm.kind": "report",
         "report.runs": str(len(result["rows"])),

@@ -3,8 +3,10 @@
 A *setting* is a config group with a name (`schedule`, `backbone`: every `schedule.*` param follows
 `schedule.name`) or a single param (`optim.lr`). Two finished runs pair when their params agree on everything
 except that setting (`paths.*`, `tracking.*`, `search.*` and similar bookkeeping aside), on the same
-`dataset.fold` and `seed`. Per fold: AUROC(value) - AUROC(baseline) on the same test windows with a paired
-subject bootstrap (`test/predictions.csv` of each run); across folds: the mean difference and its interval.
+`dataset.fold` and `seed`. Per fold: AUROC(value) - AUROC(baseline) on the same test windows, averaged over the
+fold's seeds, with a hierarchical bootstrap (seeds, then subjects, paired: `report/paired.py`) on the runs'
+`test/predictions.csv`; across folds: the mean difference and its interval. With one seed the verdict says that
+it rests on one training run per fold.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.report.paired import Difference, PairedFold, auroc_differences
-from ttm_experiments.report.runs import is_bookkeeping
+from ttm_experiments.report.runs import is_bookkeeping, shown_value
 
 PREDICTIONS_ARTIFACT = "test/predictions.csv"  # written by training/record.py (not imported: it pulls in torch)
 
@@ -28,22 +30,25 @@ _PAIRED_ON = ("dataset.fold", "seed")
 
 @dataclass
 class Comparison:
-    """`value` against `baseline` for one setting, one seed and one set of other params: a pair of runs per fold."""
+    """`value` against `baseline` for one setting and one set of other params: per fold, a pair of runs per seed."""
 
     setting: str
     value: str
     baseline: str
-    seed: str
-    runs: dict[int, tuple] = field(default_factory=dict)  # fold -> (row of value, row of baseline)
+    runs: dict[int, list[tuple]] = field(default_factory=dict)  # fold -> [(row of value, row of baseline)] per seed
     per_fold: dict[int, Difference] = field(default_factory=dict)
     combined: Difference | None = None
     skipped: dict[int, str] = field(default_factory=dict)  # fold -> why it has no interval
 
     @property
+    def seeds(self) -> list[str]:
+        return sorted({row.params.get("seed", "0") for pairs in self.runs.values() for row, _ in pairs})
+
+    @property
     def title(self) -> str:
-        return f"{self.setting}={self.value} - {self.setting}={self.baseline}" + (
-            f" (seed {self.seed})" if self.seed != "0" else ""
-        )
+        n, key = len(self.seeds), self.setting
+        value, baseline = shown_value(key, self.value), shown_value(key, self.baseline)
+        return f"{key}={value} - {key}={baseline} ({n} seed{'s' if n != 1 else ''})"
 
 
 def setting_keys(setting: str, params: dict[str, str]) -> tuple[str, list[str]]:
@@ -97,7 +102,8 @@ def _signature(row, owned: list[str]) -> tuple:
 
 
 def comparisons(rows: list, setting: str, baseline: str | None) -> list[Comparison]:
-    """The pairs of finished runs that differ only in `setting`, grouped by value, seed and the other params."""
+    """The pairs of finished runs that differ only in `setting` (same fold and seed), grouped by value and the other
+    params; a comparison holds every fold and seed it has pairs for."""
     done = [r for r in rows if r.state == "finished" and "test/auroc" in r.metrics]
     name_key = setting_keys(setting, done[0].params)[0] if done else setting
     values = sorted({r.params.get(name_key) for r in done} - {None})
@@ -114,9 +120,12 @@ def comparisons(rows: list, setting: str, baseline: str | None) -> list[Comparis
         partner = cells.get((base, seed, signature, fold))
         if value == base or partner is None:
             continue
-        comp = found.setdefault((value, seed, signature), Comparison(setting, value, base, seed))
-        comp.runs[fold] = (row, partner)
-    return sorted(found.values(), key=lambda c: (c.value, c.seed))
+        comp = found.setdefault((value, signature), Comparison(setting, value, base))
+        comp.runs.setdefault(fold, []).append((row, partner))
+    for comp in found.values():
+        for pairs in comp.runs.values():
+            pairs.sort(key=lambda pair: pair[0].params.get("seed", "0"))
+    return sorted(found.values(), key=lambda c: c.value)
 
 
 def _predictions(client, run_id: str, cache: Path) -> pd.DataFrame | None:
@@ -134,20 +143,30 @@ def _paired_fold(a: pd.DataFrame, b: pd.DataFrame) -> PairedFold | None:
     return PairedFold(a["label"].to_numpy(), a["subject"].to_numpy(), a[columns].to_numpy(), b[columns].to_numpy())
 
 
+def _same_windows(a: PairedFold, b: PairedFold) -> bool:
+    return np.array_equal(a.labels, b.labels) and np.array_equal(a.subjects, b.subjects)
+
+
 def score(client, comparison: Comparison, *, n_boot: int = 1000) -> None:
     """Fill a comparison's per-fold and combined intervals from the runs' test predictions."""
     folds, order = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for fold, (row, partner) in sorted(comparison.runs.items()):
-            frames = [_predictions(client, r.run_id, Path(tmp) / r.run_id) for r in (row, partner)]
-            if any(f is None for f in frames):
-                comparison.skipped[fold] = f"a run has no {PREDICTIONS_ARTIFACT}: rerun it"
+        for fold, pairs in sorted(comparison.runs.items()):
+            seeds, why = [], None
+            for row, partner in pairs:
+                frames = [_predictions(client, r.run_id, Path(tmp) / r.run_id) for r in (row, partner)]
+                if any(f is None for f in frames):
+                    why = f"a run has no {PREDICTIONS_ARTIFACT}: rerun it"
+                    break
+                paired = _paired_fold(*frames)
+                if paired is None or (seeds and not _same_windows(seeds[0], paired)):
+                    why = "the runs were tested on different windows (split or data differ)"
+                    break
+                seeds.append(paired)
+            if why is not None:
+                comparison.skipped[fold] = why
                 continue
-            paired = _paired_fold(*frames)
-            if paired is None:
-                comparison.skipped[fold] = "the two runs were tested on different windows (split or data differ)"
-                continue
-            folds.append(paired)
+            folds.append(seeds)
             order.append(fold)
     if folds:
         per_fold, comparison.combined = auroc_differences(folds, n_boot=n_boot)
@@ -185,23 +204,32 @@ def _ci(d: Difference) -> str:
 def _verdict(d: Difference) -> str:
     if d.n == 0:
         return "no interval (no resample held every class)"
+    basis = (
+        "; it rests on one training run per fold, so it cannot speak to training (seed) variance: repeat over seeds "
+        "(`make compare`)"
+        if d.n_seeds < 2
+        else f"; over {d.n_seeds} seeds and the test subjects"
+    )
     if not d.excludes_zero:
-        return "not distinguishable from zero (the interval contains 0)"
-    return f"distinguishable from zero: {'higher' if d.low > 0 else 'lower'} (the interval excludes 0)"
+        return f"not distinguishable from zero (the interval contains 0){basis}"
+    return f"distinguishable from zero: {'higher' if d.low > 0 else 'lower'} (the interval excludes 0){basis}"
 
 
-def _test_auroc(row) -> str:
-    value = row.metrics.get("test/auroc")
-    return "-" if value is None else f"{value:.3f}"
+def _test_auroc(rows: list) -> str:
+    values = [r.metrics["test/auroc"] for r in rows if "test/auroc" in r.metrics]
+    if not values:
+        return "-"
+    return f"{values[0]:.3f}" if len(values) == 1 else f"{np.mean(values):.3f} (mean of {len(values)})"
 
 
 def comparison_markdown(comps: list[Comparison], notes: list[str]) -> list[str]:
     """The paired-comparison section of report.md: one table per comparison, then the verdict in words."""
     lines = [
-        "## Paired comparisons (test AUROC difference, paired subject bootstrap, 95% interval)",
+        "## Paired comparisons (test AUROC difference, hierarchical bootstrap over seeds and subjects, 95% interval)",
         "",
-        "Both runs of a pair are scored on the same resampled test subjects of their fold; across folds, "
-        "each fold's subjects are resampled independently and the fold differences averaged.",
+        "Each bootstrap replicate draws a fold's seeds, then its test subjects, and scores both runs of a drawn "
+        "seed on the same subjects; across folds, each fold is resampled independently and the fold differences "
+        "averaged.",
         "",
     ]
     lines += [f"- {n}" for n in notes]
@@ -219,11 +247,12 @@ def comparison_markdown(comps: list[Comparison], notes: list[str]) -> list[str]:
             "| fold | test AUROC " + c.value + " | test AUROC " + c.baseline + " | difference [95% CI] | |",
             "|---|---|---|---|---|",
         ]
-        for fold, (row, partner) in sorted(c.runs.items()):
+        for fold, pairs in sorted(c.runs.items()):
             d = c.per_fold.get(fold)
             cell = _ci(d) if d is not None else c.skipped.get(fold, "-")
             flag = "" if d is None else ("**excludes 0**" if d.excludes_zero else "contains 0")
-            lines.append(f"| {fold} | {_test_auroc(row)} | {_test_auroc(partner)} | {cell} | {flag} |")
+            values, baselines = [r for r, _ in pairs], [p for _, p in pairs]
+            lines.append(f"| {fold} | {_test_auroc(values)} | {_test_auroc(baselines)} | {cell} | {flag} |")
         if c.combined is not None:
             lines += [
                 f"| all {len(c.per_fold)} folds (mean) | | | {_ci(c.combined)} | |",
@@ -301,7 +330,7 @@ def forest_figure(comps: list[Comparison]):
     ax.axvline(0, color="tab:red", ls="--", lw=1)
     ax.set_yticks(range(len(points)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("test AUROC difference (paired subject bootstrap, 95% interval)")
+    ax.set_xlabel("test AUROC difference (hierarchical bootstrap over seeds and subjects, 95% interval)")
     ax.set_title("Paired comparisons: intervals that cross the red line are not distinguishable from zero", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -14,9 +14,11 @@ import numpy as np
 from scipy import stats
 
 
-def _family(study: str) -> str:
-    """A study's name without its fold and split seed: the studies of one nested CV share it."""
-    return re.sub(r"-fold\d+-split\d+$", "", study)
+def _family(study: str, row) -> tuple[str, str, str]:
+    """The studies of one nested CV: the study's name without its fold, and the layout of its outer split (number
+    of folds, split seed). Studies of another layout are another family, never averaged in."""
+    name = re.sub(r"-fold\d+(-of\d+)?-split\d+$", "", study)
+    return name, row.params.get("dataset.n_folds", "?"), row.params.get("dataset.split_seed", "?")
 
 
 def study_folds(rows: list) -> dict[str, set[str]]:
@@ -65,18 +67,19 @@ def nested_markdown(rows: list) -> list[str]:
     best = best_trials(rows)
     families: dict[str, list] = {}
     for study, row in sorted(best.items()):
-        families.setdefault(_family(study), []).append((study, row))
+        families.setdefault(_family(study, row), []).append((study, row))
     lines, notes = [], mixing_notes(rows)
     if notes:
         lines += ["## Warning: tuning and test folds mixed", "", *[f"- {n}" for n in notes], ""]
-    for family, members in families.items():
+    for (family, n_folds, split_seed), members in families.items():
         folds = [r.params.get("dataset.fold") for _, r in members]
         if len(members) < 2 or len(set(folds)) < len(folds):
             continue  # not a nested CV: one study, or several studies per fold
         values = np.array([r.metrics["test/auroc"] for _, r in members])
         half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
         lines += [
-            f"## Nested cross-validation: `{family}` ({len(members)} outer folds)",
+            f"## Nested cross-validation: `{family}` ({len(members)} of {n_folds} outer folds, split seed "
+            f"{split_seed})",
             "",
             "Each outer fold's study selected on validation subjects only (fold k+1); its best trial's "
             "test AUROC on fold k is the outer estimate.",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ttm_experiments.report.runs import Row, as_float, sci
+from ttm_experiments.report.runs import Row, as_float, poolable, sci
 
 
 def pyplot():
@@ -69,7 +69,7 @@ def _heatmap_panel(fig, ax, grid, counts, cmap) -> None:
 def heatmap_figure(rows: list[Row]):
     """Mean AUROC per (strategy, last_n) x learning rate: the validation objective next to the test AUROC."""
     plt = pyplot()
-    done = [r for r in rows if r.state == "finished" and r.lr is not None]
+    done, left_out = poolable([r for r in rows if r.state == "finished" and r.lr is not None])
     if not done:
         return None
     strategies = sorted({r.strategy for r in done})
@@ -90,9 +90,11 @@ def heatmap_figure(rows: list[Row]):
         ax.set_title(title, fontsize=10)
     axes[0][0].set_yticks(range(len(ys)), [f"{s}, last_n={n}" if len(strategies) > 1 else f"last_n={n}" for s, n in ys])
     axes[0][0].set_ylabel("blocks unfrozen in the partial stage")
+    pooled = ", ".join(f"{k}={done[0].params.get(k)}" for k in left_out)
     fig.suptitle(
         f"AUROC over unfreeze.last_n x learning rate: mean of the {len(done)} finished runs per cell "
-        "(each panel has its own colour scale)",
+        "(each panel has its own colour scale)"
+        + (f"\nonly runs with {pooled}; runs with other {', '.join(left_out)} are not pooled in" if left_out else ""),
         fontsize=10,
     )
     fig.tight_layout()

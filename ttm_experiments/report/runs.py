@@ -49,6 +49,19 @@ _NOT_VARIED = BOOKKEEPING + (
 )
 
 
+# values that stand for another setting's value: a report shows what they resolve to, not a bare 0
+MEANINGS = {
+    ("trainer.max_epochs_per_stage", "0"): "0 (no cap: the schedule's epochs)",
+    ("trainer.max_batches", "0"): "0 (no cap: every batch)",
+    ("trainer.num_threads", "0"): "0 (torch's default)",
+}
+
+
+def shown_value(key: str, value: str | None) -> str:
+    """A param's value as a report shows it (with its meaning where it stands for another setting)."""
+    return MEANINGS.get((key, str(value)), str(value))
+
+
 def is_bookkeeping(key: str, prefixes: tuple[str, ...] = BOOKKEEPING) -> bool:
     return key.startswith(prefixes) or key in prefixes
 
@@ -273,3 +286,23 @@ def varied_params(rows: list[Row]) -> list[str]:
 
 
 # -- the plots ------------------------------------------------------------------------------------------------------
+
+
+REPLICATES = ("seed", "dataset.fold")  # what a cell's runs may differ in besides its axes: repeats of one setting
+
+
+def poolable(rows: list[Row]) -> tuple[list[Row], dict[str, list[str]]]:
+    """The runs a plot may average per cell: those that agree on every varied param other than the plot's axes
+    (`unfreeze.*`, `optim.lr`) and the replicates (seed, fold), namely the group of the first (best) run; and, for
+    the runs left out, the values of the keys they differ in."""
+    other = [k for k in varied_params(rows) if k not in REPLICATES]
+    if not rows or not other:
+        return rows, {}
+
+    def signature(r: Row) -> tuple:
+        return tuple(r.params.get(k) for k in other)
+
+    kept = [r for r in rows if signature(r) == signature(rows[0])]
+    left = [r for r in rows if signature(r) != signature(rows[0])]
+    differing = {k: sorted({str(r.params.get(k)) for r in left}) for k in other}
+    return kept, {k: v for k, v in differing.items() if v != [str(rows[0].params.get(k))]}

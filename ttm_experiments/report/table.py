@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from ttm_experiments.report.runs import Row, sci, varied_params
+from ttm_experiments.metrics.classification import MIN_SUBJECTS_FOR_INTERVAL
+from ttm_experiments.report.runs import Row, sci, shown_value, varied_params
 
 
 def _short(text: str) -> str:
@@ -42,6 +43,7 @@ def records(rows: list[Row], classes: list[str]) -> pd.DataFrame:
             "test_auroc": m.get("test/auroc"),
             "test_auroc_ci_low": m.get("test/auroc_ci_low"),
             "test_auroc_ci_high": m.get("test/auroc_ci_high"),
+            "test_subjects": m.get("test/n_subjects"),
             **{f"test_acc_{c}": m.get(f"test/acc/{c}") for c in classes},
             "test_balanced_acc": m.get("test/balanced_acc"),
             "mode_collapse": r.collapse,
@@ -55,6 +57,13 @@ def records(rows: list[Row], classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame([record(rank, r) for rank, r in enumerate(rows, 1)])
 
 
+def _interval_text(low: float, high: float, subjects: float | None) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    few = subjects is not None and not pd.isna(subjects) and subjects < MIN_SUBJECTS_FOR_INTERVAL
+    return f" [{low:.3f}, {high:.3f}]" + (f" (only {int(subjects)} test subjects: weak)" if few else "")
+
+
 def display_table(rows: list[Row], table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """The records formatted for report.md, under the headers a reader sees."""
 
@@ -62,8 +71,8 @@ def display_table(rows: list[Row], table: pd.DataFrame, classes: list[str]) -> p
         return table[column].map(format_number)
 
     interval = [
-        f" [{lo:.3f}, {hi:.3f}]" if not (pd.isna(lo) or pd.isna(hi)) else ""
-        for lo, hi in zip(table["test_auroc_ci_low"], table["test_auroc_ci_high"])
+        _interval_text(lo, hi, n)
+        for lo, hi, n in zip(table["test_auroc_ci_low"], table["test_auroc_ci_high"], table["test_subjects"])
     ]
     shown = pd.DataFrame(
         {
@@ -85,7 +94,7 @@ def display_table(rows: list[Row], table: pd.DataFrame, classes: list[str]) -> p
     varied = varied_params(rows)
     if varied:
         shown["other params that vary"] = [
-            " ".join(f"{k}={_short(r.params.get(k, '-'))}" for k in varied) for r in rows
+            " ".join(f"{k}={_short(shown_value(k, r.params.get(k, '-')))}" for k in varied) for r in rows
         ]
     return shown
 

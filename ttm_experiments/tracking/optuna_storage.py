@@ -18,18 +18,19 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ttm_experiments.config.schema import PrunerKind, parse_pruner
 from ttm_experiments.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
-# pruner name -> Optuna class; `none` reports the values but never prunes
+# pruner -> Optuna class; `none` reports the values but never prunes
 PRUNERS = {
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "threshold": "ThresholdPruner",
-    "none": "NopPruner",
+    PrunerKind.median: "MedianPruner",
+    PrunerKind.percentile: "PercentilePruner",
+    PrunerKind.hyperband: "HyperbandPruner",
+    PrunerKind.successive_halving: "SuccessiveHalvingPruner",
+    PrunerKind.threshold: "ThresholdPruner",
+    PrunerKind.none: "NopPruner",
 }
 
 
@@ -140,7 +141,7 @@ def pruner_spec(value: Any) -> str:
         target = args.pop("_target_", None)
         if target is not None:
             cls = str(target).rsplit(".", 1)[-1]
-            names = [n for n, c in PRUNERS.items() if c == cls]
+            names = [kind.value for kind, c in PRUNERS.items() if c == cls]
             if not names:
                 raise ConfigError(
                     f"hydra.sweeper.pruner._target_={target}: supported pruners are {sorted(PRUNERS.values())}"
@@ -150,7 +151,9 @@ def pruner_spec(value: Any) -> str:
             raise ConfigError(f"hydra.sweeper.pruner={value}: give its type, e.g. {{type: median, n_warmup_steps: 4}}")
         spec = str(name) + (":" + ",".join(f"{k}={_scalar(v)}" for k, v in args.items()) if args else "")
     else:
-        raise ConfigError(f"hydra.sweeper.pruner={value!r}: use one of {sorted(PRUNERS)} or a mapping with 'type'")
+        raise ConfigError(
+            f"hydra.sweeper.pruner={value!r}: use one of {sorted(k.value for k in PRUNERS)} or a mapping with 'type'"
+        )
     build_pruner(spec)
     return spec
 
@@ -171,19 +174,14 @@ def build_pruner(spec: str | None):
     import yaml
 
     spec = (spec or "none").strip()
-    name, _, arg_text = spec.partition(":")
-    name = name.strip().lower()
-    if name in ("nop", "null", ""):
-        name = "none"
-    if name not in PRUNERS:
-        raise ConfigError(f"pruner '{spec}': unknown pruner '{name}'; use one of {sorted(PRUNERS)}")
+    kind, arg_text = parse_pruner(spec)
     kwargs: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in arg_text.split(","))):
         key, eq, text = item.partition("=")
         if not eq:
             raise ConfigError(f"pruner '{spec}': '{item}' is not key=value")
         kwargs[key.strip()] = yaml.safe_load(text)
-    cls = getattr(optuna.pruners, PRUNERS[name])
+    cls = getattr(optuna.pruners, PRUNERS[kind])
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

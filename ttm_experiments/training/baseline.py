@@ -25,6 +25,9 @@ class BaselineRecipe:
         self.config = config
         self.info = info
 
+    def release(self) -> None:
+        """A baseline holds nothing between its phases."""
+
     def setup(self) -> None:
         c = self.config
         self.tracker = MlflowTracker(

@@ -1,4 +1,5 @@
-"""The supervised training loop: stages, epochs, metrics, best checkpoint, collapse guard.
+"""The supervised training loop: stages, epochs, metrics, best checkpoint, collapse guard (losses in `losses.py`,
+parameter groups in `optim.py`).
 
 Data sits in memory as tensors and is batched by indexing (no per-sample collate); metrics are computed
 once per epoch from collected logits, and tracking is called once per epoch, never per step.
@@ -24,20 +25,21 @@ from ttm_experiments.config.schema import (
     DEFAULT_SELECTION,
     CollapseAction,
     FrozenMode,
-    LossKind,
     Metric,
     OptimConf,
     TrainerConf,
     UnfreezeConf,
 )
 from ttm_experiments.data.base import WindowSet
+from ttm_experiments.errors import ConfigError, UserError
 from ttm_experiments.metrics.classification import classification_metrics, collapsed_classes, softmax
 from ttm_experiments.metrics.on_device import classification_metrics_on_device
 from ttm_experiments.models.backbones import Backbone, Classifier
-from ttm_experiments.models.unfreeze import Block, UnfreezeReport, apply_stage, find_blocks, freeze_frozen_modes
+from ttm_experiments.models.unfreeze import UnfreezeReport, apply_stage, find_blocks, freeze_frozen_modes
 from ttm_experiments.tracking.mlflow_tracker import Tracker
 from ttm_experiments.training import signals
-from ttm_experiments.training.optim import Precision, make_optimizer, warmup_cosine
+from ttm_experiments.training.losses import build_loss, class_weights
+from ttm_experiments.training.optim import Precision, make_optimizer, param_groups, warmup_cosine
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
 from ttm_experiments.utils import faults
 
@@ -69,8 +71,44 @@ class LoopResult:
     ssl: list[dict] = field(default_factory=list)  # per self-supervised stage: its last epoch and probe AUROC
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or Inf: the stage stops and the run is marked FAILED."""
+EPOCH_KEYS = ("loss", "acc", "balanced_acc", "auroc", "auprc", "f1")  # per split and epoch, with acc/<class>
+
+
+def check_selection_metric(metric: Metric, class_names: tuple[str, ...]) -> None:
+    """`optimized_metric` must be one the supervised stages log every epoch: checked before any training."""
+    logged = [*EPOCH_KEYS, *(f"acc/{c}" for c in class_names)]
+    if metric.key not in logged:
+        raise ConfigError(
+            f"optimized_metric={metric.split}/{metric.key} is not logged by the training loop, so no epoch could be "
+            f"selected. Fix: optimized_metric=<split>/<one of {', '.join(logged)}> (split: train or val), e.g. "
+            "val/auroc or val/loss."
+        )
+
+
+class NonFiniteTraining(FloatingPointError, UserError):
+    """Training produced NaN or Inf (the loss, the weights or the outputs): the stage stops, the run is FAILED,
+    and the message names the stage, the step and the rates, with the fix."""
+
+
+def _fix(rates: str) -> str:
+    return (
+        f"The stage's learning rates are {rates}. Fix: lower optim.lr (or set optim.grad_clip), check the data "
+        "for extreme values, or turn off trainer.amp."
+    )
+
+
+def check_finite_weights(model: nn.Module, desc: str, steps: int, rates: str) -> None:
+    """After an epoch's steps: every trainable weight is finite (one pass over the parameters per epoch)."""
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteTraining(
+            f"{desc}: after {steps} step(s) {len(bad)} trainable weight tensor(s) hold NaN or Inf, e.g. {bad[:3]}. "
+            + _fix(rates)
+        )
+
+
+class NonFiniteLoss(NonFiniteTraining):
+    """The training loss became NaN or Inf."""
 
     def __init__(self, desc: str, step: int, value: float):
         super().__init__(
@@ -97,59 +135,6 @@ def check_trainable_gradients(model: nn.Module, desc: str) -> None:
             f"{len(frozen_with_grad)} frozen ones got one ({frozen_with_grad[:5]}); the unfreeze report would be "
             "wrong. This is a bug in the model or the unfreeze rule: report it with `ttm-inspect` output."
         )
-
-
-class FocalLoss(nn.Module):
-    def __init__(self, weight: torch.Tensor | None, gamma: float):
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.gamma = gamma
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits, dim=1)
-        logp_t = logp.gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
-        if self.weight is None:
-            return loss.mean()
-        # the weighted mean, as nn.CrossEntropyLoss(weight=...) takes it: divided by the targets' total weight
-        w = self.weight[target]
-        return (loss * w).sum() / w.sum()
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """scikit-learn's 'balanced' weights, n / (num_classes * count), of the training split. A class the split
-    lacks (no target carries it, so its weight is never used) gets n / num_classes."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.flatnonzero(np.bincount(labels, minlength=num_classes))
-    weights = np.full(num_classes, len(labels) / num_classes)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels) * (len(present) / num_classes)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def build_loss(optim: OptimConf, train_labels: np.ndarray, num_classes: int) -> nn.Module:
-    weight = class_weights(train_labels, num_classes) if optim.loss != LossKind.ce else None
-    if optim.loss == LossKind.focal:
-        return FocalLoss(weight, optim.focal_gamma)
-    return nn.CrossEntropyLoss(weight=weight)
-
-
-def param_groups(
-    model: Classifier, stage: StagePlan, selected: list[Block], all_blocks: list[Block], layer_decay: float
-) -> list[dict]:
-    """Head at the head rate; backbone blocks at the backbone rate, decayed per block from the output end."""
-    groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": stage.head_lr, "name": "head"}]
-    seen = {id(p) for p in groups[0]["params"]}
-    blocks = all_blocks if stage.scope == "full" else selected
-    for depth, block in enumerate(reversed(blocks)):
-        params = [p for p in block.module.parameters() if p.requires_grad and id(p) not in seen]
-        seen.update(id(p) for p in params)
-        if params:
-            groups.append({"params": params, "lr": stage.backbone_lr * layer_decay**depth, "name": block.name})
-    rest = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in seen]
-    if rest:  # patch embedding and other modules outside the blocks (full stage only)
-        groups.append({"params": rest, "lr": stage.backbone_lr * layer_decay ** len(blocks), "name": "backbone.other"})
-    return groups
 
 
 class FrozenFeatures:
@@ -329,8 +314,15 @@ class Trainer:
         if not per_step_check and not torch.isfinite(stacked).all():
             first = int((~torch.isfinite(stacked)).nonzero()[0])
             raise NonFiniteLoss(desc, first, float(stacked[first]))
+        rates = ", ".join(f"{g.get('initial_lr', g['lr']):.3g}" for g in optimizer.param_groups[:4])  # peak rates
+        # a last step can leave the weights NaN with every loss finite: caught here, before any metric reads them
+        check_finite_weights(self.model, desc, len(losses), rates)
         logits_np = torch.cat(logits_all).cpu().numpy()
         labels_np = torch.cat(labels_all).cpu().numpy()
+        if not np.isfinite(logits_np).all():
+            raise NonFiniteTraining(
+                f"{desc}: the model's outputs hold NaN or Inf within {len(losses)} step(s). " + _fix(rates)
+            )
         metrics = classification_metrics(labels_np, softmax(logits_np), self.class_names)
         return {"loss": float(stacked.mean()), **metrics}
 
@@ -350,7 +342,9 @@ class Trainer:
         """Loss and classification metrics of `logits` against `y`, both on the device.
 
         On a CUDA GPU everything is computed there and comes back in one transfer (scikit-learn on the host cost
-        ~15 % of a GPU evaluation); elsewhere (CPU, MPS: no float64) scikit-learn computes them, as before."""
+        ~15 % of a GPU evaluation); elsewhere (CPU, MPS: no float64) scikit-learn computes them."""
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteTraining("evaluation: the model's outputs hold NaN or Inf. " + _fix("those of the stage"))
         loss = self.loss_fn(logits, y)
         if self.device.type == "cuda":
             return classification_metrics_on_device(y, logits, self.class_names, extra={"loss": loss})

@@ -1,14 +1,20 @@
-"""What the supervised loop and the self-supervised stages share: the optimizer, its schedule, the precision."""
+"""What the supervised loop and the self-supervised stages share: the optimizer, its parameter groups (layer-wise
+rates over the unfreeze block list), its schedule, the precision."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ttm_experiments.config.schema import AmpMode, parse_amp
 from ttm_experiments.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only
+    from ttm_experiments.models.backbones import Classifier
+    from ttm_experiments.models.unfreeze import Block
+    from ttm_experiments.training.stages import StagePlan
 
 
 def make_optimizer(groups: list[dict], *, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
@@ -104,3 +110,21 @@ def check_amp(amp: object, device: torch.device) -> AmpMode:
             "trainer.amp=false, or trainer.device=cuda / cpu."
         )
     return mode
+
+
+def param_groups(
+    model: Classifier, stage: StagePlan, selected: list[Block], all_blocks: list[Block], layer_decay: float
+) -> list[dict]:
+    """Head at the head rate; backbone blocks at the backbone rate, decayed per block from the output end."""
+    groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": stage.head_lr, "name": "head"}]
+    seen = {id(p) for p in groups[0]["params"]}
+    blocks = all_blocks if stage.scope == "full" else selected
+    for depth, block in enumerate(reversed(blocks)):
+        params = [p for p in block.module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": stage.backbone_lr * layer_decay**depth, "name": block.name})
+    rest = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in seen]
+    if rest:  # patch embedding and other modules outside the blocks (full stage only)
+        groups.append({"params": rest, "lr": stage.backbone_lr * layer_decay ** len(blocks), "name": "backbone.other"})
+    return groups

@@ -27,7 +27,7 @@ from ttm_experiments.data.prepare import (
     load_windows,
     split_subject_wise,
 )
-from ttm_experiments.errors import Pruned
+from ttm_experiments.errors import Pruned, RunDirInUse
 from ttm_experiments.metrics.classification import softmax
 from ttm_experiments.models.checkpoint import save_classifier
 from ttm_experiments.models.pretrained import build_model
@@ -38,7 +38,7 @@ from ttm_experiments.training import resume, signals, stage_cache
 from ttm_experiments.training.device import pick_device
 from ttm_experiments.training.finetune import finetune_rates
 from ttm_experiments.training.inputs import split_inputs, windows_digest
-from ttm_experiments.training.loop import LoopResult, Trainer
+from ttm_experiments.training.loop import LoopResult, Trainer, check_selection_metric
 from ttm_experiments.training.optim import Precision, check_amp
 from ttm_experiments.training.record import (
     config_params,
@@ -52,6 +52,7 @@ from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.training.stages import EpochEnd, StagePlan, plan_stages
 from ttm_experiments.training.trial import epoch_hooks, search_tags
 from ttm_experiments.utils.files import remove_stale_temporaries
+from ttm_experiments.utils.locks import holder, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,17 @@ class Recipe(Protocol):
 
     def finish(self, result: LoopResult) -> RunOutcome: ...
 
+    def release(self) -> None: ...
+
 
 def run_recipe(recipe: Recipe) -> RunOutcome:
     """setup, train, finish; a failure (FAILED) or a prune or Ctrl-C (KILLED) is recorded on the run."""
-    recipe.setup()
     try:
+        recipe.setup()
         return recipe.finish(recipe.train())
     except BaseException as err:
+        if getattr(recipe, "tracker", None) is None:  # stopped in setup, before the store was opened
+            raise
         stopped = isinstance(err, (KeyboardInterrupt, signals.Stopped, SystemExit))
         status = "KILLED" if stopped or isinstance(err, Pruned) else "FAILED"
         if recipe.tracker.run_id is not None:
@@ -110,6 +115,8 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
             except Exception:  # the original error matters more than a tracking hiccup
                 log.exception("could not mark the MLflow run %s", status)
         raise
+    finally:
+        recipe.release()
 
 
 def _stop_reason(err: BaseException) -> str:
@@ -183,6 +190,7 @@ class TrainRecipe:
     def __init__(self, config: TrainConfig, info: RunInfo):
         self.config = config
         self.info = info
+        self._held: dict[Path, int] = {}  # run directory -> the descriptor holding its lock
 
     # -- setup: fail before any long work --------------------------------------------------------
     def setup(self, *, track: bool = True) -> None:
@@ -190,6 +198,8 @@ class TrainRecipe:
         reads no resume state."""
         c = self.config
         self.t0 = time.perf_counter()
+        if track:  # one live process per run directory: a second one would train the same run alongside
+            self._hold_run_dir(self.info.output_dir)
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         if c.trainer.num_threads:
@@ -208,6 +218,8 @@ class TrainRecipe:
         self.stages = plan_stages(
             c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
         )
+        if any(s.supervised for s in self.stages):  # the selection metric is one the loop logs, before training
+            check_selection_metric(parse_metric(c.optimized_metric), tuple(self.splits.train.class_names))
         # random, or a checkpoint (hub id, directory, ttm-train file) whose architecture it was built from
         self.model, self.init = build_model(
             c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names)
@@ -215,6 +227,8 @@ class TrainRecipe:
         self.init_kind = self.init.kind
         self.stages, self.optim = finetune_rates(self.stages, c.optim, init=self.init_kind)
         self.resume_state = self._resume_state() if track else None
+        if track and self.info.output_dir not in self._held:  # resume=<another run's directory>
+            self._hold_run_dir(self.info.output_dir)
         if self.resume_state is not None:
             self.model.load_state_dict(self.resume_state["model"])
         # every stage's selection, before training: an empty or out-of-range selection stops here
@@ -242,6 +256,25 @@ class TrainRecipe:
         """Per stage whether the stage cache holds it now, and who computed it (`ttm-train --cfg job`)."""
         self.setup(track=False)
         return self.cache.plan(self.stages, enabled=self.config.trainer.stage_cache)
+
+    def _hold_run_dir(self, directory: Path) -> None:
+        """Lock `<directory>/run.lock` for as long as this process lives (the kernel releases it at exit, even
+        after SIGKILL); refuse when a live process holds it."""
+        target = directory / "run"
+        fd = try_lock(target, what=f"the run directory {directory}", fix="a run directory on a local disk")
+        if fd is None:
+            raise RunDirInUse(
+                f"the run directory {directory} is in use by process {holder(target)}, a live ttm-train; nothing was "
+                "changed. Fix: wait for it to end (or stop it: Ctrl-C or kill), then rerun the same command to resume "
+                "it; or give this run its own directory (hydra.run.dir=<another dir>)."
+            )
+        self._held[directory] = fd
+
+    def release(self) -> None:
+        """Let go of the run directories (at the end of the run; a process that exits releases them anyway)."""
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     def _resume_state(self) -> dict | None:
         """The state to continue from: `resume=<dir or run id>`, or an unfinished run in this output dir."""
@@ -332,7 +365,14 @@ class TrainRecipe:
             self.splits.val,
             unfreeze=c.unfreeze,
             selection=parse_metric(c.optimized_metric),
-            epoch_hooks=epoch_hooks(c.search, c.optimized_metric, self.tracker),
+            epoch_hooks=epoch_hooks(
+                c.search,
+                c.optimized_metric,
+                self.tracker,
+                dataset_digest=stage_cache.digest(
+                    [windows_digest(x) for x in (self.splits.train, self.splits.val, self.splits.test)]
+                ),
+            ),
             **shared,
         )
         self.ssl_runner = SSLRunner(self.model.backbone, **shared)

@@ -42,6 +42,7 @@ def record_test(
     metrics and the collapsed classes."""
     names = split.class_names
     interval = bootstrap_auroc_ci(split.labels, probs, split.subjects, seed=seed)
+    test["n_subjects"] = float(len(np.unique(split.subjects)))  # the interval's basis: few subjects, a weak one
     if interval is not None:
         test["auroc_ci_low"], test["auroc_ci_high"] = interval
     tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step)

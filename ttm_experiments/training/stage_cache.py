@@ -14,8 +14,9 @@ reusing run's own stage run, which is tagged `stage_cache=reused` with the run t
 
 Concurrency: a job takes a lock on an entry (`<entry>.lock`, flock, also on NFS with lockd) before it looks
 for it, so jobs that need the same stage compute it once; the others wait and read it. Entries are written
-atomically (temporary file, then rename); one that cannot be read, has another format, key or code version is
-recomputed and replaced, never trusted. The last stage of a schedule is not stored (no run starts after it).
+atomically (temporary file, then rename) with the SHA-256 of their payload; one that cannot be read, does not
+match its SHA-256, or has another format, key or code version is logged with its path, recomputed and replaced,
+never trusted. The last stage of a schedule is not stored (no run starts after it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -47,7 +49,7 @@ from ttm_experiments.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ttm-experiments-stage-cache/1"
+FORMAT = "ttm-experiments-stage-cache/2"  # /2: the payload with its SHA-256
 # the sources whose code decides a stage's end state (reports, CLIs, the sweeper and serving do not)
 CODE = ("config", "data", "models", "training", "metrics", "utils/files.py")
 # the libraries that compute (numba compiles the dropout masks: models/dropout_kernels.py)
@@ -152,6 +154,9 @@ class StageCache:
             yield self.read(key, stage)
 
     def read(self, key: str, stage: str) -> Entry | None:
+        """The stored entry, verified: its payload's SHA-256 must equal the one written beside it, so a damaged
+        file (a flipped byte in a weight, a truncated RNG state) is never trusted: it is logged with its path
+        and None is returned (the caller recomputes the stage and replaces the entry)."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -159,11 +164,18 @@ class StageCache:
             data = torch.load(path, map_location="cpu", weights_only=False)  # our own pickle (see resume.py)
         except UNREADABLE as err:
             return self._untrusted(path, f"cannot be read ({type(err).__name__}: {err})")
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not torch.is_tensor(data.get("payload")):
             return self._untrusted(path, "is not a stage cache entry of this version")
         if data.get("key") != key or data.get("code") != code_version() or data.get("stage") != stage:
             return self._untrusted(path, f"was written for another key, code version or stage ({data.get('stage')!r})")
-        return Entry(key, stage, data["state"], data["journal"], data["source"])
+        raw = data["payload"].numpy().tobytes()
+        if hashlib.sha256(raw).hexdigest() != data.get("sha256"):
+            return self._untrusted(path, "is damaged (its payload does not match the SHA-256 stored with it)")
+        try:
+            payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+        except UNREADABLE as err:
+            return self._untrusted(path, f"has a payload that cannot be read ({type(err).__name__}: {err})")
+        return Entry(key, stage, payload["state"], payload["journal"], payload["source"])
 
     @staticmethod
     def _untrusted(path: Path, why: str) -> None:
@@ -173,19 +185,14 @@ class StageCache:
     def store(self, entry: Entry) -> None:
         """Write atomically (the caller holds the entry's lock): a kill leaves the old entry or none."""
         path = self.path(entry.key)
+        buffer = io.BytesIO()
+        torch.save({"state": entry.state, "journal": entry.journal, "source": entry.source}, buffer)
+        payload = buffer.getvalue()
+        header = {"format": FORMAT, "key": entry.key, "code": code_version(), "stage": entry.stage}
         with atomic_file(path) as tmp:
-            torch.save(
-                {
-                    "format": FORMAT,
-                    "key": entry.key,
-                    "code": code_version(),
-                    "stage": entry.stage,
-                    "state": entry.state,
-                    "journal": entry.journal,
-                    "source": entry.source,
-                },
-                tmp,
-            )
+            # the payload as raw bytes (a uint8 tensor: stored as is, not re-encoded by pickle)
+            raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            torch.save({**header, "sha256": hashlib.sha256(payload).hexdigest(), "payload": raw}, tmp)
             faults.point("stage_cache.write")  # chaos test: the temporary file written, not renamed
         log.info("[%s] stored in the stage cache: %s", entry.stage, path)
 

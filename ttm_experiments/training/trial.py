@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ATTR_PARENT_RUN = "mlflow.parent_run_id"  # set by the sweeper: the study's MLflow run
 ATTR_RUN = "mlflow.run_id"  # set by the job: its own MLflow run
 ATTR_OVERRIDES = "hydra.overrides"  # set by the sweeper: the job's overrides, for the best command
+ATTR_DIGEST = "dataset.digest"  # a study attribute, set by its first job: the digest of the dataset's windows
 
 
 def _check(search: SearchConf) -> tuple[str, str, int]:
@@ -61,11 +62,16 @@ def search_tags(search: SearchConf) -> dict[str, str]:
     return tags
 
 
-def epoch_hooks(search: SearchConf, metric: str, tracker) -> tuple[Callable[[EpochRecord], None], ...]:
-    """The hooks `Trainer` calls after every epoch: none outside a study, else one that reports and prunes."""
+def epoch_hooks(
+    search: SearchConf, metric: str, tracker, *, dataset_digest: str
+) -> tuple[Callable[[EpochRecord], None], ...]:
+    """The hooks `Trainer` calls after every epoch: none outside a study, else one that reports and prunes (after
+    checking that the study was tuned on the same windows, `dataset_digest`)."""
     if search.trial_number is None:
         return ()
-    return (TrialReporter(search, metric, tracker),)
+    reporter = TrialReporter(search, metric, tracker)
+    bind_dataset_digest(reporter.study, dataset_digest, display_storage(reporter.storage_url))
+    return (reporter,)
 
 
 class TrialReporter:
@@ -79,9 +85,9 @@ class TrialReporter:
         self.split = split
         self.pruner = search.pruner or "none"
         self.study = load_study(self.study_name, self.storage_url, self.pruner)
-        if self.study.direction.name.lower() != str(search.direction).lower():
+        if self.study.direction.name.lower() != search.direction.value:  # search.direction: a Direction
             raise ConfigError(
-                f"search.direction={search.direction} but study '{self.study_name}' is to "
+                f"search.direction={search.direction.value} but study '{self.study_name}' is to "
                 f"{self.study.direction.name.lower()}"
             )
         tid = trial_id(self.storage_url, self.study_name, self.number)
@@ -130,3 +136,18 @@ class TrialReporter:
         except Exception:  # the storage already says PRUNED; the recipe tags the run again
             log.exception("could not tag the MLflow run as pruned")
         raise Pruned(message)
+
+
+def bind_dataset_digest(study, digest: str, storage: str) -> None:
+    """The job's side: the digest of the dataset's windows (all splits) is recorded on the study by its first
+    trial; a later trial on other windows (a relabelled or re-exported dataset under the same name) is refused
+    before it trains."""
+    recorded = study.user_attrs.get(ATTR_DIGEST)
+    if recorded is None:
+        study.set_user_attr(ATTR_DIGEST, digest)
+    elif recorded != digest:
+        raise ConfigError(
+            f"study '{study.study_name}' in {storage} was tuned on a dataset whose windows have digest {recorded}; "
+            f"this trial's windows have digest {digest} (the data changed under the same name and root). Its trials "
+            "would not be comparable. Fix: start a new study, hydra.sweeper.study_name=<new name>"
+        )
