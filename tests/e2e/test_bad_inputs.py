@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ttm_experiments.cli.train import train
-from ttm_experiments.errors import CheckpointError, ConfigError, DataError, TrackingError, UnfreezeError
+from ttm_experiments.errors import CheckpointError, ConfigError, DataError, StoreError, TrackingError, UnfreezeError
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_full_disk_fails_cleanly_keeping_earlier_runs_and_files(smoke, runs_dir,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", no_space)
-    with pytest.raises(CheckpointError, match="No space left on device.*free disk space"):
+    with pytest.raises(StoreError, match="last.pt: no space left on the device.*rerun the same command"):
         train(smoke("experiment_name=disk"))
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("disk").experiment_id])

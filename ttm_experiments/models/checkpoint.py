@@ -37,12 +37,13 @@ _HF_KEYS = {
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save, atomically: a crash or a full disk never leaves half a file."""
+    """torch.save, atomically: a crash or a full disk never leaves half a file (a full disk or quota is
+    `utils.files`' StoreError; another write error, a permission say, is a CheckpointError here)."""
     try:
         with atomic_file(path) as tmp:
             torch.save(obj, tmp)
             faults.point("checkpoint.write")  # chaos test: the temporary file written, not renamed
-    except OSError as err:  # a full disk or a quota: the previous file at `path` is still intact
+    except OSError as err:  # e.g. no permission: the previous file at `path` is still intact
         raise CheckpointError(
             f"cannot write {path}: {err}. Fix: free disk space, or paths.runs_dir=<a disk with space>; the previous "
             f"{path.name} (if any) is unchanged."

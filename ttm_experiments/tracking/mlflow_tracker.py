@@ -36,10 +36,23 @@ def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:
         try:
             return fn()
         except Exception as err:  # mlflow wraps sqlite errors in its own exception types
+            if _disk_full(err):
+                raise _disk_full(err) from None
             if "locked" not in str(err).lower() or i == attempts - 1:
                 raise
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
+
+
+def _disk_full(err: Exception) -> StoreError | None:
+    """SQLite's "database or disk is full", as one line that says what to do (not a traceback)."""
+    if "disk is full" not in str(err).lower():
+        return None
+    return StoreError(
+        f"the MLflow store's disk is full ({str(err).strip().splitlines()[0][:200]}); what was logged before is "
+        "kept. Fix: free space on the store's disk (or tracking.uri=<a store elsewhere>), then rerun the same "
+        "command: the run resumes from its last checkpoint."
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -143,6 +156,8 @@ class MlflowTracker:
             else:
                 experiment_id = experiment.experiment_id
         except Exception as err:
+            if _disk_full(err):
+                raise _disk_full(err) from None
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             if db is not None:  # the directory is writable (checked): the file itself is the problem
                 raise StoreError(

@@ -112,8 +112,9 @@ def run_recipe(recipe: Recipe) -> RunOutcome:
                     reason = "pruned" if isinstance(err, Pruned) else "failure"
                     recipe.tracker.set_tags({reason: f"{type(err).__name__}: {err}"[:4000]})
                 recipe.tracker.end_run(status)
-            except Exception:  # the original error matters more than a tracking hiccup
-                log.exception("could not mark the MLflow run %s", status)
+            except Exception as mark:  # the original error matters more (a full disk fails both): one line
+                first = str(mark).strip().splitlines()[0][:300] if str(mark).strip() else type(mark).__name__
+                log.warning("could not mark the MLflow run %s: %s", status, first)
         raise
     finally:
         recipe.release()

@@ -9,6 +9,7 @@ holds.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ttm_experiments.errors import UserError
+from ttm_experiments.errors import StoreError, UserError
 from ttm_experiments.utils.locks import NO_LOCKS, flock_nonblocking
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,30 @@ def atomic_file(path: Path) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        # torch.save reports a full disk as a RuntimeError of its zip writer: look at the disk itself too
+        full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            isinstance(err, Exception) and _full(path)
+        )
         tmp.unlink(missing_ok=True)
+        if full:  # the old target is intact: say so, in one line
+            raise StoreError(
+                f"{path}: no space left on the device of {path.parent}; the previous {path.name} is kept. Fix: free "
+                "space there (or paths.runs_dir=<another disk>), then rerun the same command: the run resumes from "
+                "its last checkpoint."
+            ) from None
         raise
     finally:
         os.close(fd)
+
+
+def _full(path: Path) -> bool:
+    """The file system of `path` has (almost) no space left for this process."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def remove_stale_temporaries(directory: Path, name: str = "*") -> list[Path]:
