@@ -89,3 +89,22 @@ def test_the_report_run_is_logged_beside_the_training_runs_not_among_them(tmp_pa
     assert client.get_experiment(client.get_run(run_id).info.experiment_id).name == "exp-reports"
     training = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert [r.info.run_name for r in training] == ["r"]
+
+
+def test_a_comparison_takes_the_newest_run_of_a_setting_not_the_best_one():
+    from ttm_experiments.report.compare import comparisons
+
+    def run(name, schedule, start, auroc):
+        params = {"schedule.name": schedule, "dataset.fold": "0", "seed": "0"}
+        return Row(name, name, "finished", params, {}, {"test/auroc": auroc}, "val/auroc", start_time=start)
+
+    # ranked best first, as collect() ranks them: the old, better run of `progressive` comes first
+    rows = [run("old", "progressive", 1, 0.9), run("new", "progressive", 2, 0.7), run("base", "head_only", 1, 0.6)]
+    (comp,) = comparisons(rows, "schedule", "head_only")
+    assert [(a.name, b.name) for a, b in comp.runs[0]] == [("new", "base")]
+
+
+def test_runs_selected_on_another_metric_are_never_pooled():
+    rows = [_row("auroc", optimized_metric="val/auroc"), _row("loss", optimized_metric="val/loss")]
+    kept, left_out = poolable(rows)
+    assert [r.name for r in kept] == ["auroc"] and left_out == {"optimized_metric": ["val/loss"]}

@@ -85,7 +85,9 @@ def test_a_param_interpolated_from_the_compared_group_does_not_break_the_pair():
             "seed": "0",
             **extra,
         }
-        return SimpleNamespace(params=params, state="finished", metrics={"test/auroc": 0.8}, run_id=f"{backbone}{fold}")
+        return SimpleNamespace(
+            params=params, state="finished", metrics={"test/auroc": 0.8}, run_id=f"{backbone}{fold}", start_time=0
+        )
 
     rows = [row(b, p, f) for b, p in (("ttm_1024", r"mixers\.\d+"), ("baseline_sqi", "^$")) for f in (0, 1)]
     (comp,) = comparisons(rows, "backbone", "baseline_sqi")

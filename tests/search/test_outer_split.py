@@ -58,3 +58,21 @@ def test_the_nested_report_keeps_layouts_apart():
     text = "\n".join(nested_markdown(rows))
     assert "`s` (5 of 5 outer folds, split seed 0)" in text and "mean 0.800, sd 0.000" in text
     assert "`s` (3 of 3 outer folds, split seed 0)" in text and "mean 0.600, sd 0.000" in text
+
+
+def test_a_study_refuses_the_outer_split_swept_or_pinned_in_its_search_space():
+    from ttm_experiments.search.nested import refuse_swept_fold
+
+    with pytest.raises(ConfigError, match=r"dataset is swept inside one Optuna study"):
+        refuse_swept_fold({"dataset": "choice(synthetic, butppg)"})
+    with pytest.raises(ConfigError, match=r"dataset.fold is set in hydra.sweeper.params.*on the command line"):
+        refuse_swept_fold({}, {"dataset.fold": "dataset.fold=3"})
+    refuse_swept_fold({"optim.lr": "interval(1e-4, 1e-3)"}, {})  # the rest is the study's to search
+
+
+def test_a_real_sweep_config_binds_a_study_with_json_values(tmp_path):
+    cfg = compose_config(["dataset.fold=1"])
+    study = _study(tmp_path)
+    bind_study(study, outer_fold(cfg), "optuna.db")  # Enum values (dataset.loader) must be JSON for Optuna
+    assert _study(tmp_path).user_attrs["dataset.loader"] == "synthetic"
+    assert _study(tmp_path).user_attrs["dataset.fold"] == 1

@@ -93,3 +93,21 @@ def test_a_damaged_entry_is_logged_with_its_path_and_never_reused(tmp_path, capl
         assert entry is None
     cache.store(stage_cache.Entry("ab" * 16, "head", {"model": {}}, [], {"parent": "new"}))
     assert cache.read("ab" * 16, "head").source == {"parent": "new"}
+
+
+def test_a_stage_that_cannot_be_stored_on_a_full_disk_does_not_stop_the_run(smoke, runs_dir, monkeypatch):
+    from ttm_experiments.cli.train import train
+    from ttm_experiments.errors import StoreError
+
+    def full(self, entry):
+        raise StoreError(f"{self.path(entry.key)}: no space left on the device")
+
+    monkeypatch.setattr(stage_cache.StageCache, "store", full)
+    train(smoke("experiment_name=full-cache"))  # finishes: later runs simply train the stage again
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir}/mlflow.db")
+    (parent,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("full-cache").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert parent.info.status == "FINISHED" and "no space left" in parent.data.tags["stage_cache.store_failed"]

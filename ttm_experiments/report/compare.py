@@ -111,7 +111,7 @@ def comparisons(rows: list, setting: str, baseline: str | None) -> list[Comparis
     if base not in values:
         return []
     cells: dict[tuple, object] = {}
-    for r in done:  # the newest run of each cell wins (rows keep MLflow's newest-first order within a rank)
+    for r in sorted(done, key=lambda row: -row.start_time):  # the newest run of each cell wins, not the best one
         owned = setting_keys(setting, r.params)[1]
         key = (r.params.get(name_key), r.params.get("seed", "0"), _signature(r, owned), int(r.params["dataset.fold"]))
         cells.setdefault(key, r)

@@ -76,9 +76,10 @@ def _replicates(seeds: list[PairedFold], rng: np.random.Generator, n_boot: int, 
 
 
 def _interval(estimate: float, values: np.ndarray, level: float, n_seeds: int) -> Difference:
+    n_boot = len(values)
     values = values[np.isfinite(values)]
     alpha = (1 - level) / 2
-    if len(values) == 0:
+    if len(values) < max(1, n_boot // 2):  # most resamples lacked a class: no interval, as bootstrap_auroc_ci
         return Difference(estimate, float("nan"), float("nan"), 0, n_seeds)
     low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
     return Difference(estimate, low, high, len(values), n_seeds)

@@ -6,7 +6,7 @@
 Its config is `conf/report.yaml` (tracking, paths, experiment_name, report.*). Everything comes from MLflow;
 writes `report.md` (table ranked by the objective, then the plots), `runs.csv` (the table unrounded),
 `auroc_heatmap.png`, `per_class_accuracy.png` and `epochs.png` to `runs/reports/<experiment>[/<sweep>]/`,
-and logs them as a run of the experiment (tag `ttm.kind=report`).
+and logs them as a run of the experiment `<experiment>-reports` (tag `ttm.kind=report`).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class Row:
     metric: str  # the objective's name, e.g. val/auroc
     objective: float | None = None
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    start_time: int = 0  # ms since the epoch (MLflow's): which of two runs of one setting is the newer
     stages: list[tuple[str, int, int]] = field(default_factory=list)  # (name, first epoch, last epoch)
 
     @property
@@ -212,6 +213,7 @@ def to_row(run) -> Row:
         tags=tags,
         metrics=metrics,
         metric=params.get("optimized_metric", "val/auroc"),
+        start_time=int(run.info.start_time or 0),
     )
 
 
@@ -296,6 +298,8 @@ def poolable(rows: list[Row]) -> tuple[list[Row], dict[str, list[str]]]:
     (`unfreeze.*`, `optim.lr`) and the replicates (seed, fold), namely the group of the first (best) run; and, for
     the runs left out, the values of the keys they differ in."""
     other = [k for k in varied_params(rows) if k not in REPLICATES]
+    if len({r.params.get("optimized_metric") for r in rows}) > 1:  # a loss is not averaged with an AUROC
+        other.append("optimized_metric")
     if not rows or not other:
         return rows, {}
 

@@ -27,10 +27,17 @@ def outer_fold(config: Any) -> dict[str, Optional[int]]:
     return {key: v.value if isinstance(v, Enum) else v for key, v in values.items()}  # JSON for the user attrs
 
 
-def refuse_swept_fold(distributions: dict) -> None:
+def refuse_swept_fold(distributions: dict, fixed: dict | None = None) -> None:
     """A study samples hyperparameters for one outer split: sweeping what defines it inside the study would mix
     folds."""
-    swept = [k for k in BOUND_KEYS if k in distributions]
+    swept = [k for k in (*BOUND_KEYS, "dataset") if k in distributions]
+    pinned = [k for k in (*BOUND_KEYS, "dataset") if k in (fixed or {})]
+    if pinned:  # a value in hydra.sweeper.params is not in the sweep's config, which the study is bound to
+        raise ConfigError(
+            f"{pinned[0]} is set in hydra.sweeper.params ({fixed[pinned[0]]}); the study is bound to the outer split "
+            f"of the command's own config. Fix: give it on the command line instead (`ttm-train -m "
+            f"hparams_search=<space> {fixed[pinned[0]]}`)"
+        )
     if swept:
         raise ConfigError(
             f"{swept[0]} is swept inside one Optuna study ({distributions[swept[0]]}); a study is bound "

@@ -248,7 +248,9 @@ class OptunaSweeperImpl(Sweeper):
         """Everything the sweep needs, checked before the study is touched: space, direction, storage, sampler."""
         cfg = self.config
         space = parse(self.params, self.search_space, arguments, int_keys=functools.partial(_is_int_key, cfg))
-        nested.refuse_swept_fold(space.distributions)
+        # fixed in hydra.sweeper.params: not in the sweep's own config, which the study is bound to
+        in_params = {k: v for k, v in space.fixed.items() if space.origin.get(k) == "hydra.sweeper.params"}
+        nested.refuse_swept_fold(space.distributions, in_params)
         if not space.distributions and not self.custom_search_space:
             raise SearchSpaceError(
                 "the search space is empty: set hydra.sweeper.params (e.g. optim.lr: "

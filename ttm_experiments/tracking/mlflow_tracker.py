@@ -8,6 +8,7 @@ any long work starts: an unreachable server fails fast, with the URI and the fix
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from ttm_experiments.utils import faults
 from ttm_experiments.utils.files import writable_directory
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Tracker(Protocol):
@@ -306,10 +308,13 @@ class MlflowTracker:
 
     def end_run(self, status: str = "FINISHED") -> None:
         self.end_stage(status)
-        if self._monitor is not None:  # the thread's samples, then a last one, are written before the run ends
-            self._monitor.finish()
-            self._sample_system_metrics(self._monitor)
-            self._monitor = None
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:  # the thread's samples, then a last one, are written before the run ends
+            monitor.finish()
+            try:
+                self._sample_system_metrics(monitor)
+            except Exception as err:  # a system sample (NVML, a full store) must not keep the run RUNNING
+                log.warning("the last system-metrics sample of run %s was not logged: %s", self.run_id, err)
         if self.run_id is not None:
             run_id = self.run_id
             _retry_locked(lambda: self.client.set_terminated(run_id, status=status))

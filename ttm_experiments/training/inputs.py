@@ -44,7 +44,7 @@ def dataset_source(name: str, root: str | None, split_seed: int):
         return resolve_dataset_source(str(Path(root).expanduser().resolve()))
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    return CodeDatasetSource({"generator": f"ttm_experiments.data.{name}", "split_seed": str(split_seed)})
+    return CodeDatasetSource({"generator": "ttm_experiments.data.synthetic", "split_seed": str(split_seed)})
 
 
 def split_inputs(splits: Splits, *, dataset: str, fold: int, root: str | None, split_seed: int) -> list:

@@ -27,7 +27,7 @@ from ttm_experiments.data.prepare import (
     load_windows,
     split_subject_wise,
 )
-from ttm_experiments.errors import Pruned, RunDirInUse
+from ttm_experiments.errors import Pruned, RunDirInUse, StoreError
 from ttm_experiments.metrics.classification import softmax
 from ttm_experiments.models.checkpoint import save_classifier
 from ttm_experiments.models.pretrained import build_model
@@ -427,7 +427,7 @@ class TrainRecipe:
         }
         try:
             self.cache.entries.store(stage_cache.Entry(key, stage.name, state, journal, source))
-        except OSError as err:  # a full disk: this run is fine, later runs recompute the stage
+        except (OSError, StoreError) as err:  # a full disk: this run is fine, later runs recompute the stage
             log.warning(
                 "[%s] could not store the stage in the cache (%s); later runs will train it again", stage.name, err
             )

@@ -28,7 +28,13 @@ FORMAT = "ttm-experiments-resume/1"
 # what the stopped process recorded about its end: no longer true once the run continues (kept as `resumed.after`)
 STALE_TAGS = ("stop_reason", "failure")
 # keys that may change between the killed run and its resumption
-MAY_DIFFER = ("resume", "trainer.progress", "trainer.num_threads")
+MAY_DIFFER = (
+    "resume",
+    "trainer.progress",
+    "trainer.num_threads",
+    "tracking.log_system_metrics",
+    "tracking.system_metrics_interval_s",
+)
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

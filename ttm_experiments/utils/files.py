@@ -48,9 +48,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         if full:  # the old target is intact: say so, in one line
             raise StoreError(
-                f"{path}: no space left on the device of {path.parent}; the previous {path.name} is kept. Fix: free "
-                "space there (or paths.runs_dir=<another disk>), then rerun the same command: the run resumes from "
-                "its last checkpoint."
+                f"{path}: no space left on the device of {path.parent}; the previous {path.name} (if any) is kept. "
+                "Fix: free space there (or point the setting that chose it, e.g. paths.runs_dir, at another disk) and "
+                "rerun the same command (a training run resumes from its last checkpoint)."
             ) from None
         raise
     finally:

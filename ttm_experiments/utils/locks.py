@@ -80,8 +80,12 @@ def try_lock(target: Path, *, what: str, fix: str) -> int | None:
     if not taken:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BaseException:  # e.g. a full disk: do not keep a lock nobody will release
+        os.close(fd)
+        raise
     return fd
 
 
