@@ -53,16 +53,18 @@ def test_report_pairs_runs_per_fold_and_across_folds(calib):
             ]
         )
     )
-    (comp,) = [c for c in result["comparisons"] if c.seed == "0"]
+    (comp,) = result["comparisons"]  # head_only's seed 1 on fold 0 has no progressive partner: seed 0 only
+    assert comp.seeds == ["0"]
     assert (comp.value, comp.baseline, sorted(comp.per_fold)) == ("progressive", "head_only", [0, 1])
     d = comp.per_fold[0]
-    row, partner = comp.runs[0]
+    ((row, partner),) = comp.runs[0]
     assert d.estimate == pytest.approx(row.metrics["test/auroc"] - partner.metrics["test/auroc"], abs=1e-4)
     assert d.low <= d.estimate <= d.high and comp.combined is not None
     out = result["files"][0].parent
     text = (out / "report.md").read_text()
-    assert "### schedule=progressive - schedule=head_only" in text and "all 2 folds (mean)" in text
+    assert "### schedule=progressive - schedule=head_only (1 seed)" in text and "all 2 folds (mean)" in text
     assert "distinguishable from zero" in text and (out / "paired_forest.png").stat().st_size > 0
+    assert "it rests on one training run per fold" in text  # one seed: the verdict cannot speak to training
     assert "## Across seeds" in text  # head_only on fold 0 with seeds 0 and 1
 
 
