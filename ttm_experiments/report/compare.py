@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.report.paired import Difference, PairedFold, auroc_differences
+from ttm_experiments.report.paired import Difference, PairedFold, auroc_differences, same_windows
 from ttm_experiments.report.runs import is_bookkeeping, shown_value
 
 PREDICTIONS_ARTIFACT = "test/predictions.csv"  # written by training/record.py (not imported: it pulls in torch)
@@ -143,10 +143,6 @@ def _paired_fold(a: pd.DataFrame, b: pd.DataFrame) -> PairedFold | None:
     return PairedFold(a["label"].to_numpy(), a["subject"].to_numpy(), a[columns].to_numpy(), b[columns].to_numpy())
 
 
-def _same_windows(a: PairedFold, b: PairedFold) -> bool:
-    return np.array_equal(a.labels, b.labels) and np.array_equal(a.subjects, b.subjects)
-
-
 def score(client, comparison: Comparison, *, n_boot: int = 1000) -> None:
     """Fill a comparison's per-fold and combined intervals from the runs' test predictions."""
     folds, order = [], []
@@ -159,7 +155,7 @@ def score(client, comparison: Comparison, *, n_boot: int = 1000) -> None:
                     why = f"a run has no {PREDICTIONS_ARTIFACT}: rerun it"
                     break
                 paired = _paired_fold(*frames)
-                if paired is None or (seeds and not _same_windows(seeds[0], paired)):
+                if paired is None or (seeds and not same_windows(seeds[0], paired)):
                     why = "the runs were tested on different windows (split or data differ)"
                     break
                 seeds.append(paired)

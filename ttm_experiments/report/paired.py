@@ -85,6 +85,11 @@ def _interval(estimate: float, values: np.ndarray, level: float, n_seeds: int) -
     return Difference(estimate, low, high, len(values), n_seeds)
 
 
+def same_windows(a: PairedFold, b: PairedFold) -> bool:
+    """Two pairs of runs scored on the same test windows (labels and subjects, in order)."""
+    return np.array_equal(a.labels, b.labels) and np.array_equal(a.subjects, b.subjects)
+
+
 def _check_windows(i: int, seeds: list[PairedFold]) -> None:
     first = seeds[0]
     for fold in seeds:
@@ -93,7 +98,7 @@ def _check_windows(i: int, seeds: list[PairedFold]) -> None:
                 f"fold {i}: the two models were not scored on the same windows "
                 f"({fold.probs_a.shape} vs {fold.probs_b.shape}, {len(fold.labels)} labels)"
             )
-        if not (np.array_equal(fold.labels, first.labels) and np.array_equal(fold.subjects, first.subjects)):
+        if not same_windows(fold, first):
             raise ValueError(f"fold {i}: its seeds were tested on different windows (another split or data)")
 
 

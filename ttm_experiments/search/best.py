@@ -12,6 +12,7 @@ from typing import Any, Optional
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ttm_experiments.errors import TrackingError
 from ttm_experiments.search import summary
 from ttm_experiments.search.space import format_value, quote
 from ttm_experiments.tracking.optuna_storage import display_storage
@@ -198,8 +199,13 @@ def log_study(study_run, outcome: StudyOutcome) -> None:
         log.exception("could not tabulate the trials")
     try:
         study_run.finish(tags, metrics, texts, figures, [])
-    except Exception:
-        log.exception("could not log the study's result to MLflow")
+    except Exception as err:  # the results are safe elsewhere, but the sweep must not end as if all were recorded
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise TrackingError(
+            f"the study's results are in its storage and in optimization_results.yaml, but its MLflow run could "
+            f"not be finished: {first}. Fix: check tracking.uri, then rerun the same command (same "
+            "hydra.sweep.dir: it asks no new trial and logs the study again)."
+        ) from err
 
 
 def _task(cfg: DictConfig, trial_node: Optional[str]) -> Any:
