@@ -142,10 +142,11 @@ def bind_dataset_digest(study, digest: str, storage: str) -> None:
     """The job's side: the digest of the dataset's windows (all splits) is recorded on the study by its first
     trial; a later trial on other windows (a relabelled or re-exported dataset under the same name) is refused
     before it trains."""
-    recorded = study.user_attrs.get(ATTR_DIGEST)
-    if recorded is None:
+    if study.user_attrs.get(ATTR_DIGEST) is None:
+        # two first trials may write at once (Optuna's RDB storage drops one of the writes): read back what won
         study.set_user_attr(ATTR_DIGEST, digest)
-    elif recorded != digest:
+    recorded = study.user_attrs.get(ATTR_DIGEST)
+    if recorded != digest:
         raise ConfigError(
             f"study '{study.study_name}' in {storage} was tuned on a dataset whose windows have digest {recorded}; "
             f"this trial's windows have digest {digest} (the data changed under the same name and root). Its trials "
