@@ -265,6 +265,10 @@ class StageConf:
     kind: StageKind = StageKind.supervised
     train: TrainScope = TrainScope.head
     epochs: int = 1
+    # label efficiency (data/label_fraction.py): train on a stratified, nested subset of the training subjects
+    # (validation and test untouched): a share of them, or a count (not both)
+    label_fraction: float = 1.0
+    label_subjects: Optional[int] = None
     # learning rates are optim.lr times these factors
     head_lr_scale: float = 1.0
     backbone_lr_scale: float = 0.1

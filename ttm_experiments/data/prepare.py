@@ -187,6 +187,7 @@ class Splits:
     val: WindowSet
     test: WindowSet
     shared_subjects: int = field(default=0, compare=False)  # a predefined split's subjects in two of its splits
+    label_subset: Any = field(default=None, compare=False)  # data/label_fraction.py: the training subjects kept
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
