@@ -65,8 +65,11 @@ def train(cfg: DictConfig) -> float:
     from ttm_experiments.training.recipe import TrainRecipe, run_recipe
     from ttm_experiments.training.signals import graceful_stop
 
+    from ttm_experiments.training.linear_probe import LinearProbeRecipe, is_probe
+
     config = to_config(cfg)
     recipe = BaselineRecipe if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe
+    recipe = LinearProbeRecipe if is_probe(config) else recipe  # schedule=linear_probe (refused for a baseline)
     with graceful_stop():  # SIGTERM/SIGINT: finish the step, keep last.pt, mark the runs KILLED, raise Stopped
         return run_recipe(recipe(config, run_info(cfg))).objective
 

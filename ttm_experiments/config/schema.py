@@ -257,6 +257,10 @@ class DatasetConf:
     pretrain: DatasetLoader = DatasetLoader.synthetic
     pretrain_root: Optional[str] = None
     pretrain_subjects: int = 100
+    # label efficiency (data/label_fraction.py): train on a stratified, nested subset of the training subjects
+    # (validation and test untouched): a share of them, or a count (not both)
+    label_fraction: float = 1.0
+    label_subjects: Optional[int] = None
 
 
 @dataclass
@@ -265,10 +269,6 @@ class StageConf:
     kind: StageKind = StageKind.supervised
     train: TrainScope = TrainScope.head
     epochs: int = 1
-    # label efficiency (data/label_fraction.py): train on a stratified, nested subset of the training subjects
-    # (validation and test untouched): a share of them, or a count (not both)
-    label_fraction: float = 1.0
-    label_subjects: Optional[int] = None
     # learning rates are optim.lr times these factors
     head_lr_scale: float = 1.0
     backbone_lr_scale: float = 0.1
@@ -286,6 +286,9 @@ class ScheduleConf:
     stages: List[StageConf] = field(default_factory=list)
     # skip the stages before this one (with backbone.pretrained_path: rerun only fine-tuning)
     start_at: Optional[str] = None
+    # schedule=linear_probe (training/linear_probe.py): no stages; the frozen backbone's pooled embeddings and a
+    # logistic regression per C of this grid, the C chosen on validation by `optimized_metric`. Empty: not a probe
+    probe_c_grid: List[float] = field(default_factory=list)
 
 
 @dataclass

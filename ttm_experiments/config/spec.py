@@ -127,6 +127,15 @@ def compile_pattern(pattern: str, error: type[UserError] = ConfigError) -> re.Pa
 
 
 def _validate_schedule(schedule: ScheduleConf, *, pretrained: bool) -> None:
+    if schedule.probe_c_grid:  # schedule=linear_probe: a grid of C and no stages (training/linear_probe.py)
+        if schedule.stages:
+            raise ConfigError(
+                f"schedule={schedule.name} has both stages and schedule.probe_c_grid: a linear probe trains no stage. "
+                "Fix: schedule=linear_probe as shipped, or schedule.probe_c_grid=[] for a trained schedule."
+            )
+        for i, value in enumerate(schedule.probe_c_grid):
+            _positive(f"schedule.probe_c_grid[{i}]", value)
+        return
     if not schedule.stages:
         raise ConfigError(f"schedule={schedule.name} has no stages")
     names = [s.name for s in schedule.stages]

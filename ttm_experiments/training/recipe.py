@@ -134,12 +134,12 @@ def load_splits(c: TrainConfig) -> Splits:
 
     `dataset.split_seed` alone decides the data and the folds: runs that differ in `seed` share them."""
     d = c.dataset
-    windows = load_windows(d, seed=d.split_seed, cache_dir=Path(c.paths.cache_dir))
     label_fraction.check_settings(d)  # before the data is read
+    windows = load_windows(d, seed=d.split_seed, cache_dir=Path(c.paths.cache_dir))
     windows = check_windows(windows, c.backbone.context_length, d.channels, d.nonfinite)
     splits = split_subject_wise(windows, d.n_folds, d.fold, d.split_seed, allow_shared=d.allow_shared_subjects)
-    for name, row in describe_splits(splits).items():
     splits = label_fraction.apply(splits, d)  # dataset.label_fraction / label_subjects: training subjects only
+    for name, row in describe_splits(splits).items():
         log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))
     return splits
 
@@ -178,10 +178,10 @@ def open_run(tracker: MlflowTracker, c: TrainConfig, info: RunInfo, splits: Spli
     )
     tracker.log_params(config_params(c))
     tracker.log_dict(describe_splits(splits), "data/splits.json")
-    d = c.dataset  # the splits as MLflow datasets: name, source, digest of the windows, sizes and class balance
     if splits.label_subset is not None:  # the training subjects and windows actually kept (dataset.label_fraction)
         tracker.log_metrics(splits.label_subset.metrics(), step=0)
         tracker.log_dict({"train_subjects": list(splits.label_subset.kept)}, "data/label_subjects.json")
+    d = c.dataset  # the splits as MLflow datasets: name, source, digest of the windows, sizes and class balance
     tracker.log_inputs(split_inputs(splits, dataset=d.name, fold=d.fold, root=d.root, split_seed=d.split_seed))
     tracker.log_text(info.config_yaml, "config/config.yaml")
 
