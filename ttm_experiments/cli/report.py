@@ -23,6 +23,15 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     experiment = r.experiment or conf.experiment_name
     default = Path(conf.paths.runs_dir) / "reports" / slug(experiment)
     out = Path(r.out_dir) if r.out_dir else default / slug(r.sweep) if r.sweep else default
+    if r.zoo:  # the model zoo: label-efficiency curves and paired tables (report/zoo.py)
+        from ttm_experiments.report.zoo import build_zoo
+
+        result = build_zoo(
+            uri=conf.tracking.uri, experiment=experiment, sweep=r.sweep, out_dir=out, max_runs=r.max_runs
+        )
+        if r.log_to_mlflow:
+            result["run_id"] = log_report(conf.tracking.uri, experiment, r.sweep, result)
+        return result
     result = build_report(
         uri=conf.tracking.uri,
         experiment=experiment,

@@ -372,6 +372,9 @@ class ReportConf:
         None  # paired comparisons over this setting (schedule, backbone, optim.lr); null = each varying one
     )
     baseline: Optional[str] = None  # the value differences are taken against; null = the first in sorted order
+    # the model zoo's report (report/zoo.py): test AUROC vs dataset.label_fraction per backbone and schedule, and
+    # paired tables against the best TTM and the SQI baseline, instead of the run table
+    zoo: bool = False
 
 
 @dataclass
