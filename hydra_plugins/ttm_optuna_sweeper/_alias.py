@@ -4,7 +4,9 @@ Shipping a `hydra_plugins/hydra_optuna_sweeper/` folder would overwrite the rele
 uninstall would delete ours). Hydra imports the `_target_` path of a plugin (after finding it registered, see
 `compat`), and so do pickle and `hydra.utils.get_class`; this module adds an import finder for it. It is
 the last one Python asks, so it answers `hydra_plugins.hydra_optuna_sweeper[.optuna_sweeper]` with `compat`
-only when no installed package provides that name. The leading underscore keeps Hydra's scan from loading it.
+only when no installed package provides that name. The module file `hydra_plugins/hydra_optuna_sweeper.py`
+installs it in a fresh process (Python finds that file when it looks for the name). The leading underscore keeps
+Hydra's scan from loading this module.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ class AliasFinder(importlib.abc.MetaPathFinder):
 
 
 def released_plugin_installed() -> bool:
-    """Whether an installed package (the released hydra-optuna-sweeper) owns `hydra_plugins/hydra_optuna_sweeper`."""
+    """Whether an installed package (the released hydra-optuna-sweeper) owns the folder
+    `hydra_plugins/hydra_optuna_sweeper/` (our own `hydra_optuna_sweeper.py` is a module, not a package)."""
     import hydra_plugins
 
-    return importlib.machinery.PathFinder.find_spec(ALIAS, list(hydra_plugins.__path__)) is not None
+    spec = importlib.machinery.PathFinder.find_spec(ALIAS, list(hydra_plugins.__path__))
+    return spec is not None and spec.submodule_search_locations is not None
 
 
 def install() -> None:

@@ -1,68 +1,184 @@
 """The `hydra/sweeper: optuna` config node and its samplers (`hydra/sweeper/sampler: tpe, random, grid, ...`).
 
-The keys are those of `hydra-optuna-sweeper` 1.2 (direction, n_trials, n_jobs, study_name, storage, sampler,
-params, search_space, custom_search_space), plus:
+For any Hydra app the node is the released `hydra-optuna-sweeper` 1.3's: the same keys with the same defaults
+(direction minimize, storage null = an in-memory study, n_trials 20, n_jobs 2, max_failure_rate 0.0, params,
+the deprecated search_space, custom_search_space), and the same meaning. The keys this sweeper adds:
 
-- `pruner`: `median` (default), `hyperband`, `none`, or a mapping with `type` and the pruner's arguments,
-  e.g. `{type: median, n_startup_trials: 3, n_warmup_steps: 4}` (steps are epochs counted across stages);
-  also `percentile`, `successive_halving`, `threshold`;
-- `trial_node`: the config node through which each job gets its trial (`search`: study_name, storage,
-  trial_number, pruner, direction); null passes nothing (then nothing is pruned);
+- `pruner`: `median`, `percentile`, `hyperband`, `successive_halving`, `threshold`, `wilcoxon`, `none` (null), or a
+  mapping with `type` (or `_target_: optuna.pruners.X`) and the pruner's arguments; it acts through jobs that
+  report to their trial (`trial_node`), so it needs one;
+- `trial_node`: the config node through which each job gets its trial (study_name, storage, trial_number, pruner,
+  direction) and reports to it; a null storage then means a SQLite file under `paths.runs_dir` (the jobs, maybe
+  in other processes, must reach the study);
 - `job_validator`: a function called on each probe config of the search space before any trial runs;
 - `mlflow`: give the study a parent run in MLflow (`tracking.uri`, `experiment_name`) with its trials below;
-- `entrypoint`: the command printed to reproduce the best trial.
+- `entrypoint`: the command printed to reproduce the best trial (null: the command that started the sweep).
 
-Samplers are plain `_target_` nodes, so a search space may set any argument of the Optuna sampler.
+They stay off (null) for any app, except an app whose config has ttm-train's schema (ttm-train itself): there
+null means ttm-train's setting (trial_node `search`, its config check, MLflow on, `ttm-train`; see
+`ttm_experiments.search.sweeper.TTM_TRAIN`). This package's `hparams_search` configs set the rest (direction,
+pruner, failures that do not stop a study) explicitly.
+
+Each sampler node carries its Optuna constructor's arguments, so `hydra.sweeper.sampler.n_startup_trials=5`
+works; an argument left null takes Optuna's default.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+class Direction(Enum):
+    minimize = 1
+    maximize = 2
+
+
+@dataclass
+class SamplerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class TPESamplerConfig(SamplerConfig):
+    """optuna.samplers.TPESampler with the released plugin's choices (independent TPE, no constant liar)."""
+
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    group: bool = False
+    constant_liar: bool = False
+    # deprecated by Optuna 4.x (null: Optuna's default, which is the released value)
+    consider_prior: Optional[bool] = None
+    prior_weight: Optional[float] = None
+    consider_magic_clip: Optional[bool] = None
+    consider_endpoints: Optional[bool] = None
+    warn_independent_sampling: Optional[bool] = None
+
+
+@dataclass
+class MultivariateTPESamplerConfig(TPESamplerConfig):
+    """Optuna 5's TPE: a joint model of all parameters (`multivariate`, `group` for conditional spaces) and the
+    constant liar, which keeps parallel workers (n_jobs > 1) from sampling the same point."""
+
+    multivariate: bool = True
+    group: bool = False
+    constant_liar: bool = True
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: Optional[int] = None
+
+
+@dataclass
+class GridSamplerConfig(SamplerConfig):
+    """The grid is filled from the search space at run time (every parameter must be discrete)."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+    seed: Optional[int] = None
+
+
+@dataclass
+class CmaEsSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: Optional[int] = None
+    x0: Optional[Dict[str, Any]] = None
+    sigma0: Optional[float] = None
+    n_startup_trials: int = 1
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    popsize: Optional[int] = None
+    use_separable_cma: bool = False
+    with_margin: bool = False
+    lr_adapt: bool = False
+
+
+@dataclass
+class NSGAIISamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: Optional[int] = None
+    population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+@dataclass
+class MOTPESamplerConfig(TPESamplerConfig):
+    """The released `motpe`: Optuna >= 4 has no MOTPESampler; its TPESampler is the multi-objective TPE."""
+
+
+@dataclass
+class QMCSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: Optional[int] = None
+    qmc_type: str = "sobol"
+    scramble: bool = False
+
+
+@dataclass
+class GPSamplerConfig(SamplerConfig):
+    """Gaussian-process Bayesian optimisation: few trials on a continuous, low-dimensional space."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.ttm_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    # the sampler and pruner are built by the sweeper itself, not by Hydra's recursive instantiation
+    # the sampler is built by the sweeper itself (the grid needs the search space)
     _recursive_: bool = False
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
 
-    sampler: Any = MISSING
-    # minimize | maximize (the train job returns optimized_metric, val/auroc by default: maximize)
-    direction: Any = "maximize"
-    # RDB URL (sqlite:///..., postgresql://...) or a journal file path; null = the default below
-    storage: Optional[str] = "sqlite:///${paths.runs_dir}/optuna.db"
+    sampler: SamplerConfig = MISSING
+    # minimize | maximize, or a list of them (multi-objective)
+    direction: Any = Direction.minimize
+    # an Optuna storage URL (sqlite:///..., postgresql://...) or a journal file path; null: in memory (with a
+    # trial_node: a SQLite file under paths.runs_dir)
+    storage: Optional[Any] = None
     # the same name on the same storage resumes the study; null = a new study with a generated name
     study_name: Optional[str] = None
-    # trials this sweep adds to the study; a rerun with the same hydra.sweep.dir (after a kill) resumes the trials
-    # left RUNNING and asks only the ones still missing
+    # trials this sweep adds to the study
     n_trials: int = 20
-    # trials launched at once (each batch goes to hydra/launcher: basic runs them one after another)
-    n_jobs: int = 1
-    # search space in Hydra's override syntax: interval(...), tag(log, interval(...)), range(...), choice(...)
-    params: Optional[Dict[str, Any]] = None
-    # deprecated form of params ({type, low, high, log, step, choices}), still read
+    # trials launched at once (the batch goes to the launcher)
+    n_jobs: int = 2
+    # the share of failed trials in a batch above which the sweep stops with the jobs' error
+    max_failure_rate: float = 0.0
+    # deprecated form of params ({type, low, high, log, step, choices}): used only without params
     search_space: Optional[Dict[str, Any]] = None
+    # search space in Hydra's override syntax: interval(...), tag(log, interval(...)), range(...), choice(...)
+    params: Optional[Dict[str, str]] = None
     # dotted path of a function (cfg, trial) -> None that suggests more parameters
     custom_search_space: Optional[str] = None
-    pruner: Any = "median"
-    trial_node: Optional[str] = "search"
-    job_validator: Optional[str] = "ttm_experiments.search.space.validate_train_config"
-    mlflow: bool = True
-    entrypoint: str = "ttm-train"
+
+    # the keys this sweeper adds (module docstring)
+    pruner: Any = None
+    trial_node: Optional[str] = None
+    job_validator: Optional[str] = None
+    mlflow: Optional[bool] = None
+    entrypoint: Optional[str] = None
 
 
-SAMPLERS: Dict[str, Dict[str, Any]] = {
-    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None},
-    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
-    # the grid is filled from params at run time (every parameter must be discrete)
-    "grid": {"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": None},
-    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None},
-    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None},
-    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None},
-    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None},
+SAMPLERS = {
+    "tpe": TPESamplerConfig,
+    "tpe_multivariate": MultivariateTPESamplerConfig,
+    "random": RandomSamplerConfig,
+    "grid": GridSamplerConfig,
+    "cmaes": CmaEsSamplerConfig,
+    "nsgaii": NSGAIISamplerConfig,
+    "motpe": MOTPESamplerConfig,
+    "qmc": QMCSamplerConfig,
+    "gp": GPSamplerConfig,
 }
 
 cs = ConfigStore.instance()

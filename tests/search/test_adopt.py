@@ -82,7 +82,9 @@ def test_trial_seeds_differ_across_trials_studies_and_seeds():
     assert len(set(points)) == 4
 
 
-def test_the_sweeper_seeds_tpe_and_random_per_trial_and_leaves_grid_and_qmc_alone():
+def test_a_study_with_a_trial_node_seeds_tpe_and_random_per_trial_and_leaves_grid_and_qmc_alone():
+    """Resumable studies (jobs report to their trial) reseed per trial; another app's study keeps the released
+    plugin's one seeded sampler for the whole study."""
     from omegaconf import OmegaConf
 
     from ttm_experiments.search.space import parse
@@ -90,14 +92,17 @@ def test_the_sweeper_seeds_tpe_and_random_per_trial_and_leaves_grid_and_qmc_alon
 
     space = parse(OmegaConf.create({"unfreeze.last_n": "choice(0, 1)"}), None, [])
 
-    def built(target: str, seed, **extra):
+    def built(target: str, seed, pass_trial: bool = True, **extra):
         conf = OmegaConf.create({"_target_": f"optuna.samplers.{target}", "seed": seed, **extra})
-        return OptunaSweeperImpl(conf, "maximize", None, "s", 2, 1)._sampler(space)[0]
+        sweeper = OptunaSweeperImpl(conf, "maximize", None, "s", 2, 1)
+        sweeper.pass_trial = pass_trial
+        return sweeper._sampler(space)[0]
 
     for target in ("TPESampler", "RandomSampler"):
         seeded = built(target, 3)
         assert seeded.name == target and type(seeded).__name__ == "TrialSeeded"
         assert type(built(target, None)).__name__ == target  # unseeded: nothing to reproduce
+        assert type(built(target, 3, pass_trial=False)).__name__ == target
     # one seed for the whole study: the grid's order, QMC's scramble (their trial n follows from n and the storage)
     assert type(built("GridSampler", 3, _partial_=True)) is optuna.samplers.GridSampler
     assert type(built("QMCSampler", 3)) is optuna.samplers.QMCSampler

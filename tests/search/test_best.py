@@ -20,8 +20,8 @@ def test_a_study_run_that_cannot_be_finished_is_an_error_not_a_log_line():
     outcome = StudyOutcome(
         study=study,
         trials=study.get_trials(),
-        metric="val/auroc",
-        maximize=True,
+        metrics=["val/auroc"],
+        directions=["maximize"],
         results={"name": "optuna"},
         text="summary",
         best=study.best_trial,

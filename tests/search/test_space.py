@@ -26,7 +26,7 @@ def test_bad_search_space_is_rejected_before_anything_runs(tmp_path, bad, needle
     from ttm_experiments.cli.common import CONFIG_DIR
     from ttm_experiments.search.space import SearchSpaceError
 
-    args = ["hparams_search=unfreeze_lr", "debug=smoke", f"paths.runs_dir={tmp_path}"]
+    args = ["hparams_search=unfreeze_lr", "debug=tiny", f"paths.runs_dir={tmp_path}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=args, return_hydra_config=True)
         context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
@@ -55,30 +55,87 @@ def test_invalid_distributions_are_named(params, needle):
         parse(params, None, [])
 
 
-def test_search_space_syntax_of_hydra_optuna_sweeper():
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the released plugin's meaning, as its docs and tests state it (Optuna 2's names in brackets)
+        ("choice(1, 2)", ("cat", (1, 2))),
+        ("choice(true, false)", ("cat", (True, False))),
+        ("choice('hello', 'world')", ("cat", ("hello", "world"))),
+        ("range(1, 3)", ("int", 1, 3, 1, False)),  # [IntUniform(1, 3)]: a sampler may draw 3
+        ("interval(1, 5)", ("float", 1.0, 5.0, None, False)),  # Hydra's interval holds floats [Uniform]
+        ("int(interval(1, 5))", ("int", 1, 5, 1, False)),  # int() casts [IntUniform]
+        ("tag(log, interval(1, 5))", ("float", 1.0, 5.0, None, True)),  # [LogUniform]
+        ("tag(log, int(interval(1, 5)))", ("int", 1, 5, 1, True)),  # [IntLogUniform]
+        ("range(0.5, 5.5, step=1)", ("float", 0.5, 5.5, 1.0, False)),  # [DiscreteUniform]
+        ("range(0, 5, step=0.5)", ("float", 0.0, 5.0, 0.5, False)),
+    ],
+)
+def test_override_syntax_means_what_it_means_in_the_released_plugin(text, expected):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from ttm_experiments.search.space import grid, parse
+    from ttm_experiments.search.space import parse
+
+    d = parse({"key": text}, None, []).distributions["key"]
+    if expected[0] == "cat":
+        assert isinstance(d, CategoricalDistribution) and tuple(d.choices) == expected[1]
+        return
+    kind, low, high, step, log = expected
+    assert type(d) is (IntDistribution if kind == "int" else FloatDistribution)
+    assert (d.low, d.high, d.step, d.log) == (low, high, step, log)
+    assert type(d.low) is (int if kind == "int" else float)
+
+
+def test_shuffled_range_is_a_choice_and_a_log_range_is_refused():
+    from optuna.distributions import CategoricalDistribution
+
+    from ttm_experiments.search.space import SearchSpaceError, parse
+
+    d = parse({"key": "shuffle(range(1, 3))"}, None, []).distributions["key"]
+    assert isinstance(d, CategoricalDistribution) and set(d.choices) == {1, 2}
+    # the released plugin drops the tag here and samples uniformly; this sweeper says so and how to get log spacing
+    with pytest.raises(SearchSpaceError, match=r"tag\(log, int\(interval\(1, 100\)\)\)"):
+        parse({"key": "tag(log, range(1, 100))"}, None, [])
+
+
+def test_the_grid_stops_below_the_end_of_a_range_as_the_released_grid_does():
+    from ttm_experiments.search.space import SearchSpaceError, grid, parse
+
+    def points(text: str) -> list:
+        return grid("k", parse({"k": text}, None, []).distributions["k"])
+
+    assert points("range(-1, 2)") == [-1, 0, 1]
+    assert points("range(0, 10, step=3)") == [0, 3, 6]  # Optuna trims the end to 9, then the grid stops below it
+    assert points("range(-1.0, 1.0, step=1)") == [-1.0, 0.0]
+    assert points("choice(foo, bar)") == ["foo", "bar"]
+    with pytest.raises(SearchSpaceError, match="continuous"):
+        points("interval(0, 1)")
+
+
+def test_params_and_command_line_make_one_space():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from ttm_experiments.search.space import parse
 
     space = parse(
         {
             "optim.lr": "tag(log, interval(1e-5, 3e-3))",
             "unfreeze.last_n": "range(0, 4)",
-            "optim.batch_size": "choice(16, 32)",
             "unfreeze": "pattern,depth",
             "optim.layer_decay": "0.8",
         },
         None,
-        ["optim.weight_decay=0.1", "unfreeze.last_n=interval(1, 3)"],
-        int_keys=lambda key: key == "unfreeze.last_n",
+        ["optim.weight_decay=0.1", "unfreeze.last_n=interval(1, 3)", "~z"],
     )
     d = space.distributions
     assert d["optim.lr"] == FloatDistribution(1e-5, 3e-3, log=True)
-    assert d["unfreeze.last_n"] == IntDistribution(1, 3)  # the command line wins; an int key samples ints
-    assert d["optim.batch_size"] == CategoricalDistribution([16, 32])
+    assert d["unfreeze.last_n"] == FloatDistribution(1.0, 3.0)  # the command line wins
     assert d["unfreeze"] == CategoricalDistribution(["pattern", "depth"])
-    assert space.fixed == {"optim.layer_decay": "optim.layer_decay=0.8", "optim.weight_decay": "optim.weight_decay=0.1"}
-    assert grid("r", parse({"r": "range(0, 4)"}, None, []).distributions["r"]) == [0, 1, 2, 3, 4]
+    assert space.fixed == {
+        "optim.layer_decay": "optim.layer_decay=0.8",
+        "optim.weight_decay": "optim.weight_decay=0.1",
+        "~z": "~z",
+    }
     old = parse(None, {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}, [])
     assert old.distributions["optim.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
 

@@ -1,6 +1,6 @@
 """The Optuna sweeper (`hydra/sweeper: optuna`), per-epoch pruning, launchers and the MLflow run tree.
 
-Everything runs through the real CLI (`python -m ttm_experiments.cli.train -m ...`) on debug=smoke, into a
+Everything runs through the real CLI (`python -m ttm_experiments.cli.train -m ...`) on debug=tiny, into a
 temporary runs dir: the Optuna storage is `<runs>/optuna.db`, MLflow `<runs>/mlflow.db`.
 
 The study of the module fixture is deterministic: a grid over `trainer.max_epochs_per_stage` (1 or 2, i.e.
@@ -35,7 +35,9 @@ hydra:
   mode: MULTIRUN
   sweeper:
     study_name: t-prune
+    direction: maximize
     n_trials: 4
+    max_failure_rate: 1.0
     pruner: {type: threshold, lower: 1.01, n_warmup_steps: 4}
     params:
       trainer.max_epochs_per_stage: choice(1, 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ttm_experiments.errors import TrackingError
 from ttm_experiments.search import summary
 from ttm_experiments.search.space import format_value, quote
-from ttm_experiments.tracking.optuna_storage import display_storage
 from ttm_experiments.training.trial import ATTR_OVERRIDES, ATTR_RUN
 
 log = logging.getLogger(__name__)
@@ -87,77 +86,125 @@ class BestCommand:
 
 @dataclass
 class StudyOutcome:
-    """What a finished sweep found: the study's trials, its results and the best trial as a command."""
+    """What a finished sweep found: the study's trials, its results and the best trial (or the Pareto front)."""
 
     study: Any
     trials: list
-    metric: str
-    maximize: bool
+    metrics: list[str]
+    directions: list[str]
     results: dict[str, Any]
     text: str  # the printed summary
-    best: Any = None  # the best COMPLETE trial, if any
+    best: Any = None  # single objective: the best COMPLETE trial, if any
     command: Optional[str] = None
     best_cfg: Optional[DictConfig] = None
     importances: dict[str, float] | None = None
+    front: list = field(default_factory=list)  # several objectives: the Pareto-optimal COMPLETE trials
+    front_commands: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return ", ".join(self.metrics)
+
+    @property
+    def maximize(self) -> bool:
+        return self.directions[0] == "maximize"
 
 
 def finish_study(
     study,
     *,
-    storage_url: str,
+    storage_shown: str,
     asked: list[int],
-    metric: str,
-    direction: str,
+    metrics: list[str],
+    directions: list[str],
     seconds: float,
     best_command: BestCommand,
     sweep_dir: Path,
+    tuned_in: bool = True,
+    released_keys_only: bool = False,
 ) -> StudyOutcome:
-    """Print the summary, write `optimization_results.yaml` into the sweep folder and return the outcome."""
+    """Print the summary, write `optimization_results.yaml` into the sweep folder and return the outcome.
+
+    The file holds what the released plugin writes (`name: optuna`, and `best_params` and `best_value`, or for
+    several objectives `solutions`: the Pareto front's params and values); with `released_keys_only` false it
+    adds the study's bookkeeping (name, storage, counts, the best command)."""
     trials = study.get_trials(deepcopy=False)
-    maximize = direction == "maximize"
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    best = (max if maximize else min)(complete, key=lambda t: t.value) if complete else None
-    command, best_cfg = None, None
-    if best is not None:
-        overrides = best.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in best.params.items()]
-        command, best_cfg = best_command.command(list(overrides), tuned_in=study.study_name)
-    imp = summary.importances(study)
-    storage_shown = display_storage(storage_url)
-    text = summary.format_summary(study.study_name, storage_shown, metric, trials, asked, best, command, imp)
+    best, front, command, best_cfg = None, [], None, None
+    front_commands: dict[int, str] = {}
+    results: dict[str, Any] = {"name": "optuna"}
+    if len(directions) == 1:
+        best = study.best_trial if complete else None  # Optuna's rule: the first of the best values
+        if best is not None:
+            overrides = _overrides(best)
+            command, best_cfg = best_command.command(overrides, tuned_in=study.study_name if tuned_in else None)
+            results.update(best_params=dict(best.params), best_value=float(best.value))
+            log.info("Best parameters: %s", dict(best.params))
+            log.info("Best value: %s", best.value)
+    else:
+        front = sorted(study.best_trials, key=lambda t: t.number) if complete else []
+        results["solutions"] = [{"params": dict(t.params), "values": [float(v) for v in t.values]} for t in front]
+        log.info("Number of Pareto solutions: %d", len(front))
+        for t in front:
+            log.info("    Values: %s, Params: %s", t.values, dict(t.params))
+            front_commands[t.number] = best_command.command(
+                _overrides(t), tuned_in=study.study_name if tuned_in else None
+            )[0]
+    imp = summary.importances(study) if len(directions) == 1 else {}
+    text = summary.format_summary(
+        study.study_name,
+        storage_shown,
+        ", ".join(metrics),
+        trials,
+        asked,
+        best,
+        command,
+        imp,
+        front=front,
+        front_commands=front_commands,
+    )
     print(text, flush=True)
     log.info("study finished in %.0f s", seconds)
-    counts = summary.counts(trials)
-    results: dict[str, Any] = {
-        "name": "optuna",
-        "study_name": study.study_name,
-        "storage": storage_shown,
-        "direction": direction,
-        "metric": metric,
-        "n_trials": len(trials),
-        "trials_this_run": asked,
-        **{f"n_{k}": v for k, v in counts.items()},
-        "epochs_reported": sum(max(t.intermediate_values) for t in trials if t.intermediate_values),
-    }
-    if best is not None:
+    if not released_keys_only:
+        counts = summary.counts(trials)
         results.update(
-            best_trial=best.number, best_value=float(best.value), best_params=dict(best.params), best_command=command
+            {
+                "study_name": study.study_name,
+                "storage": storage_shown,
+                "direction": directions[0] if len(directions) == 1 else list(directions),
+                "metric": metrics[0] if len(metrics) == 1 else list(metrics),
+                "n_trials": len(trials),
+                "trials_this_run": asked,
+                **{f"n_{k}": v for k, v in counts.items()},
+                "epochs_reported": sum(max(t.intermediate_values) for t in trials if t.intermediate_values),
+            }
         )
-    if imp:
-        results["importances"] = imp
+        if best is not None:
+            results.update(best_trial=best.number, best_command=command)
+        if front:
+            results["front_trials"] = [t.number for t in front]
+        if imp:
+            results["importances"] = imp
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
     return StudyOutcome(
         study=study,
         trials=trials,
-        metric=metric,
-        maximize=maximize,
+        metrics=list(metrics),
+        directions=list(directions),
         results=results,
         text=text,
         best=best,
         command=command,
         best_cfg=best_cfg,
         importances=imp,
+        front=front,
+        front_commands=front_commands,
     )
+
+
+def _overrides(trial) -> list[str]:
+    return list(trial.user_attrs.get(ATTR_OVERRIDES) or [f"{k}={format_value(v)}" for k, v in trial.params.items()])
 
 
 def log_study(study_run, outcome: StudyOutcome) -> None:
@@ -166,7 +213,22 @@ def log_study(study_run, outcome: StudyOutcome) -> None:
     tags = {"optuna.n_trials": str(len(o.trials)), "mlflow.note.content": "```\n" + o.text.strip() + "\n```"}
     metrics = {f"study/{k}": float(v) for k, v in summary.counts(o.trials).items()}
     texts = {"study/summary.txt": o.text.strip() + "\n"}
-    figures = {"study/history.png": summary.history_figure(o.trials, o.metric, o.maximize)}
+    figures = {}
+    if len(o.directions) == 1:
+        figures["study/history.png"] = summary.history_figure(o.trials, o.metric, o.maximize)
+    else:
+        figures["study/pareto.png"] = summary.pareto_figure(o.trials, o.front, o.metrics, o.directions)
+        tags["pareto.trials"] = " ".join(str(t.number) for t in o.front)
+        for t in o.front:
+            run = t.user_attrs.get(ATTR_RUN)
+            texts[f"pareto/trial-{t.number}.sh"] = (
+                f"#!/bin/sh\n# Pareto-optimal trial {t.number} of study '{o.study.study_name}': "
+                + ", ".join(f"{m} = {v:.6g}" for m, v in zip(o.metrics, t.values))
+                + (f" (MLflow run {run})" if run else "")
+                + f"\n{o.front_commands.get(t.number, '')}\n"
+            )
+            for m, v in zip(o.metrics, t.values):
+                metrics[f"pareto/trial_{t.number}/{m.replace('/', '_')}"] = float(v)
     if o.best is not None:
         tags.update(
             {

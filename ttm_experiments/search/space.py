@@ -1,22 +1,25 @@
 """Search spaces in the syntax of `hydra-optuna-sweeper`: Hydra override sweeps turned into Optuna distributions.
 
     optim.lr: tag(log, interval(1e-5, 3e-3))    float, log-uniform
-    optim.layer_decay: interval(0.5, 1.0)         float, uniform (integers on an integer key)
-    unfreeze.last_n: range(0, 4)                  integers 0..4 (stop included, as in hydra-optuna-sweeper)
+    optim.layer_decay: interval(0.5, 1.0)         float, uniform (always: Hydra's interval holds floats)
+    trainer.patience: int(interval(2, 8))         integers 2..8 (int() casts the interval)
+    unfreeze.last_n: range(0, 4)                  integers; sampled in 0..4, a grid takes 0..3 (below)
     optim.batch_size: choice(32, 64)              categorical (also the plain form `32,64`)
     unfreeze: choice(pattern, depth)              a config group choice
     optim.weight_decay: 0.01                      fixed: the same override for every trial
 
-The deprecated `hydra.sweeper.search_space` form (`{type: float, low: .., high: .., log: .., step: ..}`) is
-read too. Every error names the key and the value it came from.
+The meaning is the released hydra-optuna-sweeper's: `range(a, b, step)` becomes an integer (or, with a float,
+stepped float) distribution from a to b, which a sampler draws from with b included; the grid sampler takes
+the points a, a+step, ... below b (as Python's range). The deprecated `hydra.sweeper.search_space` form
+(`{type: float, low: .., high: .., log: .., step: ..}`) is read too. Every error names the key and the value it
+came from.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.tracking.run_names import MAX_LENGTH, cap, describe_overrides
@@ -71,11 +74,9 @@ def parse(
     params: Mapping[str, Any] | None,
     search_space: Mapping[str, Any] | None,
     arguments: Iterable[str],
-    int_keys: Callable[[str], bool] = lambda key: False,
 ) -> SearchSpace:
     """`hydra.sweeper.params` (or the deprecated `search_space`) plus the command-line overrides.
-    A command-line override of a key in `params` replaces it (a fixed value there fixes the key). `int_keys`
-    says whether a key holds an integer, so that `interval(...)` on it samples integers."""
+    A command-line override of a key in `params` replaces it (a fixed value there fixes the key)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -98,7 +99,7 @@ def parse(
         space.fixed.pop(name, None)
         space.origin[name] = origin
         if override.is_sweep_override():
-            space.distributions[name] = _from_override(name, override, origin, int_keys(override.key_or_group))
+            space.distributions[name] = _from_override(name, override, origin)
         else:
             space.fixed[name] = line  # as written: what Hydra parsed
     return space
@@ -120,7 +121,7 @@ def _first_line(err: BaseException) -> str:
     return " ".join(lines[:2])[:400] if lines else type(err).__name__
 
 
-def _from_override(name: str, override, origin: str, int_key: bool):
+def _from_override(name: str, override, origin: str):
     """A sweep override (`choice`, `range`, `interval`, optionally `tag(log, ...)`) as an Optuna distribution."""
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
@@ -141,7 +142,7 @@ def _from_override(name: str, override, origin: str, int_key: bool):
         if isinstance(value, RangeSweep):
             return _range(value, log)
         if isinstance(value, IntervalSweep):
-            return _interval(value, log, int_key)
+            return _interval(value, log)
     except ValueError as err:
         raise SearchSpaceError(f"{where}: invalid distribution '{text}': {err}") from None
     raise SearchSpaceError(
@@ -175,25 +176,23 @@ def _range(value, log: bool):
         raise ValueError(f"step={step} must be > 0")
     if stop < start:
         raise ValueError(f"the range is empty: stop {stop} < start {start}")
+    if log:  # the released plugin drops the tag here without a word: refused instead
+        raise ValueError(
+            f"tag(log, ...) does not apply to range(...); use tag(log, int(interval({start}, {stop}))) for "
+            "log-spaced integers"
+        )
     if all(isinstance(v, int) for v in (start, stop, step)):
-        if log and step != 1:
-            raise ValueError("tag(log, range(...)) needs step 1")
-        return IntDistribution(int(start), int(stop), step=int(step), log=log)
-    if log:
-        raise ValueError("tag(log, range(...)) needs integers; use tag(log, interval(low, high)) for floats")
+        return IntDistribution(int(start), int(stop), step=int(step))
     return FloatDistribution(float(start), float(stop), step=float(step))
 
 
-def _interval(value, log: bool, int_key: bool):
+def _interval(value, log: bool):
+    """Hydra's interval holds floats; `int(interval(a, b))` holds ints and samples integers."""
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    low, high = float(value.start), float(value.end)
-    if not int_key:
-        return FloatDistribution(low, high, log=log)
-    lo, hi = math.ceil(low), math.floor(high)  # integers on an integer key
-    if lo > hi:
-        raise ValueError(f"no integer lies in [{low}, {high}]")
-    return IntDistribution(lo, hi, log=log)
+    if isinstance(value.start, int) and isinstance(value.end, int):
+        return IntDistribution(value.start, value.end, log=log)
+    return FloatDistribution(float(value.start), float(value.end), log=log)
 
 
 def _from_dict(name: str, spec: Mapping[str, Any]):
@@ -239,16 +238,17 @@ def probe_values(distribution) -> list[Any]:
 
 
 def grid(name: str, distribution) -> list[Any]:
-    """The grid of one parameter for `optuna.samplers.GridSampler`; continuous intervals have none."""
+    """The grid of one parameter for `optuna.samplers.GridSampler`: the choices, or low, low+step, ... below high
+    (the released plugin's grid: `range(-1, 2)` is -1, 0, 1); continuous intervals have none."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
     if isinstance(distribution, IntDistribution) and not distribution.log:
-        return list(range(distribution.low, distribution.high + 1, distribution.step))
+        return list(range(distribution.low, distribution.high, distribution.step))
     if isinstance(distribution, FloatDistribution) and distribution.step is not None:
-        n = int(round((distribution.high - distribution.low) / distribution.step))
-        return [round(distribution.low + i * distribution.step, 12) for i in range(n + 1)]
+        n = int((distribution.high - distribution.low) // distribution.step)
+        return [round(distribution.low + i * distribution.step, 12) for i in range(n)]
     raise SearchSpaceError(
         f"'{name}': the grid sampler needs discrete values, but {distribution} is continuous. "
         "Use choice(...) or range(low, high, step=...), or another sampler."

@@ -117,6 +117,9 @@ def format_summary(
     best,
     command: str | None,
     imp: dict[str, float],
+    *,
+    front: list | None = None,
+    front_commands: dict[int, str] | None = None,
 ) -> str:
     c = counts(trials)
     lines = [
@@ -128,7 +131,14 @@ def format_summary(
     epochs = [max(t.intermediate_values) for t in trials if t.intermediate_values]
     if epochs:
         lines.append(f"  epochs trained (reported): {sum(epochs)} in all")
-    if best is None:
+    if front:
+        lines.append(f"  Pareto front ({metric}): {len(front)} trial(s)")
+        for t in front:
+            params = " ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
+            lines.append(f"    trial {t.number}: " + ", ".join(f"{v:.4f}" for v in t.values) + f"   {params}")
+            if front_commands and front_commands.get(t.number):
+                lines.append(f"      reproduce it: {front_commands[t.number]}")
+    elif best is None:
         lines.append("  no trial completed, so there is no best trial yet")
     else:
         params = " ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
@@ -144,3 +154,42 @@ def fmt(v: Any) -> str:
     if not isinstance(v, float):
         return str(v)
     return f"{v:.3g}" if v != 0 and math.isfinite(v) and (abs(v) < 1e-3 or abs(v) >= 1e4) else f"{v:.4g}"
+
+
+def pareto_figure(trials, front, metrics: list[str], directions: list[str]):
+    """The first two objectives of every complete trial, the Pareto front drawn as a step line (each axis
+    labelled with its direction); more than two objectives: the first two, said in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    on_front = {t.number for t in front}
+    rest = [t for t in done if t.number not in on_front]
+    if rest:
+        ax.scatter(
+            [t.values[0] for t in rest],
+            [t.values[1] for t in rest],
+            color="tab:gray",
+            alpha=0.6,
+            label=f"dominated ({len(rest)})",
+        )
+    if front:
+        pts = sorted((t.values[0], t.values[1], t.number) for t in front)
+        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:red", alpha=0.5)
+        ax.scatter(
+            [p[0] for p in pts], [p[1] for p in pts], color="tab:red", zorder=3, label=f"Pareto front ({len(front)})"
+        )
+        for x, y, n in pts:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"{metrics[0]} ({'higher' if directions[0] == 'maximize' else 'lower'} is better)")
+    ax.set_ylabel(f"{metrics[1]} ({'higher' if directions[1] == 'maximize' else 'lower'} is better)")
+    extra = f" (first 2 of {len(metrics)} objectives)" if len(metrics) > 2 else ""
+    ax.set_title(f"Optuna study: complete trials and the Pareto front{extra}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

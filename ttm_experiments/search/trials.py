@@ -10,42 +10,86 @@ from typing import Optional
 from ttm_experiments.errors import UserError
 from ttm_experiments.search import summary
 from ttm_experiments.search.adopt import Orphan, TrialLocks
-from ttm_experiments.tracking.optuna_storage import open_storage, trial_id
 from ttm_experiments.training.trial import ATTR_RUN
 
 log = logging.getLogger(__name__)
 
 
+def _storage(study):
+    """The study's storage object (an in-memory study has no URL to open it again by)."""
+    return study._storage
+
+
+def _trial_id(study, number: int) -> int:
+    return _storage(study).get_trial_id_from_study_id_trial_number(study._study_id, int(number))
+
+
+def objective_values(value, n_objectives: int) -> list[float]:
+    """A job's return value as the study's values: a float (one objective) or a sequence of n floats, each
+    finite; ValueError says why not."""
+    if n_objectives == 1:
+        try:
+            values = [float(value)]
+        except (TypeError, ValueError):
+            raise ValueError(f"the job returned {value!r}; it must return a float") from None
+    else:
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"the job returned {value!r}; with {n_objectives} directions it must return a list or tuple of "
+                f"{n_objectives} floats"
+            ) from None
+        if len(values) != n_objectives:
+            raise ValueError(
+                f"the job returned {len(values)} values for {n_objectives} objectives (hydra.sweeper.direction)"
+            )
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"the job returned {value!r}: the objective is {bad[0]}; it must be finite")
+    return values
+
+
 def record_trial(
-    study, number: int, ret, *, storage_url: str, launch_error: Optional[BaseException], metric: str, study_run
+    study,
+    number: int,
+    ret,
+    *,
+    launch_error: Optional[BaseException],
+    metric: str,
+    study_run,
+    n_objectives: int = 1,
+    log_traceback: bool = True,
 ) -> Optional[str]:
     """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
     import optuna
     from hydra.core.utils import JobStatus
 
     TrialState = optuna.trial.TrialState
-    storage = open_storage(storage_url)
-    tid = trial_id(storage_url, study.study_name, number)
+    storage = _storage(study)
+    tid = _trial_id(study, number)
     frozen = storage.get_trial(tid)
     failure = None
     if frozen.state.is_finished():  # the job pruned itself (or another process finished it)
         pass
     elif ret is not None and ret.status == JobStatus.COMPLETED:
         try:
-            value = float(ret.return_value)
-            if not math.isfinite(value):
-                raise ValueError(f"the objective is {value}")
-            tell(study, number, values=value)
-        except (TypeError, ValueError) as err:
-            failure = f"the job returned {ret.return_value!r} ({err}); it must return a finite float"
+            values = objective_values(ret.return_value, n_objectives)
+        except ValueError as err:
+            failure = str(err)
+            storage.set_trial_user_attr(tid, "fail_reason", failure[:500])
             tell(study, number, state=TrialState.FAIL)
+        else:
+            tell(study, number, values=values)
     else:
         err = launch_error if ret is None else ret._return_value
         failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:500]
         storage.set_trial_user_attr(tid, "fail_reason", failure)
         tell(study, number, state=TrialState.FAIL)
-        if not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
+        if log_traceback and not isinstance(err, UserError) and err is not None and err.__traceback__ is not None:
             log.error("trial %d failed", number, exc_info=err)
+        elif not log_traceback:
+            log.warning("trial %d failed: %s", number, failure)
     log_trial(study, storage.get_trial(tid), failure=failure, metric=metric, study_run=study_run)
     return failure
 
@@ -54,11 +98,12 @@ def log_trial(study, frozen, *, failure: Optional[str], metric: str, study_run) 
     """One line per finished trial (state, value or reason, params, MLflow run), and the study run's update."""
     state = frozen.state.name
     trials = study.get_trials(deepcopy=False)
-    best = summary.best_value_so_far(trials, study.direction.name == "MAXIMIZE")
+    single = len(study.directions) == 1
+    best = summary.best_value_so_far(trials, study.direction.name == "MAXIMIZE") if single else None
     params = " ".join(f"{k}={summary.fmt(v)}" for k, v in frozen.params.items())
     run_id = frozen.user_attrs.get(ATTR_RUN)
     if state == "COMPLETE":
-        detail = f"{metric} {frozen.value:.4f}"
+        detail = f"{metric} " + ", ".join(f"{v:.4f}" for v in frozen.values)
     elif state == "PRUNED":
         last = max(frozen.intermediate_values) if frozen.intermediate_values else None
         detail = f"at epoch {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last else ""
@@ -72,7 +117,7 @@ def log_trial(study, frozen, *, failure: Optional[str], metric: str, study_run) 
             study_run.trial_finished(
                 frozen.number,
                 state,
-                frozen.value if state == "COMPLETE" else None,
+                frozen.values[0] if state == "COMPLETE" and single else None,
                 run_id,
                 best,
                 summary.counts(trials),
@@ -89,20 +134,19 @@ def tell(study, trial: int, **kwargs) -> None:
             raise
 
 
-def fail_running(study, storage_url: str, numbers: list[int]) -> None:
+def fail_running(study, numbers: list[int]) -> None:
     import optuna
 
     for number in numbers:
         try:
-            tid = trial_id(storage_url, study.study_name, number)
-            if not open_storage(storage_url).get_trial(tid).state.is_finished():
+            if not _storage(study).get_trial(_trial_id(study, number)).state.is_finished():
                 study.tell(number, state=optuna.trial.TrialState.FAIL)
         except Exception:
             log.exception("could not mark trial %d failed", number)
 
 
 def finish_adopted(
-    study, *, storage_url: str, metric: str, study_run, orphans: list[Orphan], asked: list[int], locks: TrialLocks
+    study, *, metric: str, study_run, orphans: list[Orphan], asked: list[int], locks: TrialLocks
 ) -> None:
     """Adopted trials whose job had finished before its sweeper died: the study learns what they recorded."""
     import optuna
@@ -114,6 +158,11 @@ def finish_adopted(
             tell(study, o.number, values=value)
         else:
             tell(study, o.number, state=optuna.trial.TrialState.PRUNED)
-        tid = trial_id(storage_url, study.study_name, o.number)
-        log_trial(study, open_storage(storage_url).get_trial(tid), failure=None, metric=metric, study_run=study_run)
+        log_trial(
+            study,
+            _storage(study).get_trial(_trial_id(study, o.number)),
+            failure=None,
+            metric=metric,
+            study_run=study_run,
+        )
         locks.release(o.number)
