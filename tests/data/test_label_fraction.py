@@ -84,10 +84,10 @@ def test_validation_and_test_are_untouched_and_the_training_seed_does_not_matter
 
 def test_a_subset_without_a_class_is_refused_with_the_smallest_setting_that_works():
     ws = windows(n_subjects=40, good_every=20)  # 2 mostly-good subjects of 40
-    with pytest.raises(DataError, match=r"leaves class\(es\) \['good'\] without subjects.*label_subjects>=\d+"):
-        label_fraction.subsample(ws, dataset(label_subjects=2))
-    need = next(k for k in range(1, 41) if _keeps_good(ws, k))
-    label_fraction.subsample(ws, dataset(label_subjects=need))  # the smallest prefix with both strata works
+    # the first subject of each class comes first: 2 subjects (5 %) keep both classes, 1 cannot
+    assert _keeps_good(ws, 2) and kept_subjects(ws, label_fraction=0.05)
+    with pytest.raises(DataError, match=r"keeps 1 of the 40.*without subjects.*label_subjects>=2 or .*>=0.050"):
+        label_fraction.subsample(ws, dataset(label_subjects=1))
 
 
 def _keeps_good(ws: WindowSet, k: int) -> bool:

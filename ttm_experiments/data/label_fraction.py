@@ -5,9 +5,10 @@ The subset is a prefix of one fixed order of the training split's subjects, draw
 `dataset.fold`) alone (not `seed`: training seeds share the subset), so that a smaller fraction is always a subset
 of a larger one. The order is stratified by each subject's majority label: within a class its subjects come in a
 random permutation, and the classes are interleaved by their position in that permutation relative to the class's
-size ((i + 0.5) / n_class), so any prefix holds each class in about its share of subjects and, within a class, a
-prefix of that class's permutation. A subset that loses a class (no window of it, or none of the subjects whose
-majority it is) is refused with the smallest setting that keeps every class.
+size (i / n_class), so any prefix holds each class in about its share of subjects (a rare class rounded up: the
+first subject of every class comes first, so a prefix as long as the number of classes holds them all) and, within a
+class, a prefix of that class's permutation. A subset that still loses a class (no window of it, or none of the
+subjects whose majority it is) is refused with the smallest setting that keeps every class.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def subject_order(train: WindowSet, *, split_seed: int, fold: int) -> tuple[np.n
     position = np.empty(len(subjects))
     for c in np.unique(majority):
         members = perm[majority[perm] == c]  # the class's subjects, in permutation order
-        position[members] = (np.arange(len(members)) + 0.5) / len(members)
+        position[members] = np.arange(len(members)) / len(members)
     order = np.lexsort((np.argsort(perm), position))  # by relative position, ties in permutation order
     return subjects[order], majority[order]
 
