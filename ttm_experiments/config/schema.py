@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from omegaconf import MISSING
 
@@ -105,6 +105,23 @@ class MissingRecords(str, Enum):
 
     error = "error"
     skip = "skip"  # skip it (counted in the report)
+
+
+class OnOutOfRange(str, Enum):
+    """`predict.on_ood`: windows whose amplitude lies outside the training windows' (`models/amplitude.py`)."""
+
+    error = "error"
+    warn = "warn"
+    ignore = "ignore"
+
+
+class TimeUnit(str, Enum):
+    """`predict.time_unit`: what a number of `predict.time_column` counts, or ISO 8601 date-times."""
+
+    s = "s"
+    ms = "ms"
+    us = "us"
+    datetime = "datetime"
 
 
 class InspectFormat(str, Enum):
@@ -393,13 +410,22 @@ class PredictConf:
     """The `predict.*` node of `ttm-predict`: the model, the input (or a `dataset=` config) and the output."""
 
     model: str = MISSING  # an MLflow run id, models:/<name>/<version> (or models:/<model_id>), or a best.pt path
-    output: str = MISSING  # the CSV written (atomically): one row per window
-    input: Optional[str] = None  # a .csv, an .npz (key `signal`) or a WFDB record (path without extension)
-    column: Optional[str] = None  # the CSV column holding the signal
+    # the CSV written (atomically): one row per window; null = <paths.runs_dir>/predictions/<input or dataset
+    # name>-<date>-<time>.csv (printed)
+    output: Optional[str] = None
+    # a text table (CSV, TSV, ...: delimiter and header sniffed), an .npz (key `signal`) or a WFDB record (path
+    # without extension); data/recordings.py
+    input: Optional[str] = None
+    column: Optional[str] = None  # a table's signal column: its name or 0-based index (null: the only one)
+    time_column: Optional[str] = None  # a table's clock column (name or index): gives the rate (median step)
+    time_unit: Optional[TimeUnit] = None  # what the clock counts; null = detected where unambiguous
     channels: Optional[List[str]] = None  # WFDB signal names to use (null: all, when they match the model)
-    fs: Optional[float] = None  # Hz, for files without a rate (CSV; an .npz without `fs`)
+    fs: Optional[float] = None  # Hz, for files without a rate (a table without a clock; an .npz without `fs`)
     hop_s: Optional[float] = None  # seconds between window starts; null = the window length (no overlap)
     batch_size: int = 256
+    # windows whose location or scale lies outside the training windows' (a model with backbone.scale_features
+    # reads them, so another unit saturates it): error = refuse before scoring, warn = a count per recording
+    on_ood: OnOutOfRange = OnOutOfRange.warn
 
 
 @dataclass
@@ -438,7 +464,9 @@ class TrainConfig:
     paths: PathsConf = field(default_factory=PathsConf)
     search: SearchConf = field(default_factory=SearchConf)
     # the value a sweep or an Optuna study optimises: a per-epoch metric, taken at the best epoch
-    optimized_metric: str = "val/auroc"
+    # in an Optuna study (hydra/sweeper=optuna) also a list, one objective each: the job selects its best epoch
+    # by the first, the study gets each at that epoch (search/sweeper.py)
+    optimized_metric: Any = "val/auroc"
     # continue a killed run: its output directory or MLflow run id
     resume: Optional[str] = None
     seed: int = 0
@@ -480,6 +508,13 @@ def parse_metric(name: str) -> Metric:
     """`optimized_metric` -> Metric, e.g. 'val/auroc' -> ('val', 'auroc', 'maximize'); only per-epoch metrics.
 
     The one definition of the selection metric's direction: a key ending in `loss` is minimised, others maximised."""
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"optimized_metric={list(name) if hasattr(name, '__iter__') else name!r} is not one metric: a run selects "
+            "its best epoch by one (e.g. val/auroc). Several objectives are for an Optuna study: ttm-train -m "
+            "hydra/sweeper=optuna 'optimized_metric=[val/auroc,val/balanced_acc]' "
+            "'hydra.sweeper.direction=[maximize,maximize]'"
+        )
     split, _, key = name.partition("/")
     if split not in METRIC_SPLITS or not key:
         raise ConfigError(f"optimized_metric={name!r} must be a per-epoch metric such as 'val/auroc'")

@@ -30,12 +30,17 @@ def study_folds(rows: list) -> dict[str, set[str]]:
 
 
 def best_trials(rows: list) -> dict[str, object]:
-    """Each study's best finished trial (rows are ranked best first by the objective)."""
+    """Each study's best finished trial (rows are ranked best first by the objective). A multi-objective study has
+    no single best: its pick is the Pareto-front trial its sweeper tagged `optuna.pareto_pick` (nearest to the ideal
+    point with each objective scaled over the front, search/best.py: pick_from_front)."""
     best: dict[str, object] = {}
+    picked: dict[str, object] = {}
     for r in rows:
         if r.tags.get("optuna.study") and r.state == "finished" and "test/auroc" in r.metrics:
             best.setdefault(r.tags["optuna.study"], r)
-    return best
+            if r.tags.get("optuna.pareto_pick") == "true":
+                picked[r.tags["optuna.study"]] = r
+    return {**best, **picked}
 
 
 def mixing_notes(rows: list) -> list[str]:

@@ -100,6 +100,7 @@ class StudyOutcome:
     importances: dict[str, float] | None = None
     front: list = field(default_factory=list)  # several objectives: the Pareto-optimal COMPLETE trials
     front_commands: dict[int, str] = field(default_factory=dict)
+    pick: Any = None  # several objectives: the front's trial that `pick_from_front` chooses
 
     @property
     def metric(self) -> str:
@@ -130,7 +131,7 @@ def finish_study(
     adds the study's bookkeeping (name, storage, counts, the best command)."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    best, front, command, best_cfg = None, [], None, None
+    best, front, pick, command, best_cfg = None, [], None, None, None
     front_commands: dict[int, str] = {}
     results: dict[str, Any] = {"name": "optuna"}
     if len(directions) == 1:
@@ -143,13 +144,16 @@ def finish_study(
             log.info("Best value: %s", best.value)
     else:
         front = sorted(study.best_trials, key=lambda t: t.number) if complete else []
+        pick = pick_from_front(front, directions)
         results["solutions"] = [{"params": dict(t.params), "values": [float(v) for v in t.values]} for t in front]
         log.info("Number of Pareto solutions: %d", len(front))
         for t in front:
             log.info("    Values: %s, Params: %s", t.values, dict(t.params))
-            front_commands[t.number] = best_command.command(
+            front_commands[t.number], cfg = best_command.command(
                 _overrides(t), tuned_in=study.study_name if tuned_in else None
-            )[0]
+            )
+            if t is pick:
+                command, best_cfg = front_commands[t.number], cfg
     imp = summary.importances(study) if len(directions) == 1 else {}
     text = summary.format_summary(
         study.study_name,
@@ -183,6 +187,8 @@ def finish_study(
             results.update(best_trial=best.number, best_command=command)
         if front:
             results["front_trials"] = [t.number for t in front]
+            results["pareto_pick"] = pick.number
+            results["best_command"] = command
         if imp:
             results["importances"] = imp
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +206,28 @@ def finish_study(
         importances=imp,
         front=front,
         front_commands=front_commands,
+        pick=pick,
     )
+
+
+def pick_from_front(front: list, directions: list[str]):
+    """The rule by which a multi-objective study names one trial (for its best command and the nested-CV
+    report): scale each objective over the front to 0..1 (1 = the front's best value, 0 = its worst; an
+    objective that does not vary counts 1), take the trial nearest to the ideal point (1, ..., 1) in Euclidean
+    distance, and of equals the lowest trial number."""
+    if not front:
+        return None
+    scaled = {t.number: [] for t in front}
+    for i, direction in enumerate(directions):
+        values = [t.values[i] for t in front]
+        lo, hi = min(values), max(values)
+        for t in front:
+            if hi == lo:
+                score = 1.0
+            else:
+                score = (t.values[i] - lo) / (hi - lo) if direction == "maximize" else (hi - t.values[i]) / (hi - lo)
+            scaled[t.number].append(score)
+    return min(front, key=lambda t: (sum((1 - v) ** 2 for v in scaled[t.number]) ** 0.5, t.number))
 
 
 def _overrides(trial) -> list[str]:
@@ -219,6 +246,21 @@ def log_study(study_run, outcome: StudyOutcome) -> None:
     else:
         figures["study/pareto.png"] = summary.pareto_figure(o.trials, o.front, o.metrics, o.directions)
         tags["pareto.trials"] = " ".join(str(t.number) for t in o.front)
+        if o.pick is not None:
+            tags["pareto.pick"] = str(o.pick.number)
+            tags["best.command"] = o.command or ""
+            texts["best/command.sh"] = (
+                f"#!/bin/sh\n# trial {o.pick.number}, picked from the Pareto front of study '{o.study.study_name}' "
+                f"(nearest to the ideal point, each objective scaled over the front)\n{o.command}\n"
+            )
+            if o.best_cfg is not None:
+                texts["best/config.yaml"] = OmegaConf.to_yaml(o.best_cfg)
+        front_runs = {t.number: t.user_attrs.get(ATTR_RUN) for t in o.front}
+        run_tags = {
+            run: {"optuna.pareto": "true", "optuna.pareto_pick": str(o.pick is not None and n == o.pick.number).lower()}
+            for n, run in front_runs.items()
+            if run
+        }
         for t in o.front:
             run = t.user_attrs.get(ATTR_RUN)
             texts[f"pareto/trial-{t.number}.sh"] = (
@@ -259,6 +301,10 @@ def log_study(study_run, outcome: StudyOutcome) -> None:
         texts["study/trials.csv"] = o.study.trials_dataframe().to_csv(index=False)
     except Exception:
         log.exception("could not tabulate the trials")
+    if len(o.directions) > 1:
+        for run, values in run_tags.items():  # the front's trials, found in the UI by tag
+            for key, text in values.items():
+                study_run.tracker.client.set_tag(run, key, text)
     try:
         study_run.finish(tags, metrics, texts, figures, [])
     except Exception as err:  # the results are safe elsewhere, but the sweep must not end as if all were recorded

@@ -120,6 +120,7 @@ def format_summary(
     *,
     front: list | None = None,
     front_commands: dict[int, str] | None = None,
+    pick=None,
 ) -> str:
     c = counts(trials)
     lines = [
@@ -138,6 +139,10 @@ def format_summary(
             lines.append(f"    trial {t.number}: " + ", ".join(f"{v:.4f}" for v in t.values) + f"   {params}")
             if front_commands and front_commands.get(t.number):
                 lines.append(f"      reproduce it: {front_commands[t.number]}")
+        if pick is not None:
+            lines.append(
+                f"  picked: trial {pick.number} (nearest to the ideal point, each objective scaled over the front)"
+            )
     elif best is None:
         lines.append("  no trial completed, so there is no best trial yet")
     else:

@@ -376,6 +376,11 @@ class OptunaSweeperImpl(Sweeper):
             )
         directions = self._directions()
         metrics = self._metrics(directions)
+        if self.pass_trial and len(metrics) > 1:
+            # each job selects its best epoch by the first objective and records the others (training/trial.py)
+            if "optimized_metric" in space.distributions:
+                raise SearchSpaceError("optimized_metric is swept; with several objectives it lists them instead")
+            space.fixed["optimized_metric"] = f"optimized_metric={metrics[0]}"
         pruner = pruner_spec(self.pruner)
         if pruner != "none" and not self.pass_trial:
             raise ConfigError(
@@ -630,6 +635,7 @@ class OptunaSweeperImpl(Sweeper):
                 n_objectives=len(plan.directions),
                 study_run=study_run,
                 log_traceback=self.pass_trial,
+                from_epochs=self.pass_trial and len(plan.directions) > 1,
             )
             for number, ret in zip(numbers, returns)
         ]

@@ -50,6 +50,19 @@ def objective_values(value, n_objectives: int) -> list[float]:
     return values
 
 
+def _at_best_epoch(frozen, returned: float, n_objectives: int) -> list[float]:
+    from ttm_experiments.training.trial import ATTR_BY_EPOCH, objectives_at_best_epoch
+
+    by_epoch = frozen.user_attrs.get(ATTR_BY_EPOCH) or {}
+    values = objectives_at_best_epoch(by_epoch, returned)
+    if values is None or len(values) != n_objectives:
+        raise ValueError(
+            f"the job returned {returned!r}, but none of the {len(by_epoch)} epochs it recorded has that first "
+            f"objective: the study cannot tell its {n_objectives} objectives at the best epoch"
+        )
+    return objective_values(values, n_objectives)
+
+
 def record_trial(
     study,
     number: int,
@@ -60,8 +73,12 @@ def record_trial(
     study_run,
     n_objectives: int = 1,
     log_traceback: bool = True,
+    from_epochs: bool = False,
 ) -> Optional[str]:
-    """Set the trial's final state (unless its job did) and report it; returns a failure message or None."""
+    """Set the trial's final state (unless its job did) and report it; returns a failure message or None.
+
+    `from_epochs`: the job returns its first objective and recorded every objective per epoch (a ttm-train job
+    of a multi-objective study, `training/trial.py`): the study gets them at the job's best epoch."""
     import optuna
     from hydra.core.utils import JobStatus
 
@@ -74,7 +91,9 @@ def record_trial(
         pass
     elif ret is not None and ret.status == JobStatus.COMPLETED:
         try:
-            values = objective_values(ret.return_value, n_objectives)
+            values = objective_values(ret.return_value, 1 if from_epochs else n_objectives)
+            if from_epochs:
+                values = _at_best_epoch(frozen, values[0], n_objectives)
         except ValueError as err:
             failure = str(err)
             storage.set_trial_user_attr(tid, "fail_reason", failure[:500])

@@ -5,6 +5,10 @@ number, pruner spec, direction). The job opens the storage itself, reports `opti
 epoch (step = epoch counted across stages) and, when the pruner says so, marks its trial PRUNED in the
 storage (the job is the one that knows) and raises `errors.Pruned`; the recipe then ends the MLflow run
 KILLED with a `pruned` tag, and the sweeper reads the trial's state back from the storage.
+
+In a study with several objectives (the study's metric names, e.g. val/auroc and val/balanced_acc) Optuna has
+no intermediate values and no pruning: the job records each epoch's objectives in the trial's user attribute
+`objectives_by_epoch`, and the sweeper takes them at the best epoch (selected by the first, `optimized_metric`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ATTR_PARENT_RUN = "mlflow.parent_run_id"  # set by the sweeper: the study's MLfl
 ATTR_RUN = "mlflow.run_id"  # set by the job: its own MLflow run
 ATTR_OVERRIDES = "hydra.overrides"  # set by the sweeper: the job's overrides, for the best command
 ATTR_DIGEST = "dataset.digest"  # a study attribute, set by its first job: the digest of the dataset's windows
+ATTR_BY_EPOCH = "objectives_by_epoch"  # set by the job of a multi-objective study: {epoch: [value per objective]}
 
 
 def _check(search: SearchConf) -> tuple[str, str, int]:
@@ -85,11 +90,11 @@ class TrialReporter:
         self.split = split
         self.pruner = search.pruner or "none"
         self.study = load_study(self.study_name, self.storage_url, self.pruner)
-        if self.study.direction.name.lower() != search.direction.value:  # search.direction: a Direction
-            raise ConfigError(
-                f"search.direction={search.direction.value} but study '{self.study_name}' is to "
-                f"{self.study.direction.name.lower()}"
-            )
+        first = self.study.directions[0].name.lower()  # several objectives: the first is optimized_metric's
+        if first != search.direction.value:  # search.direction: a Direction
+            raise ConfigError(f"search.direction={search.direction.value} but study '{self.study_name}' is to {first}")
+        self.objectives = list(self.study.metric_names or [metric]) if len(self.study.directions) > 1 else []
+        self.by_epoch: dict[str, list[float]] = {}
         tid = trial_id(self.storage_url, self.study_name, self.number)
         state = open_storage(self.storage_url).get_trial(tid).state
         if state.is_finished():
@@ -101,7 +106,7 @@ class TrialReporter:
         self.trial = optuna.trial.Trial(self.study, tid)
         if getattr(tracker, "run_id", None):
             self.trial.set_user_attr(ATTR_RUN, tracker.run_id)
-        self.best = -math.inf if self.study.direction.name == "MAXIMIZE" else math.inf
+        self.best = -math.inf if first == "maximize" else math.inf
         log.info(
             "Optuna trial %d of study '%s' (%s): reporting %s every epoch, pruner %s",
             self.number,
@@ -114,13 +119,16 @@ class TrialReporter:
     def __call__(self, record: EpochRecord) -> None:
         import optuna
 
+        if self.objectives:
+            self._record_objectives(record)
+            return
         values = record.val if self.split == "val" else record.train
         value = values.get(self.key)
         if value is None or not math.isfinite(float(value)):
             log.warning("epoch %d: %s is %s; not reported to trial %d", record.epoch, self.metric, value, self.number)
             return
         value = float(value)
-        self.best = max(self.best, value) if self.study.direction.name == "MAXIMIZE" else min(self.best, value)
+        self.best = max(self.best, value) if self.study.directions[0].name == "MAXIMIZE" else min(self.best, value)
         self.trial.report(value, record.epoch)
         if not self.trial.should_prune():
             return
@@ -136,6 +144,31 @@ class TrialReporter:
         except Exception:  # the storage already says PRUNED; the recipe tags the run again
             log.exception("could not tag the MLflow run as pruned")
         raise Pruned(message)
+
+    def _record_objectives(self, record: EpochRecord) -> None:
+        """Each objective of this epoch, in the trial's user attributes (one write per epoch)."""
+        row = []
+        for name in self.objectives:
+            split, key, _ = parse_metric(name)
+            value = (record.val if split == "val" else record.train).get(key)
+            if value is None:
+                raise ConfigError(
+                    f"objective {name} of study '{self.study_name}' is not a per-epoch metric of this run; "
+                    f"the {split} metrics are {sorted(record.val if split == 'val' else record.train)}"
+                )
+            row.append(float(value))
+        self.by_epoch[str(record.epoch)] = row
+        self.trial.set_user_attr(ATTR_BY_EPOCH, dict(self.by_epoch))
+
+
+def objectives_at_best_epoch(by_epoch: dict, returned: float) -> list[float] | None:
+    """The objectives of the first epoch whose first objective is the job's return value (the trainer keeps the
+    first epoch that is strictly better, and returns the first objective there); None when no epoch matches."""
+    for epoch in sorted(by_epoch, key=int):
+        row = by_epoch[epoch]
+        if row and math.isclose(row[0], returned, rel_tol=1e-12, abs_tol=0.0):
+            return [float(v) for v in row]
+    return None
 
 
 def bind_dataset_digest(study, digest: str, storage: str) -> None:
