@@ -3,6 +3,7 @@ probabilities equal to the training code's own. One smoke model is smoke_run for
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_dataset_config_by_run_id_equals_training_probabilities_with_metrics(smo
         "dataset.windows_per_subject=12",
     )
     table = pd.read_csv(out)
-    assert list(table.columns) == ["record_id", "start_s", "p_poor", "p_good", "predicted", "label"]
+    # then the amplitude check's outside_training_amplitude
+    assert list(table.columns[:6]) == ["record_id", "start_s", "p_poor", "p_good", "predicted", "label"]
     c = smoke_run.config
     windows = load_windows(c.dataset, seed=c.seed, cache_dir=Path(c.paths.cache_dir))
     assert np.allclose(table[["p_poor", "p_good"]].to_numpy(), own_probabilities(smoke_run, windows.signals), atol=1e-6)
@@ -224,3 +226,134 @@ def test_cli_prints_one_line_and_exits_2(smoke_run, tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: predict.model" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- ttm-predict on device exports (layouts: tests/data/test_recordings.py) ---------------------------------------
+EPOCH_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+
+
+def _adc(seconds: float, fs: float) -> np.ndarray:
+    """A wearable's raw ADC counts, around 1.5e6."""
+    t = np.arange(int(seconds * fs)) / fs
+    return np.round(1.5e6 + 2e4 * np.sin(2 * np.pi * 1.2 * t) + 3e3 * np.random.default_rng(0).standard_normal(len(t)))
+
+
+def _watch_tsv(path: Path, x: np.ndarray, ms: np.ndarray) -> Path:
+    rows = "\n".join(f"{m}\t{int(v)}\t72" for m, v in zip(ms, x))
+    path.write_text(f"timestamp\tppg\thrm\n{rows}\n")
+    return path
+
+
+def _windows(x: np.ndarray, starts: list[int], span: int) -> np.ndarray:
+    return np.stack([resample_poly(x[None, s : s + span], 128, span, axis=1, padtype="line") for s in starts])
+
+
+def test_tab_separated_export_with_ms_clock_gives_the_rate_and_default_output(smoke_run, tmp_path):
+    x = _adc(35, 100.0)
+    path = _watch_tsv(tmp_path / "watch.tsv", x, EPOCH_MS + 10 * np.arange(len(x)))
+    runs = tmp_path / "runs"
+    r = predict(
+        smoke_run,
+        f"predict.model={smoke_run.ckpt}",
+        f"predict.input={path}",
+        "predict.column=ppg",
+        "predict.time_column=timestamp",
+        runs=runs,
+    )
+    assert r["output"].parent == runs / "predictions" and re.fullmatch(r"watch-\d{8}-\d{6}\.csv", r["output"].name)
+    assert sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*")) == [
+        "predictions",
+        f"predictions/{r['output'].name}",
+    ]
+    table = pd.read_csv(r["output"])
+    assert table["start_s"].tolist() == [0.0, 10.0, 20.0] and "segment" not in table.columns
+    assert np.allclose(
+        r["probs"], own_probabilities(smoke_run, _windows(x, [0, 1000, 2000], 1000).astype(np.float32)), atol=1e-6
+    )
+    assert r["notes"][0] == "input watch.tsv: tab-separated, header; 3500 rows; signal 'ppg' (column 1)"
+    assert r["notes"][2] == "rate 100 Hz from the clock (median step 10 ms); regular: every step 10 ms"
+
+
+def test_headerless_column_keeps_every_sample(smoke_run, tmp_path):
+    x = _adc(21, 100.0) / 1e4
+    path = tmp_path / "finger.txt"
+    path.write_text("\n".join(f"{v:.4f}" for v in x) + "\n")
+    out = tmp_path / "p.csv"
+    r = predict(
+        smoke_run, f"predict.model={smoke_run.ckpt}", f"predict.input={path}", "predict.fs=100", f"predict.output={out}"
+    )
+    expected = _windows(np.round(x, 4), [0, 1000], 1000).astype(np.float32)  # the first row is a sample
+    assert np.allclose(r["probs"], own_probabilities(smoke_run, expected), atol=1e-6)
+    assert (
+        r["notes"][0]
+        == "input finger.txt: one column, no header; 2100 rows; signal '0' (column 0); 100 Hz (predict.fs)"
+    )
+
+
+def test_a_gap_longer_than_a_window_adds_a_segment_column(smoke_run, tmp_path):
+    x = _adc(45, 100.0)
+    ms = EPOCH_MS + 10 * np.arange(len(x))
+    ms[2200:] += 15_000  # 15 s without samples after 22 s
+    path = _watch_tsv(tmp_path / "watch.tsv", x, ms)
+    out = tmp_path / "p.csv"
+    r = predict(
+        smoke_run,
+        f"predict.model={smoke_run.ckpt}",
+        f"predict.input={path}",
+        "predict.column=1",
+        "predict.time_column=0",
+        f"predict.output={out}",
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns[:3]) == ["record_id", "segment", "start_s"]
+    assert table["segment"].tolist() == [0, 0, 1, 1] and table["start_s"].tolist() == pytest.approx([0, 10, 37, 47])
+    expected = _windows(x, [0, 1000, 2200, 3200], 1000).astype(np.float32)
+    assert np.allclose(r["probs"], own_probabilities(smoke_run, expected), atol=1e-6)
+    assert any(n.startswith("gaps: 1 clock step(s) longer than a window (10 s): 15 s at 22.0 s") for n in r["notes"])
+
+
+def test_model_not_given_is_one_line(smoke_run, tmp_path):
+    _refused(smoke_run, tmp_path, ConfigError, r"predict.model is not set\. Fix: predict.model=", "dataset=synthetic")
+
+
+def test_console_script_on_a_device_export_prints_what_it_read(smoke_run, tmp_path):
+    """The installed `ttm-predict`, in a fresh folder: no run folder, the output printed, nothing else written."""
+    x = _adc(25, 100.0)
+    path = _watch_tsv(tmp_path / "watch.tsv", x, EPOCH_MS + 10 * np.arange(len(x)))
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ttm-predict")),
+            f"predict.model={smoke_run.ckpt}",
+            f"predict.input={path}",
+            "predict.column=ppg",
+            "predict.time_column=timestamp",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "input watch.tsv: tab-separated, header; 2500 rows; signal 'ppg' (column 1)"
+    assert lines[-1].startswith(f"predictions: {tmp_path / 'runs' / 'predictions'}/watch-")
+    assert Path(lines[-1].split(": ", 1)[1]).is_file()
+    assert list(work.iterdir()) == [] and [p.name for p in (tmp_path / "runs").iterdir()] == ["predictions"]
+    assert "Traceback" not in done.stderr
+    missing = subprocess.run(
+        [str(Path(sys.executable).with_name("ttm-predict")), f"predict.input={path}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        missing.returncode == 2 and "Traceback" not in missing.stderr and "MissingMandatoryValue" not in missing.stderr
+    )
+    assert missing.stderr.strip().splitlines() == [
+        "error: predict.model is not set. Fix: predict.model=<a ttm-train run id | models:/<name>/<version> | "
+        "runs/outputs/<date>/<time>/best.pt>"
+    ]

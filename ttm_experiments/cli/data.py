@@ -27,10 +27,21 @@ class WarningCollector(logging.Handler):
         self.records.append(record)
 
 
+EXAMPLES = """examples:
+  ttm-data fetch butppg data/butppg --ppg-only     # the files the BUT-PPG loader reads; rerun to resume
+  ttm-data fetch butppg data/butppg --base-url file:///mnt/mirror/files/
+  ttm-data check data/butppg                       # what dataset=butppg would read and exclude
+  ttm-data check data/butppg --json
+
+then: ttm-train dataset=butppg dataset.root=data/butppg"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ttm-data",
         description="Download a public dataset with checksums, or check what a loader reads from a folder.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download a dataset (verified against its SHA256SUMS.txt; rerun to resume)")

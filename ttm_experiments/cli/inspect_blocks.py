@@ -15,16 +15,20 @@ import hydra
 from omegaconf import DictConfig
 
 from ttm_experiments.cli.common import CONFIG_DIR, user_errors_exit
+from ttm_experiments.cli.help_text import register_help_resolver
 from ttm_experiments.config.schema import InspectFormat
 from ttm_experiments.config.spec import to_config
-from ttm_experiments.models.pretrained import build_model
-from ttm_experiments.models.unfreeze import apply_stage, count_params, describe, find_blocks
 
+# torch and the models are imported when a model is built, not at import: `ttm-inspect --help` answers at once
+register_help_resolver(CONFIG_DIR)  # `--help` lists this command's own config groups (cli/help_text.py)
 NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
 
 
 def inspect_model(cfg: DictConfig) -> dict:
     """Blocks, selection and parameter counts for `unfreeze.last_n` (the partial stage)."""
+    from ttm_experiments.models.pretrained import build_model
+    from ttm_experiments.models.unfreeze import apply_stage, count_params, describe, find_blocks
+
     config = to_config(cfg)
     model, _ = build_model(config.backbone, num_channels=config.dataset.channels, num_classes=NUM_CLASSES)
     blocks = find_blocks(model.backbone.model, config.unfreeze)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -23,9 +23,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli.common import CONFIG_DIR, user_errors_exit
+from ttm_experiments.cli.help_text import register_help_resolver
 from ttm_experiments.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
+register_help_resolver(CONFIG_DIR)  # `--help` lists this command's own config groups (cli/help_text.py)
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_WINDOW_S = 10.0  # what checkpoints older than the `window_s` field were trained on (dataset.duration_s)
@@ -37,7 +39,8 @@ class Windows:
     record_ids: np.ndarray  # [N] str
     start_s: np.ndarray  # [N] float
     labels: np.ndarray | None = None  # [N] int, in the model's class order
-
+    segment: np.ndarray | None = None  # [N] int: the gap-free segment of a recording with gaps (predict.input)
+    notes: list[str] = field(default_factory=list)  # what reading the input did (layout, clock, gaps), printed
 
 def _from_mlflow(uri: str, tracking_uri: str):
     import mlflow
@@ -148,20 +151,31 @@ def dataset_windows(dataset: DictConfig, trained, *, cache_dir: Path) -> Windows
 
 
 def input_windows(conf, trained) -> Windows:
-    """`predict.input`: one recording, cut into the model's windows."""
+    """`predict.input`: one recording (data/recordings.py), cut into the model's windows. Missing values and clock
+    steps longer than one window split it into segments that no window spans."""
     from ttm_experiments.data.recordings import cut_windows, read_recording
 
-    rec = read_recording(conf.input, column=conf.column, channels=conf.channels, fs=conf.fs)
-    if rec.signal.shape[0] != trained.num_channels:
+    window_s = _window_s(trained)
+    rec = read_recording(
+        conf.input,
+        column=conf.column,
+        channels=conf.channels,
+        fs=conf.fs,
+        gap_s=window_s,
+        time_column=conf.time_column,
+        time_unit=conf.time_unit,
+    )
+    channels = rec.segments[0].signal.shape[0] if rec.segments else trained.num_channels
+    if channels != trained.num_channels:
         raise DataError(
             f"the model was trained on {trained.num_channels} channel(s); predict.input={conf.input} "
-            f"gives {rec.signal.shape[0]}. Fix: predict.channels=[...] (WFDB) or an input with "
+            f"gives {channels}. Fix: predict.channels=[...] (WFDB) or an input with "
             f"{trained.num_channels} channel(s)"
         )
-    signals, starts = cut_windows(
-        rec, window_s=_window_s(trained), context_length=trained.context_length, hop_s=conf.hop_s
-    )
-    return Windows(signals, np.full(len(signals), rec.record_id), starts)
+    cut = cut_windows(rec, window_s=window_s, context_length=trained.context_length, hop_s=conf.hop_s)
+    segment = cut.segment if len(rec.segments) > 1 else None
+    ids = np.full(len(cut.signals), rec.record_id)
+    return Windows(cut.signals, ids, cut.start_s, segment=segment, notes=rec.notes + cut.notes)
 
 
 def predictions_table(windows: Windows, probs: np.ndarray, class_names: tuple[str, ...]):
@@ -171,6 +185,8 @@ def predictions_table(windows: Windows, probs: np.ndarray, class_names: tuple[st
     from ttm_experiments.models.inference import probability_columns
 
     table = pd.DataFrame({"record_id": windows.record_ids, "start_s": windows.start_s})
+    if windows.segment is not None:
+        table.insert(1, "segment", windows.segment)
     table[probability_columns(class_names)] = probs
     table["predicted"] = np.asarray(class_names, dtype=object)[probs.argmax(axis=1)]
     if windows.labels is not None:
@@ -192,6 +208,30 @@ def summary_lines(table, probs: np.ndarray, windows: Windows, class_names: tuple
     return lines
 
 
+def predict_conf(cfg: DictConfig):
+    """`cfg.predict` as a PredictConf; an unset predict.model is a one-line error, not OmegaConf's traceback."""
+    if OmegaConf.is_missing(cfg.predict, "model"):
+        raise ConfigError(
+            "predict.model is not set. Fix: predict.model=<a ttm-train run id | models:/<name>/<version> | "
+            "runs/outputs/<date>/<time>/best.pt>"
+        )
+    return OmegaConf.to_object(cfg.predict)
+
+
+def output_path(output: str | None, runs_dir: Path, name: str) -> Path:
+    """`predict.output`, or a new `<runs_dir>/predictions/<name>-<date>-<time>.csv` (`-2`, `-3`... if taken)."""
+    from datetime import datetime
+
+    if output is not None:
+        return Path(output).expanduser()
+    base = runs_dir.expanduser() / "predictions" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    path, n = base.with_suffix(".csv"), 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}.csv")
+    return path
+
+
 def write_csv(table, path: Path) -> None:
     from ttm_experiments.utils.files import atomic_file
 
@@ -207,7 +247,7 @@ def run(cfg: DictConfig) -> dict:
     from ttm_experiments.config.schema import PredictConf
     from ttm_experiments.models.inference import score
 
-    conf: PredictConf = OmegaConf.to_object(cfg.predict)  # type: ignore[assignment]
+    conf: PredictConf = predict_conf(cfg)
     has_dataset = cfg.get("dataset") is not None
     if has_dataset == (conf.input is not None):
         raise ConfigError(
@@ -222,7 +262,8 @@ def run(cfg: DictConfig) -> dict:
     )
     probs = score(trained, windows.signals, batch_size=conf.batch_size)
     table = predictions_table(windows, probs, trained.class_names)
-    output = Path(conf.output).expanduser()
+    name = Path(conf.input).stem if conf.input else str(cfg.dataset.name)
+    output = output_path(conf.output, Path(cfg.paths.runs_dir), name)
     write_csv(table, output)
     return {
         "table": table,
@@ -230,6 +271,7 @@ def run(cfg: DictConfig) -> dict:
         "summary": summary_lines(table, probs, windows, trained.class_names),
         "output": output,
         "model": trained,
+        "notes": windows.notes,
     }
 
 
@@ -237,7 +279,7 @@ def run(cfg: DictConfig) -> dict:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    for line in result["summary"]:
+    for line in [*result["notes"], *result["summary"]]:
         print(line)
     print(f"predictions: {result['output']}")
 

@@ -9,13 +9,18 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli.common import CONFIG_DIR, user_errors_exit
+from ttm_experiments.cli.help_text import register_help_resolver
 from ttm_experiments.config.schema import ReportConfig
 from ttm_experiments.errors import ConfigError
-from ttm_experiments.report.build import build_report, log_report, slug
+
+# the report's plotting and MLflow code is imported when a report is built: `ttm-report --help` answers at once
+register_help_resolver(CONFIG_DIR)  # `--help` lists this command's own config groups (cli/help_text.py)
 
 
 def report(cfg: DictConfig) -> dict[str, Any]:
     """`ttm-report` on a composed `conf/report.yaml`: the report, and the MLflow run it was logged as."""
+    from ttm_experiments.report.build import build_report, log_report, slug
+
     conf: ReportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     r = conf.report
     if r.max_runs < 1 or r.top < 0:

@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ttm_experiments.cli.common import CONFIG_DIR, CONFIG_NAME, user_errors_exit
+from ttm_experiments.cli.help_text import register_help_resolver
 from ttm_experiments.errors import TrackingError, UserError
 from ttm_experiments.utils.files import writable_directory
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # and `--help` answer in about a second instead of five (BENCHMARKS.md, start-up)
 
 log = logging.getLogger(__name__)
+register_help_resolver(CONFIG_DIR)  # `--help` lists this command's own config groups (cli/help_text.py)
 
 
 def run_info(cfg: DictConfig) -> RunInfo:
