@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: predict setup train test test-slow lint format compare sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos
+.PHONY: predict setup train test test-slow lint format compare sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos zoo
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,25 @@ compare: $(STAMP)  ## COMPARE=<key>=<a>,<b> over SEEDS x FOLDS (3 x 5), then ttm
 	$(BIN)/ttm-train -m $(COMPARE) seed=$(SEEDS) dataset.fold=$(FOLDS) experiment_name=$(COMPARE_EXPERIMENT) $(ARGS)
 	$(BIN)/ttm-report report.experiment=$(COMPARE_EXPERIMENT) report.compare=$(firstword $(subst =, ,$(COMPARE))) \
 		report.baseline=$(BASELINE) $(REPORT_ARGS)
+
+# the model zoo: every backbone family x {linear probe, head only, progressive, full} x label fractions x folds x
+# seeds, the SQI baseline on the same folds, then ttm-report's label-efficiency curves and paired tables. Sized for a
+# 2-core CPU (ZOO_SIZE: 20 windows per subject, 2 epochs per stage); offline, the pretrained presets start from
+# random weights (ZOO_INIT). Real data: make zoo ARGS='dataset=butppg dataset.root=/data/butppg'
+ZOO_BACKBONES ?= ttm_1024,tspulse_r1
+ZOO_SCHEDULES ?= linear_probe,head_only,progressive,full
+ZOO_FRACTIONS ?= 0.1,0.25,0.5,1.0
+ZOO_FOLDS ?= 0,1
+ZOO_SEEDS ?= 0,1
+ZOO_SIZE ?= dataset.windows_per_subject=20 trainer.max_epochs_per_stage=2
+ZOO_INIT ?= backbone.pretrained_path=null
+ZOO_EXPERIMENT ?= zoo
+zoo: $(STAMP)  ## ZOO_BACKBONES x ZOO_SCHEDULES x ZOO_FRACTIONS x ZOO_FOLDS x ZOO_SEEDS, the SQI baseline, then the zoo report
+	$(BIN)/ttm-train -m backbone=baseline_sqi seed=$(ZOO_SEEDS) dataset.fold=$(ZOO_FOLDS) \
+		dataset.label_fraction=$(ZOO_FRACTIONS) experiment_name=$(ZOO_EXPERIMENT) $(ZOO_SIZE) $(ARGS)
+	$(BIN)/ttm-train -m seed=$(ZOO_SEEDS) backbone=$(ZOO_BACKBONES) dataset.fold=$(ZOO_FOLDS) schedule=$(ZOO_SCHEDULES) \
+		dataset.label_fraction=$(ZOO_FRACTIONS) experiment_name=$(ZOO_EXPERIMENT) $(ZOO_SIZE) $(ZOO_INIT) $(ARGS)
+	$(BIN)/ttm-report report.experiment=$(ZOO_EXPERIMENT) report.zoo=true $(REPORT_ARGS)
 
 report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
 	$(BIN)/ttm-report $(ARGS)
