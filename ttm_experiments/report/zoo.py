@@ -13,6 +13,8 @@ independently and averaged. So the interval speaks to training randomness (seeds
 The paired tables take, per label fraction, the difference in test AUROC of every model against a reference on
 the same folds, seeds and test windows (`report/compare.py`'s pairing and `auroc_differences`): the best TTM,
 chosen by its mean *validation* AUROC over its runs at the largest fraction (never by test), and the SQI baseline.
+A baseline run once per fold (it does not depend on the seed: `make zoo` runs it at one seed) pairs with each seed
+of the other model.
 """
 
 from __future__ import annotations
@@ -200,6 +202,14 @@ class PairedRow:
     why: str = ""
 
 
+def _run_of(model: Model, seeds: dict[str, Row], seed: str) -> Row | None:
+    """The run of `seed`; for a baseline that ran one seed, that run: a logistic regression fitted by lbfgs does
+    not depend on the seed, so its one run stands for every seed (the pairs then vary the other model's seeds)."""
+    if seed in seeds:
+        return seeds[seed]
+    return next(iter(seeds.values())) if model.is_baseline and len(seeds) == 1 else None
+
+
 def paired_rows(models: dict[str, Model], reference: Model, predictions: Predictions) -> list[PairedRow]:
     """Every other model minus `reference`, per label fraction, on the folds and seeds both have."""
     out = []
@@ -211,8 +221,11 @@ def paired_rows(models: dict[str, Model], reference: Model, predictions: Predict
             mine, theirs = model.runs[fraction], reference.runs[fraction]
             for fold in sorted(set(mine) & set(theirs)):
                 seeds = []
-                for seed in sorted(set(mine[fold]) & set(theirs[fold])):
-                    a, b = predictions(mine[fold][seed]), predictions(theirs[fold][seed])
+                for seed in sorted(set(mine[fold]) | set(theirs[fold])):
+                    row, partner = _run_of(model, mine[fold], seed), _run_of(reference, theirs[fold], seed)
+                    if row is None or partner is None:
+                        continue
+                    a, b = predictions(row), predictions(partner)
                     pair = None if a is None or b is None else report_compare._paired_fold(a, b)
                     if pair is None or (seeds and not same_windows(seeds[0], pair)):
                         why = "tested on different windows or without test/predictions.csv"
