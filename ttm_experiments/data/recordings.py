@@ -15,7 +15,6 @@ the clock, the gaps) comes back as one line per fact, for `ttm-predict` to print
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -28,8 +27,6 @@ from ttm_experiments.config.schema import TimeUnit
 from ttm_experiments.data import clock
 from ttm_experiments.data.text_tables import Table, pick_column, read_table
 from ttm_experiments.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 FS_RANGE = (1.0, 100_000.0)  # Hz; outside it a rate is a unit mistake (kHz for Hz, a period for a rate)
 TIME_NAME = re.compile(r"time|stamp|date|clock|^t$|^ts$", re.IGNORECASE)  # only to suggest predict.time_column
@@ -271,13 +268,6 @@ def cut_windows(rec: Recording, *, window_s: float, context_length: int, hop_s: 
         index.append(np.full(len(first), k))
     if not segs:
         raise _no_window(rec, span, window_s)
-    if tail:
-        log.info(
-            "%s: %d sample(s) (%.2f s) after the last window of a segment are not scored",
-            rec.record_id,
-            tail,
-            tail / rec.fs,
-        )
     notes = []
     if short:
         notes.append(
@@ -288,7 +278,11 @@ def cut_windows(rec: Recording, *, window_s: float, context_length: int, hop_s: 
     up, down = Fraction(context_length, span).as_integer_ratio()
     if (up, down) != (1, 1):
         windows = resample_poly(windows, up, down, axis=2, padtype="line")
+    rest = f"; the last {tail / rec.fs:.3g} s after them not scored" if tail else ""
+    if tail and len(rec.segments) > 1:
+        rest = f"; {tail / rec.fs:.3g} s after the last window of the segments not scored"
     notes.append(
         f"{len(segs)} window(s) of {window_s:g} s ({span} samples at {rec.fs:g} Hz, resampled to {context_length})"
+        + rest
     )
     return Cut(windows.astype(np.float32), np.concatenate(starts), np.concatenate(index), notes)
