@@ -240,6 +240,7 @@ def results(sweep_dir: Path):
     return OmegaConf.to_container(OmegaConf.load(sweep_dir / "optimization_results.yaml"))
 
 
+@pytest.mark.slow  # 20 trials of TPE: over 10 s on a loaded machine
 @pytest.mark.parametrize("with_commandline", [True, False])
 def test_sphere_example(tmp_path, with_commandline):
     """The released test_optuna_example: TPE seed 123, 20 trials; a fixed command-line value is no parameter."""
@@ -355,6 +356,7 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+@pytest.mark.slow  # 20 trials: over 10 s on a loaded machine
 @pytest.mark.parametrize("with_commandline", [True, False])
 def test_multi_objective_example(tmp_path, with_commandline):
     """The released test_optuna_multi_objective_example: a list of directions, the job returns a tuple, the
@@ -528,6 +530,7 @@ def test_an_empty_search_space_runs_the_job_n_trials_times_and_sweep_returns_not
         assert out.best_params == {} and out.name == "optuna"
 
 
+@pytest.mark.slow  # two studies' worth of processes: over 10 s on a loaded machine
 def test_a_study_made_elsewhere_resumes_in_any_app(tmp_path):
     """A study created by plain Optuna (no outer-fold attributes) takes more trials from the sphere app."""
     url = f"sqlite:///{tmp_path}/test.db"
@@ -545,6 +548,7 @@ def test_a_study_made_elsewhere_resumes_in_any_app(tmp_path):
     assert len(optuna.load_study(storage=url, study_name="elsewhere").trials) == 5
 
 
+@pytest.mark.slow  # a sweep of its own: over 10 s on a loaded machine
 def test_interval_on_an_int_key_samples_floats_and_int_casts(tmp_path):
     """`interval(1, 10)` samples floats even where the config holds an int; `int(interval(...))` samples ints."""
     config = SPHERE_CONFIG.replace(
@@ -590,3 +594,42 @@ def test_the_released_class_path_imports_in_a_fresh_process(tmp_path):
     loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["hydra_plugins.hydra_optuna_sweeper.optuna_sweeper", "OptunaSweeper", "True"]
+
+
+@pytest.mark.parametrize(
+    "sampler, args, name",
+    [
+        ("gp", ["hydra.sweeper.sampler.n_startup_trials=2"], "GPSampler"),
+        ("tpe_multivariate", ["hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.n_jobs=2"], "TPESampler"),
+        ("qmc", [], "QMCSampler"),
+    ],
+)
+def test_samplers_this_sweeper_adds_run_with_their_arguments(tmp_path, sampler, args, name):
+    """GPSampler and Optuna 5's multivariate TPE with the constant liar (for parallel workers) are sampler
+    options like the released ones; their constructor arguments are config keys."""
+    config = SPHERE_CONFIG.replace("      x: range(-5.5, 5.5, step=0.5)\n", "      x: interval(-5.5, 5.5)\n")
+    app = sphere_app(tmp_path, config)
+    url, store = storage_args(tmp_path, sampler)
+    proc = run_app(
+        app,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra/sweeper/sampler={sampler}",
+        "hydra.sweeper.n_trials=4",
+        *args,
+        *store,
+    )
+    assert f"sampler {name}" in proc.stdout
+    trials = optuna.load_study(storage=url, study_name=sampler).trials
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    shown = subprocess.run(
+        [sys.executable, app.name, f"hydra/sweeper/sampler={sampler}", "--cfg", "hydra", "--package", "hydra.sweeper"],
+        cwd=app.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    node = OmegaConf.create(shown).sampler
+    if sampler == "tpe_multivariate":
+        assert node.multivariate is True and node.constant_liar is True
+    if sampler == "gp":
+        assert node.n_startup_trials == 10 and node.deterministic_objective is False
