@@ -64,10 +64,9 @@ def train(cfg: DictConfig) -> float:
     A baseline backbone (`backbone=baseline_sqi`, `baseline_site`) runs the baseline recipe."""
     from ttm_experiments.config.spec import to_config
     from ttm_experiments.training.baseline import BASELINE_KINDS, BaselineRecipe
+    from ttm_experiments.training.linear_probe import LinearProbeRecipe, is_probe
     from ttm_experiments.training.recipe import TrainRecipe, run_recipe
     from ttm_experiments.training.signals import graceful_stop
-
-    from ttm_experiments.training.linear_probe import LinearProbeRecipe, is_probe
 
     config = to_config(cfg)
     recipe = BaselineRecipe if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe
@@ -93,6 +92,10 @@ def cache_plan(argv: list[str]) -> list[str] | None:
         config = to_config(compose(config_name=CONFIG_NAME, overrides=args.overrides))
     if config.backbone.kind.value in BASELINE_KINDS:
         return None
+    if config.schedule.probe_c_grid:  # schedule=linear_probe: no stages; the cache keeps each split's features
+        from ttm_experiments.training.linear_probe import PLAN
+
+        return [PLAN]
     return TrainRecipe(config, RunInfo(output_dir=Path("."), config_yaml="")).cache_plan()
 
 

@@ -45,6 +45,11 @@ from ttm_experiments.training.record import objective_value, record_test
 log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "linear-probe-features/1"
+# what `ttm-train schedule=linear_probe --cfg job` says about the stage cache
+PLAN = (
+    "stage cache: linear probe, no stages; each split's pooled features are stored and reused by runs with the same "
+    "backbone weights and windows (tag probe.features says which were)"
+)
 MAX_ITER = 5000  # lbfgs iterations: enough for standardised features; a fit that does not converge is logged
 
 
