@@ -194,7 +194,9 @@ def test_stamps_out_of_order_are_refused_with_a_fix_that_works(tmp_path):
 def test_packet_stamps_repeating_are_refused(tmp_path):
     ms = np.repeat(np.arange(600) * 50, 5)  # 5 samples per 50 ms packet, one stamp each
     path = _write(tmp_path / "p.csv", "t,ppg", zip(ms, np.arange(3000)), ",")
-    _refused(DataError, r"2400 repeat an earlier stamp", path, column="ppg", time_column="t")
+    message = _refused(DataError, r"2400 repeat an earlier stamp", path, column="ppg", time_column="t")
+    assert message.endswith("(the clock ignored) (these 3000 stamps span 29.9 s: 100.1 Hz on average)")
+    assert _read(path, column="ppg", fs=100).fs == 100.0
 
 
 # -- missing values -----------------------------------------------------------------------------------------------
@@ -345,3 +347,21 @@ def test_time_unit_without_time_column_and_the_same_column_twice(tmp_path):
 
 def test_every_refusal_is_a_user_error():
     assert issubclass(ConfigError, UserError) and issubclass(DataError, UserError)
+
+
+def test_keys_an_input_kind_does_not_read_are_refused(tmp_path):
+    np.savez(tmp_path / "r.npz", signal=np.ones(1500), fs=100.0)
+    _refused(
+        ConfigError,
+        r"predict.time_column applies to text tables; .* is an .npz\. Fix: drop predict.time_column",
+        tmp_path / "r.npz",
+        time_column="t",
+    )
+    _refused(
+        ConfigError,
+        r"predict.channels applies to WFDB records; .* is a text table",
+        _export(tmp_path),
+        column="ppg",
+        fs=100,
+        channels=["R"],
+    )

@@ -141,11 +141,15 @@ def advancing(seconds: np.ndarray, key: str) -> tuple[np.ndarray, str | None]:
     repeats, back = int(np.sum(t[1:] == before)), int(np.sum(t[1:] < before))
     dropped = repeats + back
     if dropped > MAX_DROPPED * len(t):
+        span = float(t.max() - t.min())
+        average = (
+            f" (these {len(t)} stamps span {fmt_s(span)}: {fmt_hz((len(t) - 1) / span)} on average)" if span else ""
+        )
         raise DataError(
             f"{key}: {dropped} of {len(t)} stamps ({dropped / len(t):.1%}) do not advance ({repeats} repeat an "
             f"earlier stamp, {back} go back in time): the rows are not in time order, or samples share one stamp per "
             "packet. Fix: sort the file by its time column, or predict.fs=<Hz> without predict.time_column "
-            "(the clock ignored)"
+            f"(the clock ignored){average}"
         )
     keep = np.zeros(len(seconds), dtype=bool)
     keep[np.flatnonzero(stamped)[keep_stamped]] = True

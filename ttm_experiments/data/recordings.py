@@ -202,6 +202,13 @@ def _read_wfdb(base: Path, channels: list[str] | None, fs: float | None, gap_s: 
     return _uniform(x, rate, base.name, gap_s, [head])
 
 
+def _only_for(keys: dict, kind: str, what: str) -> None:
+    """A key that this kind of input does not read is an error, not a setting silently ignored."""
+    given = [k for k, v in keys.items() if v is not None]
+    if given:
+        raise ConfigError(f"{given[0]} applies to {kind}; {what}. Fix: drop {given[0]}")
+
+
 def read_recording(
     path: str,
     *,
@@ -217,12 +224,16 @@ def read_recording(
     `gap_s` (one model window) is the longest clock step that is interpolated; a longer one splits the recording.
     """
     p = Path(path).expanduser()
+    table_keys = {"predict.column": column, "predict.time_column": time_column, "predict.time_unit": time_unit}
     if p.suffix.lower() == ".npz" and p.is_file():
+        _only_for(table_keys | {"predict.channels": channels}, "text tables", f"predict.input={path} is an .npz")
         return _read_npz(p, fs, gap_s)
     base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat") else p
     if base.with_name(base.name + ".hea").is_file():
+        _only_for(table_keys, "text tables", f"predict.input={path} is a WFDB record (predict.channels picks signals)")
         return _read_wfdb(base, channels, fs, gap_s)
     if p.is_file():
+        _only_for({"predict.channels": channels}, "WFDB records", f"predict.input={path} is a text table")
         return _read_table(p, column, time_column, time_unit, fs, gap_s)
     raise ConfigError(
         f"predict.input={path} does not exist: not a file (a text table or an .npz) nor a WFDB record (no "
