@@ -20,7 +20,8 @@ null means ttm-train's setting (trial_node `search`, its config check, MLflow on
 pruner, failures that do not stop a study) explicitly.
 
 Each sampler node carries its Optuna constructor's arguments, so `hydra.sweeper.sampler.n_startup_trials=5`
-works; an argument left null takes Optuna's default.
+works; an argument left null takes Optuna's default. So does each pruner node (`+hydra/sweeper/pruner=median
+hydra.sweeper.pruner.n_warmup_steps=4`).
 """
 
 from dataclasses import dataclass, field
@@ -169,6 +170,70 @@ class OptunaSweeperConf:
     entrypoint: Optional[str] = None
 
 
+@dataclass
+class PrunerConfig:
+    """A `hydra/sweeper/pruner` node: `type` names the pruner (tracking/optuna_storage.py), the rest are the
+    arguments of its Optuna constructor."""
+
+    type: str = MISSING
+
+
+@dataclass
+class MedianPrunerConfig(PrunerConfig):
+    type: str = "median"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConfig(MedianPrunerConfig):
+    type: str = "percentile"
+    percentile: float = 25.0  # Optuna has no default: keep trials in the top 75 %
+
+
+@dataclass
+class HyperbandPrunerConfig(PrunerConfig):
+    type: str = "hyperband"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig(PrunerConfig):
+    type: str = "successive_halving"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class ThresholdPrunerConfig(PrunerConfig):
+    type: str = "threshold"
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class NopPrunerConfig(PrunerConfig):
+    type: str = "none"
+
+
+PRUNERS = {
+    "median": MedianPrunerConfig,
+    "percentile": PercentilePrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+    "successive_halving": SuccessiveHalvingPrunerConfig,
+    "threshold": ThresholdPrunerConfig,
+    "none": NopPrunerConfig,
+}
+
 SAMPLERS = {
     "tpe": TPESamplerConfig,
     "tpe_multivariate": MultivariateTPESamplerConfig,
@@ -185,3 +250,7 @@ cs = ConfigStore.instance()
 cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="ttm_optuna_sweeper")
 for _name, _node in SAMPLERS.items():
     cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="ttm_optuna_sweeper")
+# not in the node's defaults (no pruner unless asked): `+hydra/sweeper/pruner=median`, or `- /hydra/sweeper/pruner:
+# median` in a config's defaults list
+for _name, _node in PRUNERS.items():
+    cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="ttm_optuna_sweeper")

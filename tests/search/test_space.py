@@ -156,3 +156,32 @@ def test_values_survive_the_override_round_trip():
         assert parser.parse_override(f"k={quote(text)}").value() == text
     for value in [3e-05, 0.1, 4, True, None, "depth"]:
         assert parser.parse_override(f"k={format_value(value)}").value() == value
+
+
+def test_pruner_and_sampler_nodes_carry_their_constructor_arguments():
+    """`hydra.sweeper.sampler.<arg>` and `hydra.sweeper.pruner.<arg>` reach the Optuna objects (the shipped space
+    picks `hydra/sweeper/pruner: median`); a pruner node of another type refuses the median's arguments."""
+    import optuna
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from ttm_experiments.cli.common import CONFIG_DIR
+    from ttm_experiments.search.space import parse
+    from ttm_experiments.search.sweeper import OptunaSweeperImpl
+    from ttm_experiments.tracking.optuna_storage import build_pruner, pruner_spec
+
+    args = [
+        "hparams_search=unfreeze_lr",
+        "hydra.sweeper.pruner.interval_steps=3",
+        "hydra.sweeper.sampler.n_ei_candidates=7",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        node = compose("train", overrides=args, return_hydra_config=True).hydra.sweeper
+        with pytest.raises(ConfigCompositionException, match="n_startup_trials"):
+            compose("train", overrides=[args[0], "hydra/sweeper/pruner=hyperband"], return_hydra_config=True)
+    pruner = build_pruner(pruner_spec(node.pruner))
+    assert isinstance(pruner, optuna.pruners.MedianPruner)
+    assert (pruner._interval_steps, pruner._n_warmup_steps, pruner._n_startup_trials) == (3, 5, 4)
+    sampler, _ = OptunaSweeperImpl(node.sampler, "maximize")._sampler(parse({"x": "interval(0, 1)"}, None, []))
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert (sampler._n_ei_candidates, sampler._n_startup_trials) == (7, 8)
