@@ -78,10 +78,15 @@ def _detect_unit(counts: np.ndarray, key: str) -> tuple[TimeUnit, str]:
         return plausible[0], f"detected: its median step {step:g} is {readings}"
     if len(epoch) == 1:
         return epoch[0], f"detected: its median step {step:g} is {readings}; its magnitude is epoch {epoch[0].value}"
-    guess = (plausible or [TimeUnit.ms])[0].value
+    if not plausible:
+        raise DataError(
+            f"{key}: its median step {step:g} is {readings}: no PPG rate ({PLAUSIBLE_HZ[0]:g} Hz..{PLAUSIBLE_HZ[1]:g} "
+            "Hz) in any unit of predict.time_unit. Fix: predict.time_unit=<s, ms or us> if the rate is right in one, "
+            "else predict.fs=<Hz> without predict.time_column (the clock ignored)"
+        )
     raise ConfigError(
         f"{key}: cannot tell the unit of its clock: its median step {step:g} is {readings}. "
-        f"Fix: predict.time_unit={guess} (or s, ms, us; datetime for ISO 8601 date-times)"
+        f"Fix: predict.time_unit={plausible[0].value} (or {', '.join(u.value for u in plausible[1:])})"
     )
 
 
