@@ -239,48 +239,51 @@ def paired_rows(models: dict[str, Model], reference: Model, predictions: Predict
 
 
 def curve_figure(points: list[Point], models: dict[str, Model]):
-    """AUROC vs label fraction, one line per model with its 95% interval as error bars; baselines dashed."""
+    """AUROC vs label fraction: one panel per backbone, one line per schedule with its 95% interval as error bars,
+    and every baseline dashed in each panel."""
     from ttm_experiments.report.plots import pyplot
 
     if not points:
         return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    backbones = sorted({m.backbone for m in models.values()})
-    colors = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
-    markers = {"linear_probe": "s", "head_only": "^", "progressive": "o", "full": "D"}
     by_model: dict[str, list[Point]] = defaultdict(list)
     for p in points:
         by_model[p.model].append(p)
-    n = len(by_model)
-    for j, (name, pts) in enumerate(sorted(by_model.items())):
-        m = models[name]
-        pts.sort(key=lambda p: p.fraction)
-        x = np.array([p.fraction for p in pts]) * (1 + 0.012 * (j - n / 2))  # a small dodge: bars do not overlap
-        y = np.array([p.auroc for p in pts])
-        err = np.array([[p.auroc - p.low for p in pts], [p.high - p.auroc for p in pts]])
-        ax.errorbar(
-            x,
-            y,
-            yerr=np.nan_to_num(err),
-            color="black" if m.is_baseline else colors[m.backbone],
-            ls="--" if m.is_baseline else "-",
-            marker=markers.get(m.schedule, "x"),
-            capsize=2,
-            lw=1.2,
-            ms=4,
-            label=name,
-        )
+    backbones = sorted({models[name].backbone for name in by_model if not models[name].is_baseline}) or ["baselines"]
+    baselines = sorted(name for name in by_model if models[name].is_baseline)
+    schedules = sorted({models[name].schedule for name in by_model if not models[name].is_baseline})
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schedules)}
     fractions = sorted({p.fraction for p in points})
-    ax.set_xscale("log")
-    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
-    ax.minorticks_off()
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("share of labelled training subjects (dataset.label_fraction)")
-    ax.set_ylabel("test AUROC (mean over folds and seeds)")
-    ax.set_title("Label efficiency: 95% intervals from a bootstrap over seeds and test subjects", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 4.6), sharey=True, squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        names = [n for n in sorted(by_model) if models[n].backbone == backbone] + baselines
+        for j, name in enumerate(names):
+            m, pts = models[name], sorted(by_model[name], key=lambda p: p.fraction)
+            x = np.array([p.fraction for p in pts]) * (1 + 0.025 * (j - len(names) / 2))  # dodge: bars apart
+            y = np.array([p.auroc for p in pts])
+            err = np.array([[p.auroc - p.low for p in pts], [p.high - p.auroc for p in pts]])
+            ax.errorbar(
+                x,
+                y,
+                yerr=np.nan_to_num(err),
+                color="black" if m.is_baseline else colors[m.schedule],
+                ls="--" if m.is_baseline else "-",
+                marker="x" if m.is_baseline else "o",
+                capsize=2,
+                lw=1.2,
+                ms=4,
+                label=m.name if m.is_baseline else m.schedule,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.minorticks_off()
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_title(backbone, fontsize=10)
+        ax.set_xlabel("share of labelled training subjects")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("test AUROC (mean over folds and seeds)")
+    fig.suptitle("Label efficiency: 95% intervals from a bootstrap over seeds and test subjects", fontsize=10)
     fig.tight_layout()
     plt.close(fig)
     return fig
