@@ -316,6 +316,7 @@ def test_model_not_given_is_one_line(smoke_run, tmp_path):
     _refused(smoke_run, tmp_path, ConfigError, r"predict.model is not set\. Fix: predict.model=", "dataset=synthetic")
 
 
+@pytest.mark.slow  # two starts of the installed command (about 20 s on a busy 2-core machine)
 def test_console_script_on_a_device_export_prints_what_it_read(smoke_run, tmp_path):
     """The installed `ttm-predict`, in a fresh folder: no run folder, the output printed, nothing else written."""
     x = _adc(25, 100.0)
