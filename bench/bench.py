@@ -587,7 +587,7 @@ def bench_search(cfg: Config, threads: int | None) -> list[dict]:
                 + [
                     "-m",
                     "hparams_search=unfreeze_lr",
-                    "debug=smoke",
+                    "debug=tiny",
                     f"paths.runs_dir={runs}",
                     f"paths.cache_dir={ROOT / 'runs' / 'cache'}",
                     "dataset.n_subjects=30",
@@ -615,7 +615,7 @@ def bench_search(cfg: Config, threads: int | None) -> list[dict]:
     return [
         {
             "item": "5",
-            "what": f"Optuna study `hparams_search=unfreeze_lr`, {cfg.search_trials} trials, debug=smoke "
+            "what": f"Optuna study `hparams_search=unfreeze_lr`, {cfg.search_trials} trials, debug=tiny "
             f"(ttm_tiny) on 30 subjects x 20 windows, 4 epochs per stage (12 per trial), TPE seed 0: median pruner "
             f"(after 2 complete trials, from epoch 3; {p['pruned']} trials pruned) vs none",
             "suite": p["epochs"],

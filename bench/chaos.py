@@ -7,7 +7,7 @@ uninterrupted reference of the same config.
 
 Configs: `hybrid` (schedule=hybrid, tiny: both self-supervised stages, then head, partial and full, 2 epochs
 each, 2-3 optimizer steps per epoch) and `optuna` (`-m hparams_search=unfreeze_lr hydra.sweeper.n_trials=2`,
-debug=smoke). Each config's reference runs once, uninterrupted, with `TTM_FAULT=count:<file>`
+debug=tiny). Each config's reference runs once, uninterrupted, with `TTM_FAULT=count:<file>`
 (ttm_experiments/utils/faults.py): the file lists every kill point the config reaches, in order, and the kills are
 drawn from it: first one per stage of the hybrid run (its steps and epoch ends), one inside a checkpoint write,
 one in MLflow logging, one inside an Optuna trial (asked, not told) and one inside a trial's job, one in a
@@ -58,7 +58,7 @@ ENV = {
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
 }
 TINY = [
-    "debug=smoke",
+    "debug=tiny",
     "trainer.num_threads=1",
     "trainer.max_batches=2",
     "dataset.windows_per_subject=4",

@@ -6,7 +6,7 @@
 Scenarios: `fresh` (N processes on a new SQLite store), `initialised` (N more on the same store), `optuna`
 (4 sweeper workers, separate processes, on one study in a fresh optuna.db), `server` (N processes against a
 real `mlflow server` on loopback). Each prints runs finished / started, wall time and the retries logged.
-Jobs are tiny (`debug=smoke`, 1 batch per epoch): the figures measure the stores, not training.
+Jobs are tiny (`debug=tiny`, 1 batch per epoch): the figures measure the stores, not training.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-TINY = ["debug=smoke", "trainer.max_batches=1", "dataset.windows_per_subject=4"]
+TINY = ["debug=tiny", "trainer.max_batches=1", "dataset.windows_per_subject=4"]
 
 
 def train_cmd(*overrides: str, multirun: bool = False) -> list[str]:

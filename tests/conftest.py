@@ -29,14 +29,14 @@ def smoke(runs_dir: Path):
     """Compose a smoke config writing below a temporary runs dir; extra overrides are appended."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(["debug=smoke", f"paths.runs_dir={runs_dir}", *overrides])
+        return compose_config(["debug=tiny", f"paths.runs_dir={runs_dir}", *overrides])
 
     return make
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> SmokeRun:
-    """One finished `debug=smoke` run (its model registered as ppg-quality-test), trained once per session, for
+    """One finished `debug=tiny` run (its model registered as ppg-quality-test), trained once per session, for
     tests that only read it. A test that writes to a store (another run, a resume, a logged model) uses its own
     runs_dir instead."""
     return SmokeRun(tmp_path_factory.mktemp("smoke-run") / "runs")

@@ -215,13 +215,13 @@ def test_group_default_files_hold_only_comments_and_still_override(group):
 
 def test_experiment_name_has_one_home():
     files = [p for p in CONF.rglob("*.yaml") if "experiment_name:" in p.read_text()]
-    overrides = ["debug/smoke.yaml", "experiment/predecessor_rule.yaml"]
+    overrides = ["debug/tiny.yaml", "experiment/predecessor_rule.yaml"]
     assert sorted(p.relative_to(CONF).as_posix() for p in files) == overrides
     assert compose_config(config_name="report").experiment_name == compose_config().experiment_name
     assert compose_config(["experiment=predecessor_rule"]).experiment_name == "ttm-predecessor-rule"
     # smoke runs land in their own experiment, never among the real runs a report ranks
-    assert compose_config(["debug=smoke"]).experiment_name == "ttm-ppg-quality-smoke"
-    assert compose_config(["debug=smoke", "experiment_name=mine"]).experiment_name == "mine"
+    assert compose_config(["debug=tiny"]).experiment_name == "ttm-ppg-quality-smoke"
+    assert compose_config(["debug=tiny", "experiment_name=mine"]).experiment_name == "mine"
 
 
 # -- the composed values did not change --------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_cfg_job_values_of_the_ttm_presets_are_unchanged(name):
 
 
 def test_cfg_job_values_of_smoke_butppg_and_hybrid_are_unchanged():
-    smoke = compose_config(["debug=smoke"])
+    smoke = compose_config(["debug=tiny"])
     assert smoke.backbone.name == "ttm_tiny" and smoke.backbone.context_length == 128
     d = smoke.dataset
     assert (d.n_subjects, d.windows_per_subject, d.pretrain_subjects) == (10, 12, 10)
@@ -323,9 +323,9 @@ def test_butppg_green_loads_the_green_channel(tmp_path):
 
     root = tmp_path / "butppg"
     write_butppg(root, n_subjects=1, records_per_subject=3)
-    config = to_config(compose_config(["debug=smoke", "dataset=butppg_green", f"dataset.root={root}"]))
+    config = to_config(compose_config(["debug=tiny", "dataset=butppg_green", f"dataset.root={root}"]))
     green = load_windows(config.dataset, seed=0, cache_dir=tmp_path / "cache")
-    red_config = to_config(compose_config(["debug=smoke", "dataset=butppg", f"dataset.root={root}"]))
+    red_config = to_config(compose_config(["debug=tiny", "dataset=butppg", f"dataset.root={root}"]))
     red = butppg.load_butppg(loader_settings(red_config.dataset), cache_dir=tmp_path / "cache").windows
     assert green.signals.shape == red.signals.shape == (3, 1, 128)
     assert not np.allclose(green.signals, red.signals)

@@ -63,7 +63,7 @@ def test_wrong_type_fails_naming_the_key(override: str, key: str):
 
 def test_inspect_has_its_own_config_and_train_has_no_inspect_key(tmp_path: Path):
     assert "inspect" not in compose_config()
-    config = to_config(compose_config(["inspect.format=json", "debug=smoke"], config_name="inspect"))
+    config = to_config(compose_config(["inspect.format=json", "debug=tiny"], config_name="inspect"))
     assert config.inspect.format == "json" and config.backbone.name == "ttm_tiny"
     with pytest.raises(ConfigCompositionException, match="inspect.format"):  # an Enum: refused at compose time
         compose_config(["inspect.format=yaml"], config_name="inspect")

@@ -1,5 +1,5 @@
 """The real-data loaders (butppg, vitaldb, windows) on small fixtures in the exact on-disk layouts, the cache,
-the errors (windows without a subject among them), and debug=smoke training runs on the BUT-PPG fixture (binary
+the errors (windows without a subject among them), and debug=tiny training runs on the BUT-PPG fixture (binary
 quality and 8-class motion)."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from ttm_experiments.utils import files
 
 
 def test_a_read_only_runs_dir_is_one_line_before_hydra_makes_a_folder(tmp_path):
-    cmd = [sys.executable, "-m", "ttm_experiments.cli.train", "debug=smoke", "paths.runs_dir=/sys/ttm-runs"]
+    cmd = [sys.executable, "-m", "ttm_experiments.cli.train", "debug=tiny", "paths.runs_dir=/sys/ttm-runs"]
     proc = subprocess.run(
         cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )

@@ -152,7 +152,7 @@ def test_installed_wheel_composes_and_trains_from_another_folder(installed, tmp_
     job = run([train, "--cfg", "job"], cwd=tmp_path, target=installed).stdout
     assert "backbone:" in job and "experiment_name: ttm-ppg-quality" in job
     run([str(installed / "bin" / "ttm-report"), "--cfg", "job"], cwd=tmp_path, target=installed)
-    assert "blocks" in run([inspect, "debug=smoke"], cwd=tmp_path, target=installed).stdout.lower()
+    assert "blocks" in run([inspect, "debug=tiny"], cwd=tmp_path, target=installed).stdout.lower()
     # a user's own config folder composes with the shipped groups (the README's example)
     experiment = tmp_path / "my_conf" / "experiment" / "mine.yaml"
     experiment.parent.mkdir(parents=True)
@@ -169,6 +169,6 @@ def test_installed_wheel_composes_and_trains_from_another_folder(installed, tmp_
     ).stdout
     assert "experiment_name: mine" in searchpath
     runs = tmp_path / "runs"
-    run([train, "debug=smoke", f"paths.runs_dir={runs}"], cwd=tmp_path, target=installed)
+    run([train, "debug=tiny", f"paths.runs_dir={runs}"], cwd=tmp_path, target=installed)
     assert (runs / "mlflow.db").is_file()
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlruns").exists()

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers.configs import REPO
 
-SMALL = ("debug=smoke", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4", "trainer.num_threads=1")
+SMALL = ("debug=tiny", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4", "trainer.num_threads=1")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 

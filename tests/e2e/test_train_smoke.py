@@ -1,4 +1,4 @@
-"""A debug=smoke run end to end into a temporary SQLite MLflow store, read back with MlflowClient: the session's
+"""A debug=tiny run end to end into a temporary SQLite MLflow store, read back with MlflowClient: the session's
 smoke run (the `smoke_run` fixture), then other backbones, losses and schedules, each in a store of its own."""
 
 from __future__ import annotations

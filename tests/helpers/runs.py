@@ -27,7 +27,7 @@ def cli(runs: Path, *args: str, cache: Path | None = None) -> list[str]:
         "-m",
         "ttm_experiments.cli.train",
         "-m",
-        "debug=smoke",
+        "debug=tiny",
         f"paths.runs_dir={runs}",
         "trainer.num_threads=1",
         *([f"paths.cache_dir={cache}"] if cache else []),

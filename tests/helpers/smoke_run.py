@@ -1,4 +1,4 @@
-"""The session's trained smoke run (the `smoke_run` fixture, tests/conftest.py): one `debug=smoke` run, its model
+"""The session's trained smoke run (the `smoke_run` fixture, tests/conftest.py): one `debug=tiny` run, its model
 registered, trained once for every test that only reads a finished run (its MLflow records, best.pt, model)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ REGISTERED = "ppg-quality-test"
 # one thread: the metrics are exact whatever torch's thread count was before (tests that compare a run of their own
 # with this one train with trainer.num_threads=1 too)
 OVERRIDES = (
-    "debug=smoke",
+    "debug=tiny",
     "trainer.num_threads=1",
     f"tracking.register_model={REGISTERED}",
     f"experiment_name={EXPERIMENT}",

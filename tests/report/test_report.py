@@ -25,7 +25,7 @@ def store(tmp_path_factory):
     from ttm_experiments.cli.train import train
 
     runs = tmp_path_factory.mktemp("report") / "runs"
-    base = ["debug=smoke", f"paths.runs_dir={runs}", "experiment_name=rep", "trainer.num_threads=1"]
+    base = ["debug=tiny", f"paths.runs_dir={runs}", "experiment_name=rep", "trainer.num_threads=1"]
     for lr, last_n in [("1e-3", 1), ("3e-3", 2)]:
         train(compose_config([*base, f"optim.lr={lr}", f"unfreeze.last_n={last_n}"]))
     storage = f"sqlite:///{runs}/optuna.db"

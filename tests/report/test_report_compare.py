@@ -17,7 +17,7 @@ def calib(tmp_path_factory):
     from ttm_experiments.cli.train import train
 
     runs = tmp_path_factory.mktemp("compare") / "runs"
-    base = ["debug=smoke", f"paths.runs_dir={runs}", "experiment_name=cmp", "trainer.num_threads=1"]
+    base = ["debug=tiny", f"paths.runs_dir={runs}", "experiment_name=cmp", "trainer.num_threads=1"]
     for schedule, fold, seed in [
         ("progressive", 0, 0),
         ("head_only", 0, 0),

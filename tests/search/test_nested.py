@@ -77,7 +77,7 @@ def test_the_objective_never_reads_the_test_split(tmp_path, monkeypatch):
     from ttm_experiments.cli.train import train
     from ttm_experiments.training import recipe
 
-    base = ["debug=smoke", "trainer.num_threads=1", "experiment_name=nest"]
+    base = ["debug=tiny", "trainer.num_threads=1", "experiment_name=nest"]
     clean = train(compose_config([*base, f"paths.runs_dir={tmp_path / 'a'}"]))
     original = recipe.load_splits
 

@@ -22,7 +22,7 @@ def test_override_names_drop_noise_shorten_keys_and_cap_the_length():
     assert (
         describe_overrides(
             [
-                "debug=smoke",
+                "debug=tiny",
                 "unfreeze.last_n=2",
                 "optim.lr=0.001",
                 "hydra.verbose=true",
@@ -45,7 +45,7 @@ def test_override_names_drop_noise_shorten_keys_and_cap_the_length():
 def test_run_name_precedence():
     assert run_name(explicit=None, overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "last_n=1"
     assert (
-        run_name(explicit=None, overrides=["debug=smoke"], backbone="ttm_tiny", schedule="progressive")
+        run_name(explicit=None, overrides=["debug=tiny"], backbone="ttm_tiny", schedule="progressive")
         == "ttm_tiny progressive"
     )
     assert run_name(explicit="mine", overrides=["unfreeze.last_n=1"], backbone="b", schedule="s") == "mine"
@@ -130,7 +130,7 @@ def multirun(tmp_path_factory):
         "-m",
         "ttm_experiments.cli.train",
         "-m",
-        "debug=smoke",
+        "debug=tiny",
         "unfreeze.last_n=1,2",
         "optim.lr=0.001",
         "tracking.log_system_metrics=true",

@@ -114,7 +114,7 @@ def test_a_filesystem_without_locks_is_refused_recommending_a_server(tmp_path, m
 
 @pytest.mark.slow
 def test_four_ttm_train_processes_started_together_on_a_fresh_runs_dir_all_finish(tmp_path):
-    """As reported: four `ttm-train debug=smoke` at once on a new runs_dir (no multirun callback)."""
+    """As reported: four `ttm-train debug=tiny` at once on a new runs_dir (no multirun callback)."""
     from mlflow.tracking import MlflowClient
 
     runs = tmp_path / "runs"
@@ -124,7 +124,7 @@ def test_four_ttm_train_processes_started_together_on_a_fresh_runs_dir_all_finis
                 sys.executable,
                 "-m",
                 "ttm_experiments.cli.train",
-                "debug=smoke",
+                "debug=tiny",
                 f"seed={i}",
                 f"paths.runs_dir={runs}",
                 f"hydra.run.dir={tmp_path / f'out{i}'}",
@@ -154,7 +154,7 @@ def test_eight_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path):
         "-m",
         "ttm_experiments.cli.train",
         "-m",
-        "debug=smoke",
+        "debug=tiny",
         "seed=0,1,2,3,4,5,6,7",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=8",

@@ -91,7 +91,7 @@ def test_sigint_before_the_first_epoch_leaves_a_resumable_run(smoke, runs_dir, m
 
 
 # -- real processes, real signals ---------------------------------------------------------------------------------
-SMALL = ("debug=smoke", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4")
+SMALL = ("debug=tiny", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 

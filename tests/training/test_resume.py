@@ -20,7 +20,7 @@ from tests.helpers.runs import runs_of
 from ttm_experiments.cli.train import train
 from ttm_experiments.errors import ConfigError
 
-SMALL = ("debug=smoke", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4")
+SMALL = ("debug=tiny", "dataset.windows_per_subject=24", "trainer.max_epochs_per_stage=4")
 
 
 def _cmd(runs_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -102,7 +102,7 @@ def test_a_fine_tuning_grid_shares_the_ssl_stages_and_nothing_else(smoke, runs_d
             sys.executable,
             "-m",
             "ttm_experiments.cli.train",
-            "debug=smoke",
+            "debug=tiny",
             *HYBRID,
             "optim.lr=1e-4",
             f"paths.runs_dir={runs_dir}",

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ttm_experiments.cli.common import CONFIG_DIR, user_errors_exit
 from ttm_experiments.cli.help_text import register_help_resolver
 from ttm_experiments.errors import CheckpointError, ConfigError, DataError
+from ttm_experiments.models.amplitude import window_stats as amplitude_stats
 
 log = logging.getLogger(__name__)
 register_help_resolver(CONFIG_DIR)  # `--help` lists this command's own config groups (cli/help_text.py)
@@ -41,6 +42,7 @@ class Windows:
     labels: np.ndarray | None = None  # [N] int, in the model's class order
     segment: np.ndarray | None = None  # [N] int: the gap-free segment of a recording with gaps (predict.input)
     notes: list[str] = field(default_factory=list)  # what reading the input did (layout, clock, gaps), printed
+
 
 def _from_mlflow(uri: str, tracking_uri: str):
     import mlflow
@@ -242,6 +244,45 @@ def write_csv(table, path: Path) -> None:
         raise ConfigError(f"predict.output={path} cannot be written: {err}. Fix: a writable path") from None
 
 
+def check_amplitude(trained, windows: Windows, on_ood) -> tuple[np.ndarray | None, list[str]]:
+    """Windows outside the training windows' location and scale, counted per recording; with `on_ood=error` a
+    model that reads amplitude refuses them before scoring. Returns the [N] mask and the lines to print."""
+    from ttm_experiments.config.schema import OnOutOfRange
+
+    outside = trained.outside_training_amplitude(windows.signals)
+    if outside is None or on_ood == OnOutOfRange.ignore:
+        return outside, []
+    if not trained.uses_amplitude:
+        return outside, [
+            f"amplitude: {int(outside.sum())} of {len(outside)} windows outside the training range; this model "
+            "does not read amplitude (backbone.scale_features=false): the same probabilities for a * x + b"
+        ]
+    if not outside.any():
+        return outside, []
+    ids, counts = np.unique(windows.record_ids[outside], return_counts=True)
+    totals = dict(zip(*np.unique(windows.record_ids, return_counts=True)))
+    per_record = ", ".join(f"{rid} {n}/{totals[rid]}" for rid, n in zip(ids[:10], counts[:10]))
+    more = f" and {len(ids) - 10} more recordings" if len(ids) > 10 else ""
+    loc, log_scale = amplitude_stats(windows.signals[outside])
+    what = (
+        f"{int(outside.sum())} of {len(outside)} windows lie outside the amplitude the model was trained on "
+        f"({trained.amplitude.describe()}; these: location {loc.min():.4g}..{loc.max():.4g}, scale "
+        f"{np.exp(log_scale.min()):.4g}..{np.exp(log_scale.max()):.4g}); per recording: {per_record}{more}"
+    )
+    fix = (
+        "the model reads each window's location and scale (backbone.scale_features=true), so other units change "
+        "its answer. Fix: give the signal in the training data's units, or use a model trained with "
+        "backbone.scale_features=false"
+    )
+    if on_ood == OnOutOfRange.error:
+        raise DataError(f"{what}: {fix} (or predict.on_ood=warn to score them anyway)")
+    log.warning("%s: %s (predict.on_ood=error refuses them, =ignore hides this)", what, fix)
+    return outside, [
+        f"WARNING: {int(outside.sum())} of {len(outside)} windows outside the training amplitude "
+        f"(column outside_training_amplitude): {per_record}{more}"
+    ]
+
+
 def run(cfg: DictConfig) -> dict:
     """`ttm-predict` on a composed `conf/predict.yaml`: writes the CSV, returns the table and the summary lines."""
     from ttm_experiments.config.schema import PredictConf
@@ -260,15 +301,18 @@ def run(cfg: DictConfig) -> dict:
         if has_dataset
         else input_windows(conf, trained)
     )
+    outside, amplitude_lines = check_amplitude(trained, windows, conf.on_ood)
     probs = score(trained, windows.signals, batch_size=conf.batch_size)
     table = predictions_table(windows, probs, trained.class_names)
+    if outside is not None:
+        table["outside_training_amplitude"] = outside
     name = Path(conf.input).stem if conf.input else str(cfg.dataset.name)
     output = output_path(conf.output, Path(cfg.paths.runs_dir), name)
     write_csv(table, output)
     return {
         "table": table,
         "probs": probs,
-        "summary": summary_lines(table, probs, windows, trained.class_names),
+        "summary": summary_lines(table, probs, windows, trained.class_names) + amplitude_lines,
         "output": output,
         "model": trained,
         "notes": windows.notes,

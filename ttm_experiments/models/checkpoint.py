@@ -67,10 +67,17 @@ def read_checkpoint(
 
 
 def save_classifier(
-    path: Path, model: Classifier, stage: str, class_names: tuple[str, ...], *, window_s: float | None = None
+    path: Path,
+    model: Classifier,
+    stage: str,
+    class_names: tuple[str, ...],
+    *,
+    window_s: float | None = None,
+    amplitude: dict | None = None,
 ) -> None:
-    """A checkpoint of the whole classifier with its architecture, the stage that wrote it and the seconds one
-    window spans (`dataset.duration_s`: with the context length, the rate the model was trained at)."""
+    """A checkpoint of the whole classifier with its architecture, the stage that wrote it, the seconds one
+    window spans (`dataset.duration_s`: with the context length, the rate the model was trained at) and the
+    range of window location and scale it was trained on (`models/amplitude.AmplitudeRange.as_dict`)."""
     atomic_save(
         {
             "format": FORMAT,
@@ -78,6 +85,7 @@ def save_classifier(
             "stage": stage,
             "class_names": list(class_names),
             "window_s": window_s,
+            "amplitude": amplitude,
             "backbone": model.backbone.model.state_dict(),
             "head": model.head.state_dict(),
         },

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ttm_experiments.errors import CheckpointError, DataError
+from ttm_experiments.models.amplitude import AmplitudeRange
 from ttm_experiments.models.backbones import ARCHITECTURE_KEYS, Classifier
 
 CKPT_KEYS = ("format", "architecture", "class_names", "backbone", "head")
@@ -30,6 +31,17 @@ class TrainedModel:
     num_channels: int
     window_s: float | None  # seconds per window at training (None: a checkpoint older than this field)
     source: str
+    amplitude: AmplitudeRange | None = None  # the training windows' location and scale (None: an older checkpoint)
+
+    @property
+    def uses_amplitude(self) -> bool:
+        """Whether the head sees each window's location and log-scale (`backbone.scale_features`): then its
+        probabilities depend on the recording's units; without, they are the same for `a * x + b` (a > 0)."""
+        return bool(self.model.head.scale_features)
+
+    def outside_training_amplitude(self, windows: np.ndarray) -> np.ndarray | None:
+        """[N] bool: windows whose location or scale lies outside the training windows' (None: not recorded)."""
+        return None if self.amplitude is None else self.amplitude.outside(windows)
 
     @property
     def fs(self) -> float | None:
@@ -95,6 +107,7 @@ def load_classifier(path: Path | str, *, source: str = "predict.model") -> Train
         raise CheckpointError(f"{source}: {path} does not fit its recorded architecture: {details}") from None
     model.eval()
     window_s = ckpt.get("window_s")
+    amplitude = ckpt.get("amplitude")
     return TrainedModel(
         model=model,
         class_names=names,
@@ -102,6 +115,7 @@ def load_classifier(path: Path | str, *, source: str = "predict.model") -> Train
         num_channels=channels,
         window_s=None if window_s is None else float(window_s),
         source=str(path),
+        amplitude=None if amplitude is None else AmplitudeRange.from_dict(amplitude),
     )
 
 

@@ -32,6 +32,11 @@ class Tracker(Protocol):
     def log_dict(self, obj: Any, artifact_file: str, stage: bool = False) -> None: ...
 
 
+SPLIT_OF_CONTEXT = {"training": "train", "validation": "val", "test": "test"}  # training/inputs.py's contexts
+# the MLflow UI opens an experiment without this tag in its GenAI view (traces, prompts); these runs train models
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:
     """SQLite stores shared by several processes answer 'database is locked' under load: wait and retry."""
     for i in range(attempts):
@@ -89,6 +94,7 @@ class MlflowTracker:
         self._monitor = None
         self.last_stage_run_id: str | None = None  # the stage run opened last (still set after it ended)
         self.journal: list[tuple] | None = None  # while a cached stage runs: its calls, to replay on reuse
+        self.datasets: dict[str, tuple[str, str]] = {}  # split -> (dataset name, digest), from log_inputs
 
     def _note(self, *call: Any) -> None:
         if self.journal is not None:
@@ -147,7 +153,7 @@ class MlflowTracker:
                 try:
                     experiment_id = _retry_locked(
                         lambda: client.create_experiment(
-                            self.experiment_name, artifact_location=artifact_root(self.uri)
+                            self.experiment_name, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND
                         )
                     )
                 except Exception:  # another process created it first
@@ -157,6 +163,10 @@ class MlflowTracker:
                     experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
+                if not all(experiment.tags.get(k) for k in EXPERIMENT_KIND):  # made by another tool, or before
+                    _retry_locked(
+                        lambda: [client.set_experiment_tag(experiment_id, *kv) for kv in EXPERIMENT_KIND.items()]
+                    )
         except Exception as err:
             if _disk_full(err):
                 raise _disk_full(err) from None
@@ -207,6 +217,8 @@ class MlflowTracker:
         self.resumed = True
         for rid in filter(None, (run_id, stage_run_id)):
             _retry_locked(lambda rid=rid: self.client.update_run(rid, status="RUNNING"))
+        inputs = _retry_locked(lambda: self.client.get_run(run_id)).inputs
+        self.remember_datasets(inputs.dataset_inputs if inputs else [])
         self._start_monitor(resume=True)
 
     def _unfinished_stage(self, name: str) -> str | None:
@@ -257,14 +269,24 @@ class MlflowTracker:
             _retry_locked(lambda: self.client.set_terminated(stage_id, status=status))
             self.stage_run_id = None
 
-    def log_metrics(self, metrics: dict[str, float], step: int, run_ids: tuple[str, ...] | None = None) -> None:
-        """To the parent and the open stage run (or only to `run_ids`)."""
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        step: int,
+        run_ids: tuple[str, ...] | None = None,
+        *,
+        model_id: str | None = None,
+        split: str | None = None,
+    ) -> None:
+        """To the parent and the open stage run (or only to `run_ids`); with `model_id`, they are also the metrics of
+        that logged model, measured on the run's `split` dataset (train, val, test: its name and digest)."""
         from mlflow.entities import Metric
 
         if run_ids is None:
             self._note("log_metrics", metrics, step)
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        name, digest = self.datasets.get(split, (None, None)) if split else (None, None)
+        batch = [Metric(k, float(v), now, step, model_id, name, digest) for k, v in metrics.items()]
         for run_id in filter(None, run_ids if run_ids is not None else (self.run_id, self.stage_run_id)):
             # a resumed run redoes what followed its last state (a stage's probe, the test): no step logged twice
             if self.resumed and metrics and self.has_metric_step(next(iter(metrics)), step, run_id=run_id):
@@ -294,8 +316,18 @@ class MlflowTracker:
         _retry_locked(lambda: self.client.log_dict(run_id, obj, artifact_file))
 
     def log_inputs(self, datasets: list) -> None:
-        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the parent run: the Dataset column."""
+        """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the parent run: the Dataset column. Each is
+        remembered by its split (its context tag), so that a logged model's metrics can name the dataset."""
+        self.remember_datasets(datasets)
         _retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=datasets))
+
+    def remember_datasets(self, datasets: list) -> None:
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        for ds_input in datasets:
+            context = next((t.value for t in ds_input.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
+            if context in SPLIT_OF_CONTEXT:
+                self.datasets[SPLIT_OF_CONTEXT[context]] = (ds_input.dataset.name, ds_input.dataset.digest)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))

@@ -30,6 +30,7 @@ from ttm_experiments.data.prepare import (
 )
 from ttm_experiments.errors import Pruned, RunDirInUse, StoreError
 from ttm_experiments.metrics.classification import softmax
+from ttm_experiments.models.amplitude import AmplitudeRange
 from ttm_experiments.models.checkpoint import save_classifier
 from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.models.unfreeze import plan_stage
@@ -48,6 +49,7 @@ from ttm_experiments.training.record import (
     record_model,
     record_test,
     summary_table,
+    test_metrics,
 )
 from ttm_experiments.training.ssl import SSLRunner, linear_probe_auroc
 from ttm_experiments.training.stages import EpochEnd, StagePlan, plan_stages
@@ -198,6 +200,7 @@ class TrainRecipe:
         self.config = config
         self.info = info
         self._held: dict[Path, int] = {}  # run directory -> the descriptor holding its lock
+        self._amplitude_range: dict | None = None  # computed once, when the first checkpoint is written
 
     # -- setup: fail before any long work --------------------------------------------------------
     def setup(self, *, track: bool = True) -> None:
@@ -482,11 +485,18 @@ class TrainRecipe:
             stage.name,
             self.splits.train.class_names,
             window_s=self.config.dataset.duration_s,
+            amplitude=self._amplitude(),
         )
         if index + 1 < len(self.stages):  # between stages: the next one starts fresh on resume
             self._checkpoint(
                 EpochEnd(0, epoch, None, None, {}), stage_index=index + 1, stage=self.stages[index + 1], result=result
             )
+
+    def _amplitude(self) -> dict:
+        """The training windows' range of location and scale, which a checkpoint records (`models/amplitude.py`)."""
+        if self._amplitude_range is None:
+            self._amplitude_range = AmplitudeRange.of(self.splits.train.signals).as_dict()
+        return self._amplitude_range
 
     def _checkpoint(self, end: EpochEnd, *, stage_index: int, stage: StagePlan, result: LoopResult) -> None:
         """After every epoch, before its metrics are logged: everything needed to continue from here."""
@@ -536,10 +546,18 @@ class TrainRecipe:
         self.trainer.restore_best()
         ckpt = self.info.output_dir / "best.pt"
         save_classifier(
-            ckpt, self.model, result.best_stage, self.splits.train.class_names, window_s=c.dataset.duration_s
+            ckpt,
+            self.model,
+            result.best_stage,
+            self.splits.train.class_names,
+            window_s=c.dataset.duration_s,
+            amplitude=self._amplitude(),
         )
         test, logits = self.trainer.evaluate(*self.trainer.tensors(self.splits.test))
         step = result.history[-1].epoch
+        test = test_metrics(self.splits.test, test, softmax(logits), seed=c.seed)
+        self.tracker.log_artifact(ckpt)
+        model_id = record_model(self.tracker, c, checkpoint=ckpt, split=self.splits.test, test=test)
         test, test_collapsed = record_test(
             self.tracker,
             self.splits.test,
@@ -548,16 +566,9 @@ class TrainRecipe:
             step=step,
             seed=c.seed,
             collapse_threshold=c.trainer.collapse_threshold,
+            model_id=model_id,
         )
-        self._record_best(result, test_collapsed, step=step)
-        self.tracker.log_artifact(ckpt)
-        record_model(
-            self.tracker,
-            checkpoint=ckpt,
-            split=self.splits.test,
-            probs=softmax(logits),
-            register_as=c.tracking.register_model,
-        )
+        self._record_best(result, test_collapsed, step=step, model_id=model_id)
         if test_collapsed:
             log.warning(
                 "MODE COLLAPSE on the test set: accuracy of %s below %.2f", test_collapsed, c.trainer.collapse_threshold
@@ -572,19 +583,21 @@ class TrainRecipe:
         )
         return RunOutcome(objective, test, self.tracker.run_id, result.best_epoch, result.best_stage)
 
-    def _record_best(self, result: LoopResult, test_collapsed: list[str], *, step: int) -> None:
+    def _record_best(self, result: LoopResult, test_collapsed: list[str], *, step: int, model_id: str) -> None:
         """The selected checkpoint's numbers, and collapse: `mode_collapse` describes the selected checkpoint
         (its validation epoch, its test result); the collapsed epochs are counted apart."""
         metric = parse_metric(self.config.optimized_metric)
         best = next(r for r in result.history if r.epoch == result.best_epoch)
-        self.tracker.log_metrics(
+        self.tracker.log_metrics({"best/epoch": result.best_epoch}, step=step)
+        self.tracker.log_metrics(  # the model's numbers on the validation split it was selected on
             {
-                "best/epoch": result.best_epoch,
                 "best/val_auroc": result.best_val_auroc,
                 f"best/{metric.split}_{metric.key}": result.best_value,
                 "val/collapsed_epochs": len(result.collapse_epochs),
             },
             step=step,
+            model_id=model_id,
+            split="val",
         )
         self.tracker.set_tags(
             {

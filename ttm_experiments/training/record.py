@@ -28,6 +28,15 @@ def config_params(c: TrainConfig) -> dict:
     return flatten(plain(asdict(c)))
 
 
+def test_metrics(split: WindowSet, test: dict[str, float], probs: np.ndarray, *, seed: int) -> dict[str, float]:
+    """The test metrics with the subject-wise bootstrap interval of the AUROC and its basis (the subjects)."""
+    interval = bootstrap_auroc_ci(split.labels, probs, split.subjects, seed=seed)
+    test = {**test, "n_subjects": float(len(np.unique(split.subjects)))}  # few subjects, a weak interval
+    if interval is not None:
+        test["auroc_ci_low"], test["auroc_ci_high"] = interval
+    return test
+
+
 def record_test(
     tracker: MlflowTracker,
     split: WindowSet,
@@ -37,15 +46,14 @@ def record_test(
     step: int,
     seed: int,
     collapse_threshold: float,
+    model_id: str | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    """Log test metrics (with the subject-wise bootstrap interval) and the confusion matrix; return the
-    metrics and the collapsed classes."""
+    """Log test metrics (with the subject-wise bootstrap interval; with `model_id`, as that logged model's metrics
+    on the test dataset) and the confusion matrix; return the metrics and the collapsed classes."""
     names = split.class_names
-    interval = bootstrap_auroc_ci(split.labels, probs, split.subjects, seed=seed)
-    test["n_subjects"] = float(len(np.unique(split.subjects)))  # the interval's basis: few subjects, a weak one
-    if interval is not None:
-        test["auroc_ci_low"], test["auroc_ci_high"] = interval
-    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step)
+    if "n_subjects" not in test:
+        test = test_metrics(split, test, probs, seed=seed)
+    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=step, model_id=model_id, split="test")
     cm = confusion(split.labels, probs, len(names))
     tracker.log_dict(
         {"classes": list(names), "matrix": cm.tolist(), "rows": "true", "cols": "predicted"},
@@ -74,25 +82,39 @@ def predictions_csv(split: WindowSet, probs: np.ndarray) -> str:
 
 
 def record_model(
-    tracker: MlflowTracker, *, checkpoint, split: WindowSet, probs: np.ndarray, register_as: str | None
-) -> None:
-    """The best checkpoint as the run's MLflow model (input example: two test windows and their probabilities),
-    registered as a new version of `register_as` when given; the run is tagged with the model's URIs."""
-    from ttm_experiments.tracking.pyfunc import log_classifier
+    tracker: MlflowTracker, c: TrainConfig, *, checkpoint, split: WindowSet, test: dict[str, float]
+) -> str:
+    """The best checkpoint as the run's MLflow model (input example: two test windows), registered as a new
+    version of `tracking.register_model` when set; the run is tagged with the model's URIs. Returns its model id."""
+    from ttm_experiments.tracking.pyfunc import log_classifier, model_name
 
     # a run killed after logging its model (while writing its finished marker) redoes its end on resume: the same
     # model is logged already (and registered); a second copy and version would be noise (seen by bench/chaos.py)
-    if tracker.resumed and "model.uri" in _retry_locked(lambda: tracker.client.get_run(tracker.run_id)).data.tags:
-        return
+    if tracker.resumed:
+        logged_uri = _retry_locked(lambda: tracker.client.get_run(tracker.run_id)).data.tags.get("model.uri")
+        if logged_uri:
+            return logged_uri.removeprefix("models:/")
     n = min(2, len(split))
+    d = c.dataset
+    params = {
+        "backbone": c.backbone.name,
+        "schedule": c.schedule.name,
+        "unfreeze": c.unfreeze.strategy.value,
+        "dataset": d.name,
+        "fold": f"{d.fold} of {d.n_folds}",
+        "seed": str(c.seed),
+        "optim.lr": f"{c.optim.lr:g}",
+        "scale_features": str(c.backbone.scale_features).lower(),
+    }
     logged = log_classifier(
         tracking_uri=tracker.uri,
         run_id=tracker.run_id,
         checkpoint=checkpoint,
         example=np.ascontiguousarray(split.signals[:n]),
-        probs=probs[:n],
-        class_names=split.class_names,
-        register_as=register_as,
+        name=model_name(c.backbone.name, c.schedule.name),
+        params=params,
+        test_metrics={k: v for k, v in test.items() if k in ("auroc", "balanced_acc") or k.startswith("acc/")},
+        register_as=c.tracking.register_model,
     )
     tags = {"model.uri": logged.model_uri}
     if logged.registered:
@@ -100,6 +122,7 @@ def record_model(
             {"registered_model": logged.registered, "registered_model.version": logged.registered.rsplit("/", 1)[1]}
         )
     tracker.set_tags(tags)
+    return logged.model_id
 
 
 def objective_value(result: LoopResult, metric: str) -> float:
