@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: predict setup train test test-slow lint format compare sweep pretrain inspect ui clean tune nested-cv report dashboard bench load chaos zoo
+.PHONY: predict setup train test test-slow lint format compare sweep pretrain inspect ui serve clean tune nested-cv report dashboard bench load chaos zoo
 
 $(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,10 +86,11 @@ zoo: $(STAMP)  ## ZOO_BACKBONES x ZOO_SCHEDULES x ZOO_FRACTIONS x ZOO_FOLDS x ZO
 report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
 	$(BIN)/ttm-report $(ARGS)
 
-dashboard: $(STAMP)  ## optuna-dashboard on the study storage runs/optuna.db: http://127.0.0.1:8080
+DASHBOARD_PORT ?= 8080
+dashboard: $(STAMP)  ## optuna-dashboard on the study storage runs/optuna.db: http://127.0.0.1:8080 (PORT=8081 for another)
 	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dashboard]"
 	mkdir -p runs
-	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port 8080
+	$(BIN)/optuna-dashboard sqlite:///runs/optuna.db --host 127.0.0.1 --port $(or $(PORT),$(DASHBOARD_PORT))
 
 inspect: $(STAMP)  ## blocks of the backbone and what unfreezing selects
 	$(BIN)/ttm-inspect $(ARGS)
@@ -106,9 +107,19 @@ load: $(STAMP)  ## 16 processes on a fresh and an initialised SQLite store, 4 Op
 chaos: $(STAMP)  ## SIGKILL runs at 20 random points (seed printed), resume each, compare with uninterrupted runs (ARGS='--kills 6 --seed 1')
 	$(BIN)/python bench/chaos.py $(ARGS)
 
-ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
+UI_PORT ?= 5000
+ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000 (PORT=5050 for another)
 	mkdir -p runs
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(or $(PORT),$(UI_PORT))
+
+# the scoring server starts `uvicorn` by name: the venv's bin goes first on PATH
+MODEL ?=
+SERVE_PORT ?= 5001
+TRACKING_URI ?= sqlite:///runs/mlflow.db
+serve: $(STAMP)  ## MODEL=models:/<name>/<version> (or models:/<model_id>): MLflow's scoring server, POST /invocations on 127.0.0.1:5001 (PORT=...)
+	@test -n "$(MODEL)" || { echo "error: MODEL is not set. Fix: make serve MODEL=models:/ppg-quality/1 (a registered version, or the model.uri tag of a run)"; exit 2; }
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m "$(MODEL)" \
+		--env-manager local --host 127.0.0.1 --port $(or $(PORT),$(SERVE_PORT))
 
 clean:  ## remove everything runs wrote (keeps .venv)
 	find runs -mindepth 1 ! -name README.md -exec rm -rf {} +
