@@ -195,6 +195,8 @@ class OptunaSweeperImpl(Sweeper):
                 "processes, so it cannot live in memory)",
                 storage,
             )
+        if not self.pass_trial and str(storage).strip() in ("sqlite://", "sqlite:///:memory:"):
+            return None  # an in-memory database: the same as null when no job opens the study
         return normalize_storage(str(storage))
 
     def _search_space_conf(self) -> Optional[DictConfig]:
