@@ -110,6 +110,7 @@ chaos: $(STAMP)  ## SIGKILL runs at 20 random points (seed printed), resume each
 UI_PORT ?= 5000
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000 (PORT=5050 for another)
 	mkdir -p runs
+	@echo "MLflow UI: http://127.0.0.1:$(or $(PORT),$(UI_PORT))/#/?workflowType=machine_learning (the model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(or $(PORT),$(UI_PORT))
 
 # the scoring server starts `uvicorn` by name: the venv's bin goes first on PATH

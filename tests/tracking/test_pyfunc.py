@@ -3,13 +3,14 @@ probabilities, loaded by run, by model id and by registered name; windows that t
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
 
 from tests.helpers.smoke_run import own_probabilities
 from ttm_experiments.errors import DataError
-
 
 MODEL = "ppg-quality-ttm-tiny-progressive"  # what it classifies, the backbone, the schedule
 
@@ -95,6 +96,12 @@ def test_registered_version_has_a_description_and_tags(smoke_run):
     assert "Input float32 [N, 1, 128]" in version.description and "Test: " in version.description
     assert version.tags["sampling_rate_hz"] == "12.8" and version.tags["classes"] == "poor,good"
     assert version.tags["backbone"] == "ttm_tiny" and version.tags["amplitude_invariant"] == "false"
+    # the logged model's page: its description, and the version it became (as MLflow's own registration records it)
+    logged = client.get_logged_model(smoke_run.parent.data.tags["model.uri"].removeprefix("models:/"))
+    assert logged.tags["mlflow.note.content"] == version.description
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "ppg-quality-test", "version": "1"}]
+    # and the run page's description is the run's summary table
+    assert "SUMMARY" in smoke_run.parent.data.tags["mlflow.note.content"]
 
 
 def test_experiment_opens_in_the_model_training_view(smoke_run):

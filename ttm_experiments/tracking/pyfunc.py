@@ -13,6 +13,7 @@ environment that has never seen ttm-experiments (tests/tracking/test_pyfunc_clea
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACT = "checkpoint"  # the key of best.pt in the model's artifacts
 AMPLITUDE_COLUMN = "outside_training_amplitude"
+NOTE = "mlflow.note.content"  # the description MLflow's UI shows and edits, of a run or a logged model
 # what loading the model imports (models/inference.py and what it imports), pinned to the training environment
 REQUIREMENTS = (
     "mlflow",
@@ -203,6 +205,8 @@ def log_classifier(
             params=params,
             tags={"task": "ppg-quality", "classes": ",".join(trained.class_names)},
         )
+    description = describe(trained, name, test_metrics)
+    notes = {NOTE: description}  # the model page's Description
     registered = None
     if register_as:
         version = register(
@@ -210,7 +214,7 @@ def log_classifier(
             register_as,
             model_id=info.model_id,
             run_id=run_id,
-            description=describe(trained, name, test_metrics),
+            description=description,
             tags={
                 "run_id": run_id,
                 "sampling_rate_hz": f"{trained.fs:g}" if trained.fs else "unknown",
@@ -222,6 +226,9 @@ def log_classifier(
             },
         )
         registered = f"models:/{register_as}/{version}"
+        # what MLflow's own registration records on the logged model: its page lists the version
+        notes["mlflow.modelVersions"] = json.dumps([{"name": register_as, "version": version}])
+    client.set_logged_model_tags(info.model_id, notes)
     seconds = time.perf_counter() - t0
     log.info(
         "logged the MLflow model %s (%s) in %.1f s%s",

@@ -191,6 +191,7 @@ def open_run(tracker: MlflowTracker, c: TrainConfig, info: RunInfo, splits: Spli
 def publish_summary(tracker: MlflowTracker, summary: str) -> None:
     print(summary, flush=True)
     tracker.log_text(summary, "summary.txt")
+    tracker.set_tags({"mlflow.note.content": f"```\n{summary}\n```"})  # the run page's Description
 
 
 class TrainRecipe:
@@ -453,7 +454,7 @@ class TrainRecipe:
         self.trainer.best_state = state["best_state"]
         self.precision.load_state_dict(state["scaler"])
         resume.restore_rng(state["rng"], self._generators())
-        link = f"#/experiments/{src['experiment']}/runs/{src['stage']}"
+        link = f"#/experiments/{src['experiment']}/runs/{src['stage']}?workflowType=machine_learning"
         self.tracker.replay(
             entry.journal,
             {
