@@ -43,7 +43,18 @@ def test_range_covers_its_windows_and_flags_other_units():
     mixed = np.concatenate([train[:3], adc[:2]])
     assert rng.outside(mixed).tolist() == [False, False, False, True, True]
     assert AmplitudeRange.from_dict(rng.as_dict()) == rng
-    assert "location 14" in rng.describe() or "location 15" in rng.describe()
+    assert rng.describe().startswith("training location 14") or rng.describe().startswith("training location 15")
+    # the margin: a slightly larger or smaller window of the same data passes, a factor of 3 in scale does not
+    assert not rng.outside(train * 1.3 - 0.3 * 150).any() and rng.outside(train * 3 - 2 * 150).all()
+
+
+def test_new_subjects_of_the_training_data_pass_and_other_units_do_not(smoke_run):
+    splits = smoke_run.splits
+    rng = AmplitudeRange.of(splits.train.signals)
+    for part in (splits.val.signals, splits.test.signals):
+        assert not rng.outside(part).any()
+        assert rng.outside(part * 1000 + 1e6).all()
+        assert rng.outside((part - part.mean(axis=2, keepdims=True)) / part.std(axis=2, keepdims=True)).all()
 
 
 def _model(scale_features: bool):

@@ -137,7 +137,10 @@ def model_metadata(trained) -> dict:
             if trained.window_s
             else f"float32 [N, {trained.num_channels}, {trained.context_length}]"
         ),
-        "output": f"p_<class> per class; {AMPLITUDE_COLUMN}: the window's location or scale is outside training's",
+        "output": (
+            f"{', '.join(f'p_{c}' for c in trained.class_names)} (probabilities, summing to 1); {AMPLITUDE_COLUMN}: "
+            "the window's location or scale is outside the training windows'"
+        ),
         "amplitude_invariant": not trained.uses_amplitude,
         "training_amplitude": None if trained.amplitude is None else trained.amplitude.as_dict(),
     }
