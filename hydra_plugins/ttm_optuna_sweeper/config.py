@@ -221,6 +221,17 @@ class ThresholdPrunerConfig(PrunerConfig):
 
 
 @dataclass
+class WilcoxonPrunerConfig(PrunerConfig):
+    """optuna.pruners.WilcoxonPruner: for a k-fold objective (`search.inner_folds`; step j = inner fold j), it
+    prunes a trial whose folds so far lose to the best trial's same folds (one-sided signed-rank test). With n
+    folds compared the smallest p-value is 2**-n: after 2 folds 0.25, so Optuna's p_threshold 0.1 needs 4."""
+
+    type: str = "wilcoxon"
+    p_threshold: float = 0.1
+    n_startup_steps: int = 2
+
+
+@dataclass
 class NopPrunerConfig(PrunerConfig):
     type: str = "none"
 
@@ -231,6 +242,7 @@ PRUNERS = {
     "hyperband": HyperbandPrunerConfig,
     "successive_halving": SuccessiveHalvingPrunerConfig,
     "threshold": ThresholdPrunerConfig,
+    "wilcoxon": WilcoxonPrunerConfig,
     "none": NopPrunerConfig,
 }
 

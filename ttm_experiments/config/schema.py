@@ -144,6 +144,7 @@ class PrunerKind(str, Enum):
     hyperband = "hyperband"
     successive_halving = "successive_halving"
     threshold = "threshold"
+    wilcoxon = "wilcoxon"
     none = "none"
 
 
@@ -450,6 +451,14 @@ class SearchConf:
     pruner: Optional[str] = None
     direction: Direction = Direction.maximize
     tuned_in: Optional[str] = None  # the study this config's hyperparameters come from (its best command sets it)
+    # inner cross-validation (data/inner_folds.py): each trial of the study is scored on `inner_folds` subject-wise
+    # folds of the outer train+val subjects (the sweeper launches one job per fold, setting `inner_fold`), reports
+    # fold j as step j and the study optimises their mean; null: the outer validation fold scores each trial
+    inner_folds: Optional[int] = None
+    inner_fold: Optional[int] = None
+    # the sweeper's refit of study `tuned_in`'s best trial on the outer split (after an inner-CV study): tagged
+    # `optuna.study`/`optuna.refit`, its test AUROC is the study's outer estimate in the nested-CV report
+    refit: bool = False
 
 
 @dataclass

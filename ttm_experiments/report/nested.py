@@ -32,15 +32,26 @@ def study_folds(rows: list) -> dict[str, set[str]]:
 def best_trials(rows: list) -> dict[str, object]:
     """Each study's best finished trial (rows are ranked best first by the objective). A multi-objective study has
     no single best: its pick is the Pareto-front trial its sweeper tagged `optuna.pareto_pick` (nearest to the ideal
-    point with each objective scaled over the front, search/best.py: pick_from_front)."""
+    point with each objective scaled over the front, search/best.py: pick_from_front). A study with inner
+    cross-validation (search/inner_cv.py) is represented by its refit on the outer split (tag `optuna.refit`);
+    its inner-fold runs (tag `optuna.inner_fold`) never are: their "test" split is an inner validation fold."""
     best: dict[str, object] = {}
     picked: dict[str, object] = {}
+    inner: set[str] = set()
     for r in rows:
-        if r.tags.get("optuna.study") and r.state == "finished" and "test/auroc" in r.metrics:
-            best.setdefault(r.tags["optuna.study"], r)
-            if r.tags.get("optuna.pareto_pick") == "true":
-                picked[r.tags["optuna.study"]] = r
-    return {**best, **picked}
+        study = r.tags.get("optuna.study")
+        if not study or r.state != "finished" or "test/auroc" not in r.metrics:
+            continue
+        if r.tags.get("optuna.inner_fold") is not None:
+            inner.add(study)
+            continue
+        if r.tags.get("optuna.refit") == "true":
+            picked.setdefault(study, r)  # the newest refit first (rows of one rank: MLflow's order)
+            continue
+        best.setdefault(study, r)
+        if r.tags.get("optuna.pareto_pick") == "true":
+            picked[study] = r
+    return {s: r for s, r in {**best, **picked}.items() if s not in inner or s in picked}
 
 
 def mixing_notes(rows: list) -> list[str]:
@@ -87,13 +98,16 @@ def nested_markdown(rows: list) -> list[str]:
             f"{split_seed})",
             "",
             "Each outer fold's study selected on validation subjects only (fold k+1); its best trial's "
-            "test AUROC on fold k is the outer estimate.",
+            "test AUROC on fold k is the outer estimate. With inner cross-validation (`search.inner_folds`) the "
+            "study selected on inner folds of the training and validation subjects, and the outer estimate is the "
+            "test AUROC of the refit of its best configuration on the outer split (best trial: `refit`).",
             "",
             "| outer fold | study | best trial | objective | outer test AUROC |",
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r.params.get('dataset.fold')} | {s} | {r.tags.get('optuna.trial', '-')} | "
+            f"| {r.params.get('dataset.fold')} | {s} | "
+            f"{'refit' if r.tags.get('optuna.refit') == 'true' else r.tags.get('optuna.trial', '-')} | "
             f"{'-' if r.objective is None else f'{r.objective:.3f}'} | {r.metrics['test/auroc']:.3f} |"
             for s, r in members
         ]

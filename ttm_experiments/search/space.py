@@ -258,8 +258,9 @@ def grid(name: str, distribution) -> list[Any]:
 def validate_train_config(cfg) -> None:
     """The job-side checks of `ttm-train` on a composed config (plain `DictConfig`, no `hydra` node)."""
     from ttm_experiments.config.spec import to_config
+    from ttm_experiments.data import inner_folds
 
-    to_config(cfg)
+    inner_folds.check(to_config(cfg).search)
 
 
 def trial_name(number: int, params: Mapping[str, Any]) -> str:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ttm_experiments.config.schema import parse_metric
 from ttm_experiments.errors import ConfigError, UserError
-from ttm_experiments.search import nested
+from ttm_experiments.search import inner_cv, nested
 from ttm_experiments.search.adopt import ATTR_JOB_DIR, ATTR_SWEEP, Orphan, TrialLocks, adopt_orphans, seeded_per_trial
 from ttm_experiments.search.best import BestCommand, compose_job, finish_study, log_study
 from ttm_experiments.search.space import (
@@ -49,7 +49,13 @@ from ttm_experiments.search.space import (
     trial_name,
 )
 from ttm_experiments.search.trials import fail_running, finish_adopted, record_trial
-from ttm_experiments.tracking.optuna_storage import display_storage, normalize_storage, open_storage, pruner_spec
+from ttm_experiments.tracking.optuna_storage import (
+    build_pruner,
+    display_storage,
+    normalize_storage,
+    open_storage,
+    pruner_spec,
+)
 from ttm_experiments.training.trial import ATTR_OVERRIDES, ATTR_PARENT_RUN
 from ttm_experiments.utils import faults
 from ttm_experiments.utils.locks import holder
@@ -100,6 +106,7 @@ class _Plan:
     is_grid: bool
     n_trials: int
     sweep_dir: Path  # absolute: with a trial node, trial n runs in <sweep_dir>/<n>
+    inner_folds: Optional[int] = None  # ttm-train's search.inner_folds: trials scored on k folds (search/inner_cv.py)
 
     @property
     def storage_shown(self) -> str:
@@ -394,6 +401,9 @@ class OptunaSweeperImpl(Sweeper):
                 f"hydra.sweeper.pruner={pruner} with {len(directions)} objectives: Optuna prunes single-objective "
                 "studies only. Fix: hydra.sweeper.pruner=none"
             )
+        k = inner_cv.inner_folds(cfg, self.trial_node) if self.pass_trial else None
+        if k is not None:
+            inner_cv.check_plan(k, space, directions, self.trial_node)
         storage_url = self._storage_url()
         self.add_run_name = self.pass_trial and (
             OmegaConf.select(cfg, "run_name", default="missing") is None
@@ -420,6 +430,7 @@ class OptunaSweeperImpl(Sweeper):
             is_grid=grid_size is not None,
             n_trials=n_trials,
             sweep_dir=Path(str(cfg.hydra.sweep.dir)).expanduser().resolve(),
+            inner_folds=k,
         )
 
     def _open_study(self, plan: "_Plan"):
@@ -446,6 +457,7 @@ class OptunaSweeperImpl(Sweeper):
         self._check_against_study(study, plan.space)
         if self.pass_trial:
             nested.bind_study(study, nested.outer_fold(self.config), plan.storage_shown)
+            inner_cv.bind(study, plan.inner_folds, plan.storage_shown)
         before = len(study.get_trials(deepcopy=False))
         if before:
             log.info("study '%s' in %s resumes with %d trials", study.study_name, plan.storage_shown, before)
@@ -459,10 +471,10 @@ class OptunaSweeperImpl(Sweeper):
         assert self.config is not None and self.launcher is not None
         t0 = time.perf_counter()
         plan = self._plan(arguments)
-        self.validate(
-            plan.space,
-            self._search_overrides("validation", plan.storage_url or "", 0, plan.pruner, plan.direction),
-        )
+        probe = self._search_overrides("validation", plan.storage_url or "", 0, plan.pruner, plan.direction)
+        if plan.inner_folds is not None:  # each job trains one inner fold
+            probe.append(f"{self.trial_node}.inner_fold=0")
+        self.validate(plan.space, probe)
         study = self._open_study(plan)
         log.info(
             "Optuna study '%s' (%s): %d trials, %d at a time, sampler %s, pruner %s, %s %s",
@@ -475,6 +487,13 @@ class OptunaSweeperImpl(Sweeper):
             "/".join(plan.directions),
             plan.metric,
         )
+        if plan.inner_folds is not None:
+            log.info(
+                "each trial: %d inner folds of the outer training and validation subjects, one job each, reported as "
+                "steps 0..%d; the study gets their mean; then a refit of the best on the outer split",
+                plan.inner_folds,
+                plan.inner_folds - 1,
+            )
         if plan.space.distributions:
             log.info("search space: %s", ", ".join(f"{k}: {v}" for k, v in plan.space.distributions.items()))
         study_run = self._study_run(study.study_name, plan)
@@ -546,6 +565,15 @@ class OptunaSweeperImpl(Sweeper):
         )
         if study_run is not None:
             log_study(study_run, outcome)
+        if plan.inner_folds is not None and outcome.best is not None:
+            inner_cv.refit(
+                self._launch,
+                study,
+                outcome.best,
+                trial_node=self.trial_node,
+                sweep_dir=plan.sweep_dir,
+                job_idx=job_idx * plan.inner_folds,  # after the inner jobs' numbers
+            )
         if outcome.best is None and not outcome.front:
             if not self.pass_trial:  # the released plugin: a study without a complete trial has no result
                 raise SweepError(
@@ -620,6 +648,22 @@ class OptunaSweeperImpl(Sweeper):
         numbers, overrides = [n for n, _ in jobs], [tuple(o) for _, o in jobs]
         asked += numbers
         self.validate_batch_is_legal(overrides)
+        if plan.inner_folds is not None:
+            failed, returns, launch_error = inner_cv.run_trials(
+                self._launch,
+                study,
+                jobs,
+                k=plan.inner_folds,
+                pruner=build_pruner(plan.pruner),
+                trial_node=self.trial_node,
+                job_idx=job_idx,
+                metric=plan.metric,
+                study_run=study_run,
+            )
+            for number in numbers:
+                locks.release(number)
+            self._check_failure_rate(failed, len(jobs), returns, launch_error)
+            return failed
         launch_error: Optional[BaseException] = None
         try:
             returns = list(self.launcher.launch(overrides, initial_job_idx=job_idx))
@@ -644,22 +688,32 @@ class OptunaSweeperImpl(Sweeper):
         for number in numbers:  # told: nothing left to adopt (one descriptor per trial in flight, not per study)
             locks.release(number)
         failed = [f for f in failures if f]
-        if failed and len(failed) / len(jobs) > self.max_failure_rate:
-            log.error(
-                "%d of the %d trials of this batch failed, more than max_failure_rate=%s",
-                len(failed),
-                len(jobs),
-                self.max_failure_rate,
-            )
-            if launch_error is not None:
-                raise launch_error
-            for ret in returns:
-                _ = ret.return_value  # a failed job's JobReturn raises its own exception, with its traceback
-            raise SweepError(
-                f"error: {len(failed)} of {len(jobs)} trials failed (max_failure_rate={self.max_failure_rate}); "
-                f"the first: {failed[0]}"
-            )
+        self._check_failure_rate(failed, len(jobs), returns, launch_error)
         return failed
+
+    def _launch(self, overrides: list[tuple[str, ...]], job_idx: int) -> list:
+        assert self.launcher is not None
+        return list(self.launcher.launch(overrides, initial_job_idx=job_idx))
+
+    def _check_failure_rate(self, failed: list[str], n_jobs: int, returns: list, launch_error) -> None:
+        """Past max_failure_rate the sweep stops with the first failed job's own error (as the released plugin)."""
+        if not failed or len(failed) / n_jobs <= self.max_failure_rate:
+            return
+        log.error(
+            "%d of the %d trials of this batch failed, more than max_failure_rate=%s",
+            len(failed),
+            n_jobs,
+            self.max_failure_rate,
+        )
+        if launch_error is not None:
+            raise launch_error
+        for ret in returns:
+            if ret is not None:
+                _ = ret.return_value  # a failed job's JobReturn raises its own exception, with its traceback
+        raise SweepError(
+            f"error: {len(failed)} of {n_jobs} trials failed (max_failure_rate={self.max_failure_rate}); "
+            f"the first: {failed[0]}"
+        )
 
     def _ask(self, study, space: SearchSpace):
         known = {t.number for t in study.get_trials(deepcopy=False)}

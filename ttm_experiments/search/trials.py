@@ -125,7 +125,8 @@ def log_trial(study, frozen, *, failure: Optional[str], metric: str, study_run) 
         detail = f"{metric} " + ", ".join(f"{v:.4f}" for v in frozen.values)
     elif state == "PRUNED":
         last = max(frozen.intermediate_values) if frozen.intermediate_values else None
-        detail = f"at epoch {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last else ""
+        unit = "inner fold" if frozen.user_attrs.get("inner_cv.folds") else "epoch"  # search/inner_cv.py: steps
+        detail = f"at {unit} {last} ({metric} {frozen.intermediate_values[last]:.4f})" if last is not None else ""
     else:
         detail = failure or frozen.user_attrs.get("fail_reason", "")
     log.info(

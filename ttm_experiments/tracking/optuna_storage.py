@@ -30,6 +30,7 @@ PRUNERS = {
     PrunerKind.hyperband: "HyperbandPruner",
     PrunerKind.successive_halving: "SuccessiveHalvingPruner",
     PrunerKind.threshold: "ThresholdPruner",
+    PrunerKind.wilcoxon: "WilcoxonPruner",
     PrunerKind.none: "NopPruner",
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ttm_experiments.config.schema import TrainConfig, parse_metric
-from ttm_experiments.data import label_fraction
+from ttm_experiments.data import inner_folds, label_fraction
 from ttm_experiments.data.prepare import (
     RowView,
     Splits,
@@ -137,9 +137,12 @@ def load_splits(c: TrainConfig) -> Splits:
     `dataset.split_seed` alone decides the data and the folds: runs that differ in `seed` share them."""
     d = c.dataset
     label_fraction.check_settings(d)  # before the data is read
+    inner_folds.check(c.search)
     windows = load_windows(d, seed=d.split_seed, cache_dir=Path(c.paths.cache_dir))
     windows = check_windows(windows, c.backbone.context_length, d.channels, d.nonfinite)
     splits = split_subject_wise(windows, d.n_folds, d.fold, d.split_seed, allow_shared=d.allow_shared_subjects)
+    if c.search.inner_folds is not None:  # an inner-CV job of a study: the outer test subjects are dropped here
+        splits = inner_folds.inner_split(splits, c.search.inner_folds, c.search.inner_fold, d.split_seed)
     splits = label_fraction.apply(splits, d)  # dataset.label_fraction / label_subjects: training subjects only
     for name, row in describe_splits(splits).items():
         log.info("%-5s split: %s", name, ", ".join(f"{k} {v}" for k, v in row.items()))

@@ -6,6 +6,10 @@ epoch (step = epoch counted across stages) and, when the pruner says so, marks i
 storage (the job is the one that knows) and raises `errors.Pruned`; the recipe then ends the MLflow run
 KILLED with a `pruned` tag, and the sweeper reads the trial's state back from the storage.
 
+With inner cross-validation (`search.inner_fold=j` of `search.inner_folds=k`) the study's steps are the inner folds,
+not epochs: the job reports nothing per epoch, records its MLflow run under `mlflow.run_id.inner<j>` and returns its
+objective, which the sweeper reports as step j (`search/inner_cv.py`), pruning between folds.
+
 In a study with several objectives (the study's metric names, e.g. val/auroc and val/balanced_acc) Optuna has
 no intermediate values and no pruning: the job records each epoch's objectives in the trial's user attribute
 `objectives_by_epoch`, and the sweeper takes them at the best epoch (selected by the first, `optimized_metric`).
@@ -49,9 +53,17 @@ def _check(search: SearchConf) -> tuple[str, str, int]:
     return search.study_name, normalize_storage(search.storage), int(search.trial_number)
 
 
+def inner_run_attr(fold: int) -> str:
+    """The trial user attribute that holds inner fold `fold`'s MLflow run id."""
+    return f"{ATTR_RUN}.inner{int(fold)}"
+
+
 def search_tags(search: SearchConf) -> dict[str, str]:
-    """MLflow tags of a trial's run: study, trial number, state, and the study's run as its parent."""
+    """MLflow tags of a trial's run: study, trial number, state, and the study's run as its parent; an inner-CV
+    job's fold; a refit's study."""
     if search.trial_number is None:
+        if search.refit and search.tuned_in:  # the nested-CV report takes its test AUROC as the study's estimate
+            return {"optuna.study": str(search.tuned_in), "optuna.refit": "true"}
         return {}
     name, url, number = _check(search)
     tags = {
@@ -61,6 +73,8 @@ def search_tags(search: SearchConf) -> dict[str, str]:
         "optuna.state": "RUNNING",
         "optuna.pruner": search.pruner or "none",
     }
+    if search.inner_fold is not None:  # its test/* metrics are inner-validation numbers: no report reads them
+        tags.update({"optuna.inner_fold": str(search.inner_fold), "optuna.inner_folds": str(search.inner_folds)})
     attrs = open_storage(url).get_trial(trial_id(url, name, number)).user_attrs
     if attrs.get(ATTR_PARENT_RUN):
         tags["mlflow.parentRunId"] = str(attrs[ATTR_PARENT_RUN])
@@ -74,9 +88,40 @@ def epoch_hooks(
     checking that the study was tuned on the same windows, `dataset_digest`)."""
     if search.trial_number is None:
         return ()
+    if search.inner_fold is not None:
+        register_inner_job(search, tracker, dataset_digest=dataset_digest)
+        return ()
     reporter = TrialReporter(search, metric, tracker)
     bind_dataset_digest(reporter.study, dataset_digest, display_storage(reporter.storage_url))
     return (reporter,)
+
+
+def register_inner_job(search: SearchConf, tracker, *, dataset_digest: str) -> None:
+    """An inner-CV job: its trial must still run, its inner fold's windows must be the study's (one digest per
+    inner fold), and its MLflow run is recorded on the trial for the sweeper and the study's run."""
+    name, url, number = _check(search)
+    study = load_study(name, url)
+    tid = trial_id(url, name, number)
+    state = open_storage(url).get_trial(tid).state
+    if state.is_finished():
+        raise ConfigError(
+            f"search.trial_number={number}: trial {number} of study '{name}' is already {state.name}; a finished "
+            "trial cannot run again. To repeat it, run without the search.* overrides."
+        )
+    bind_dataset_digest(
+        study, dataset_digest, display_storage(url), key=f"{ATTR_DIGEST}.inner{search.inner_fold}of{search.inner_folds}"
+    )
+    if getattr(tracker, "run_id", None):
+        open_storage(url).set_trial_user_attr(tid, inner_run_attr(search.inner_fold), tracker.run_id)
+    log.info(
+        "Optuna trial %d of study '%s' (%s): inner fold %d of %d; the sweeper reports its objective as step %d",
+        number,
+        name,
+        display_storage(url),
+        search.inner_fold,
+        search.inner_folds,
+        search.inner_fold,
+    )
 
 
 class TrialReporter:
@@ -171,14 +216,14 @@ def objectives_at_best_epoch(by_epoch: dict, returned: float) -> list[float] | N
     return None
 
 
-def bind_dataset_digest(study, digest: str, storage: str) -> None:
-    """The job's side: the digest of the dataset's windows (all splits) is recorded on the study by its first
-    trial; a later trial on other windows (a relabelled or re-exported dataset under the same name) is refused
-    before it trains."""
-    if study.user_attrs.get(ATTR_DIGEST) is None:
+def bind_dataset_digest(study, digest: str, storage: str, *, key: str = ATTR_DIGEST) -> None:
+    """The job's side: the digest of the dataset's windows (all splits) is recorded on the study (under `key`: an
+    inner fold has its own) by its first trial; a later trial on other windows (a relabelled or re-exported dataset
+    under the same name) is refused before it trains."""
+    if study.user_attrs.get(key) is None:
         # two first trials may write at once (Optuna's RDB storage drops one of the writes): read back what won
-        study.set_user_attr(ATTR_DIGEST, digest)
-    recorded = study.user_attrs.get(ATTR_DIGEST)
+        study.set_user_attr(key, digest)
+    recorded = study.user_attrs.get(key)
     if recorded != digest:
         raise ConfigError(
             f"study '{study.study_name}' in {storage} was tuned on a dataset whose windows have digest {recorded}; "
