@@ -44,9 +44,10 @@ tune: $(STAMP)  ## an Optuna study (conf/hparams_search/unfreeze_lr.yaml) on one
 	$(BIN)/ttm-train -m hparams_search=unfreeze_lr $(ARGS)
 
 N_FOLDS ?= 5
-nested-cv: $(STAMP)  ## nested CV: one study per outer fold (its best trial tested on that fold), then the report
+SPACE ?= unfreeze_lr
+nested-cv: $(STAMP)  ## nested CV: one study per outer fold (its best trial tested on that fold), then the report (SPACE=unfreeze_lr_inner_cv: inner folds)
 	for k in $$(seq 0 $$(($(N_FOLDS) - 1))); do \
-		$(BIN)/ttm-train -m hparams_search=unfreeze_lr dataset.fold=$$k dataset.n_folds=$(N_FOLDS) $(ARGS) || exit 1; \
+		$(BIN)/ttm-train -m hparams_search=$(SPACE) dataset.fold=$$k dataset.n_folds=$(N_FOLDS) $(ARGS) || exit 1; \
 	done
 	$(BIN)/ttm-report $(REPORT_ARGS)
 
