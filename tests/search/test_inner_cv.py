@@ -147,7 +147,7 @@ if __name__ == "__main__":
 """
 
 
-def _sweep(tmp_path, x: float, p_threshold: float, name: str) -> subprocess.CompletedProcess:
+def _sweep(tmp_path, x: float, p_threshold: float, name: str, *extra: str) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
         "app.py",
@@ -164,6 +164,7 @@ def _sweep(tmp_path, x: float, p_threshold: float, name: str) -> subprocess.Comp
         "hydra.sweeper.study_name=folds",
         f"hydra.sweeper.pruner={{type: wilcoxon, p_threshold: {p_threshold}, n_startup_steps: 2}}",
         f"hydra.sweep.dir={tmp_path / name}",
+        *extra,
     ]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -192,6 +193,19 @@ def test_wilcoxon_prunes_a_trial_that_loses_on_its_first_folds_and_launches_no_m
     refits = [r for r in launched if r["refit"]]
     # after each sweep the best configuration (trial 0's x=1) is trained once on the outer split
     assert refits == [{"trial": None, "fold": None, "folds": None, "refit": True, "tuned_in": "folds", "x": 1.0}] * 3
+
+
+@pytest.mark.slow
+def test_the_trials_of_a_batch_run_fold_by_fold_together(tmp_path):
+    """n_jobs=2: fold 0 of both trials is one launch, then fold 1 of both, ...; the study gets each one's mean."""
+    (tmp_path / "app.py").write_text(APP)
+    _sweep(tmp_path, 0.5, 0.0, "s", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    launched = [json.loads(line) for line in (tmp_path / "launched.jsonl").read_text().splitlines()]
+    assert [(r["trial"], r["fold"]) for r in launched if not r["refit"]] == [
+        (0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)
+    ]  # fmt: skip
+    study = optuna.load_study(study_name="folds", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.value for t in study.trials] == pytest.approx([0.6, 0.6])
 
 
 # -- ttm-train end to end: steps, values, mean, refit, the nested report --------------------------------------------
