@@ -9,13 +9,14 @@ class _Recorder:
     """A tracker that keeps what it was given."""
 
     def __init__(self):
-        self.tags, self.stage_tags, self.metrics = {}, {}, {}
+        self.tags, self.stage_tags, self.metrics, self.linked = {}, {}, {}, {}
 
     def set_tags(self, tags, stage=False):
         (self.stage_tags if stage else self.tags).update(tags)
 
-    def log_metrics(self, metrics, step, run_ids=None):
+    def log_metrics(self, metrics, step, run_ids=None, *, model_id=None, split=None):
         self.metrics.update(metrics)
+        self.linked.update({k: (model_id, split) for k in metrics})
 
 
 def test_a_collapsed_early_epoch_does_not_tag_a_run_whose_best_checkpoint_is_fine(smoke, tmp_path):
@@ -29,11 +30,13 @@ def test_a_collapsed_early_epoch_does_not_tag_a_run_whose_best_checkpoint_is_fin
     ]
     recipe = TrainRecipe(to_config(smoke()), RunInfo(output_dir=tmp_path, config_yaml=""))
     recipe.tracker = _Recorder()
-    recipe._record_best(result, [], step=2)
+    recipe._record_best(result, [], step=2, model_id="m-1")
     tags = recipe.tracker.tags
+    # the selected checkpoint's validation numbers are the logged model's, on the validation split
+    assert recipe.tracker.linked["best/val_auroc"] == ("m-1", "val")
     assert tags["mode_collapse"] == "false" and tags["mode_collapse.val_epochs"] == "1"
     assert recipe.tracker.metrics["val/collapsed_epochs"] == 1
-    recipe._record_best(result, ["good"], step=2)  # the selected checkpoint collapses on the test set
+    recipe._record_best(result, ["good"], step=2, model_id="m-1")  # the selected checkpoint collapses on the test set
     assert recipe.tracker.tags["mode_collapse"] == "true"
     # the epoch's warning tags its stage run only, not the parent
     trainer = Trainer.__new__(Trainer)
