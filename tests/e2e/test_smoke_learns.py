@@ -40,7 +40,8 @@ def test_a_healthy_install_learns_quietly(tmp_path):
     found = client.search_runs([client.get_experiment_by_name("ttm-ppg-quality-smoke").experiment_id])
     (run,) = [r for r in found if "stage" not in r.data.tags]
     assert run.data.tags["mode_collapse"] == "false"
-    assert run.data.metrics["test/auroc"] > 0.7
+    # well above chance (0.5) on the selection split and on the test split (48 windows of 4 subjects each)
+    assert run.data.metrics["best/val_auroc"] > 0.75 and run.data.metrics["test/auroc"] > 0.65
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_model_metadata_tells_a_client_how_to_cut_windows(smoke_run):
     assert meta["window_s"] == c.dataset.duration_s
     assert meta["sampling_rate_hz"] == pytest.approx(128 / c.dataset.duration_s)
     assert meta["num_channels"] == 1
-    assert meta["amplitude_invariant"] is False  # debug=tiny keeps backbone.scale_features=true
+    assert meta["amplitude_invariant"] is True  # backbone.scale_features=false, the default
     train_loc = smoke_run.splits.train.signals.mean(axis=2)
     assert meta["training_amplitude"]["loc_low"][0] == pytest.approx(float(train_loc.min()), rel=1e-5)
     assert meta["training_amplitude"]["windows"] == len(smoke_run.splits.train)
@@ -95,7 +95,7 @@ def test_registered_version_has_a_description_and_tags(smoke_run):
     assert version.run_id == smoke_run.parent.info.run_id
     assert "Input float32 [N, 1, 128]" in version.description and "Test: " in version.description
     assert version.tags["sampling_rate_hz"] == "12.8" and version.tags["classes"] == "poor,good"
-    assert version.tags["backbone"] == "ttm_tiny" and version.tags["amplitude_invariant"] == "false"
+    assert version.tags["backbone"] == "ttm_tiny" and version.tags["amplitude_invariant"] == "true"
     # the logged model's page: its description, and the version it became (as MLflow's own registration records it)
     logged = client.get_logged_model(smoke_run.parent.data.tags["model.uri"].removeprefix("models:/"))
     assert logged.tags["mlflow.note.content"] == version.description

@@ -252,11 +252,11 @@ def check_amplitude(trained, windows: Windows, on_ood) -> tuple[np.ndarray | Non
     outside = trained.outside_training_amplitude(windows.signals)
     if outside is None or on_ood == OnOutOfRange.ignore:
         return outside, []
-    if not trained.uses_amplitude:
+    if not trained.uses_amplitude:  # its probabilities are the same for a * x + b: units are no concern
         return outside, [
-            f"amplitude: {int(outside.sum())} of {len(outside)} windows outside the training range; this model "
-            "does not read amplitude (backbone.scale_features=false): the same probabilities for a * x + b"
-        ]
+            f"amplitude: {int(outside.sum())} of {len(outside)} windows in other units than training's; this model "
+            "does not read amplitude (backbone.scale_features=false), so its answer does not depend on them"
+        ] if outside.any() else []
     if not outside.any():
         return outside, []
     ids, counts = np.unique(windows.record_ids[outside], return_counts=True)
