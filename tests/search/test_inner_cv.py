@@ -285,3 +285,18 @@ def test_the_refit_trains_the_best_configuration_on_the_outer_split_and_the_nest
     assert len(inner) == 3 * 3  # (2 + 1 trials) x 3 inner folds, read by the report and left out of its table
     mean = np.mean([r.data.metrics["test/auroc"] for r in refits.values()])
     assert f"mean {mean:.3f}" in text
+
+
+def test_the_nested_report_takes_an_inner_cv_study_from_its_refit_and_never_from_an_inner_run():
+    from ttm_experiments.report.nested import best_trials
+    from ttm_experiments.report.runs import Row
+
+    def row(run_id, tags, auroc):
+        return Row(run_id, run_id, "finished", {"dataset.fold": "0"}, tags, {"test/auroc": auroc}, "val/auroc", 0.9)
+
+    inner = {"optuna.study": "cv", "optuna.trial": "0", "optuna.inner_fold": "0", "optuna.inner_folds": "3"}
+    plain = {"optuna.study": "one", "optuna.trial": "2"}
+    rows = [row("inner", inner, 0.99), row("plain", plain, 0.7)]
+    assert {s: r.run_id for s, r in best_trials(rows).items()} == {"one": "plain"}  # no refit yet: not reported
+    rows.append(row("refit", {"optuna.study": "cv", "optuna.refit": "true"}, 0.6))
+    assert {s: r.run_id for s, r in best_trials(rows).items()} == {"one": "plain", "cv": "refit"}
