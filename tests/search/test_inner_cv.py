@@ -9,6 +9,7 @@ the end-to-end test runs `ttm-train` studies on debug=tiny with a real SQLite Op
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -300,3 +301,25 @@ def test_the_nested_report_takes_an_inner_cv_study_from_its_refit_and_never_from
     assert {s: r.run_id for s, r in best_trials(rows).items()} == {"one": "plain"}  # no refit yet: not reported
     rows.append(row("refit", {"optuna.study": "cv", "optuna.refit": "true"}, 0.6))
     assert {s: r.run_id for s, r in best_trials(rows).items()} == {"one": "plain", "cv": "refit"}
+
+
+@pytest.mark.parametrize(
+    "spec, k, needle",
+    [
+        ("wilcoxon:p_threshold=0.1", 3, "smallest one-sided p-value is 0.25.*p_threshold=0.3"),
+        ("wilcoxon:p_threshold=0.3", 3, None),
+        ("wilcoxon", 5, None),  # 4 folds compared: 0.0625 < 0.1
+        ("median:n_warmup_steps=5", 3, "n_warmup_steps=5 counts steps, here folds 0..2"),
+        ("median:n_warmup_steps=1", 3, None),
+    ],
+)
+def test_a_pruner_that_cannot_prune_before_the_last_fold_is_named(caplog, spec, k, needle):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ttm_experiments.search.inner_cv"):
+        inner_cv.warn_if_never_prunes(spec, k)
+    warned = [r.getMessage() for r in caplog.records]
+    if needle is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and re.search(needle, warned[0]), warned

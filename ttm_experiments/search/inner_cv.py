@@ -67,6 +67,26 @@ def check_plan(k: int, space: SearchSpace, directions: list[str], trial_node: st
         )
 
 
+def warn_if_never_prunes(spec: str, k: int) -> None:
+    """A pruner that cannot stop a trial before its last fold is only bookkeeping: say so (the study still runs)."""
+    import optuna
+
+    from ttm_experiments.tracking.optuna_storage import build_pruner
+
+    pruner = build_pruner(spec)
+    why = None
+    if isinstance(pruner, optuna.pruners.WilcoxonPruner) and pruner._p_threshold <= 2.0 ** -(k - 1):
+        why = (
+            f"with {k - 1} folds compared the smallest one-sided p-value is {2.0 ** -(k - 1):g}, not below its "
+            f"p_threshold {pruner._p_threshold:g}. Fix: hydra.sweeper.pruner.p_threshold={2.0 ** -(k - 1) + 0.05:g} "
+            "or more inner folds"
+        )
+    elif getattr(pruner, "_n_warmup_steps", 0) >= k - 1:
+        why = f"its n_warmup_steps={pruner._n_warmup_steps} counts steps, here folds 0..{k - 1}"
+    if why:
+        log.warning("the pruner %s cannot prune any trial before its last inner fold: %s", spec, why)
+
+
 def bind(study, k: Optional[int], storage: str) -> None:
     """A study is scored with one number of inner folds (or none) for good: steps and values of trials scored
     otherwise are not comparable. A study made before this setting existed had none."""

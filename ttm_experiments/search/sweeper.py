@@ -404,6 +404,7 @@ class OptunaSweeperImpl(Sweeper):
         k = inner_cv.inner_folds(cfg, self.trial_node) if self.pass_trial else None
         if k is not None:
             inner_cv.check_plan(k, space, directions, self.trial_node)
+            inner_cv.warn_if_never_prunes(pruner, k)
         storage_url = self._storage_url()
         self.add_run_name = self.pass_trial and (
             OmegaConf.select(cfg, "run_name", default="missing") is None
