@@ -97,6 +97,11 @@ def _fix(rates: str) -> str:
     )
 
 
+def peak_rates(optimizer) -> str:
+    """The stage's peak learning rates (its first four parameter groups), as a message names them."""
+    return ", ".join(f"{g.get('initial_lr', g['lr']):.3g}" for g in optimizer.param_groups[:4])
+
+
 def check_finite_weights(model: nn.Module, desc: str, steps: int, rates: str) -> None:
     """After an epoch's steps: every trainable weight is finite (one pass over the parameters per epoch)."""
     bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
@@ -314,7 +319,7 @@ class Trainer:
         if not per_step_check and not torch.isfinite(stacked).all():
             first = int((~torch.isfinite(stacked)).nonzero()[0])
             raise NonFiniteLoss(desc, first, float(stacked[first]))
-        rates = ", ".join(f"{g.get('initial_lr', g['lr']):.3g}" for g in optimizer.param_groups[:4])  # peak rates
+        rates = peak_rates(optimizer)
         # a last step can leave the weights NaN with every loss finite: caught here, before any metric reads them
         check_finite_weights(self.model, desc, len(losses), rates)
         logits_np = torch.cat(logits_all).cpu().numpy()
@@ -426,7 +431,13 @@ class Trainer:
             epoch += 1
             desc = f"[{stage.name}] epoch {stage_epoch}/{stage.epochs}"
             train_metrics = self.train_epoch(optimizer, scheduler, desc, check_gradients=stage_epoch == 1)
-            val_metrics = self.evaluate_val()
+            try:
+                val_metrics = self.evaluate_val()
+            except NonFiniteTraining:  # the same failure, named with the stage, the epoch and the rates
+                raise NonFiniteTraining(
+                    f"{desc}: on the validation split the model's outputs hold NaN or Inf (evaluation mode; the "
+                    "training outputs were finite). " + _fix(peak_rates(optimizer))
+                ) from None
             collapsed = collapsed_classes(val_metrics, self.class_names, self.conf.collapse_threshold)
             record = EpochRecord(stage.name, epoch, train_metrics, val_metrics, collapsed)
             result.history.append(record)
