@@ -94,6 +94,13 @@ def _check_fields(conf: BackboneConf, raw: dict, source: str) -> None:
             f"{rows}. Fix: the preset made for that checkpoint (e.g. backbone=ttm_r2_512 for 512-context weights), "
             "another backbone.revision, or override those keys to the checkpoint's values."
         )
+    decomposed = [a for a in raw.get("architectures") or [] if "Decomposed" in a]
+    if decomposed:
+        raise CheckpointError(
+            f"backbone.pretrained_path={source} is a {decomposed[0]} checkpoint (a TTM r3 '-dec-' revision): "
+            "its weights are a trend and a residual TinyTimeMixer, two encoders the suite's single-encoder "
+            "classifier cannot hold. Fix: a revision without '-dec-' (backbone=ttm_r3_1024 or ttm_r3_1024_lite)."
+        )
     for field, (refused, why) in UNSERVED.items():
         if raw.get(field) == refused:
             raise CheckpointError(
