@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -235,3 +236,45 @@ def test_system_metrics_are_off_by_default_and_the_interval_must_be_positive(run
     assert _system_steps(uri, run_id) == []
     with pytest.raises(ConfigError, match="tracking.system_metrics_interval_s=0.0 must be"):
         to_config(smoke("tracking.system_metrics_interval_s=0"))
+
+
+def test_multirun_ends_with_its_jobs_side_by_side_and_the_report_command(multirun):
+    """The end-of-multirun table (report/sweep_end.py): each job's own overrides, its numbers as MLflow holds
+    them, best first, and a ttm-report command that works as printed."""
+    proc, client, runs = multirun
+    out = proc.stdout
+    table = out[out.index("MULTIRUN ") :]
+    assert "2 jobs, best first by val/auroc" in table
+    (shared,) = [line for line in table.splitlines() if line.startswith("all jobs: ")]
+    assert {"debug=tiny", "optim.lr=0.001", "experiment_name=named"} <= set(shared.split()[2:]), shared
+    assert "unfreeze.last_n" not in shared
+    parents = {r.data.tags["sweep.job"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    lines = {line.split()[0]: line for line in table.splitlines() if line.strip()[:1].isdigit()}
+    for job, run in parents.items():
+        assert f"unfreeze.last_n={run.data.params['unfreeze.last_n']}" in lines[job]
+        assert f"{run.data.metrics['test/auroc']:.3f}" in lines[job]
+    order = [line.split()[0] for line in table.splitlines() if line.strip()[:1].isdigit()]
+    assert order == sorted(parents, key=lambda j: -parents[j].data.metrics["best/val_auroc"])
+    command = table.strip().splitlines()[-1].split(": ", 1)[1]
+    assert command.startswith("ttm-report report.experiment=named report.sweep=")
+    sweep = command.split("report.sweep=")[1]
+    assert all(r.data.tags["sweep"] == sweep for r in parents.values())
+    runs_dir = Path(client.tracking_uri.removeprefix("sqlite:///")).parent
+    done = subprocess.run(
+        [sys.executable, "-m", "ttm_experiments.cli.report", *command.split()[1:], f"paths.runs_dir={runs_dir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_inner_fold_jobs_are_left_out_of_the_table():
+    from types import SimpleNamespace
+
+    from ttm_experiments.report.sweep_end import split_overrides
+
+    rows = [SimpleNamespace(tags={"overrides": "a=1 b=2"}), SimpleNamespace(tags={"overrides": "a=1 b=3"})]
+    assert split_overrides(rows) == (["a=1"], ["b=2", "b=3"])

@@ -63,6 +63,12 @@ def sweep_table(rows: list, classes: list[str]) -> pd.DataFrame:
 
 def summary_text(uri: str, experiment: str, sweep: str) -> str:
     rows, classes = sweep_rows(uri, experiment, sweep)
+    # an inner-CV study's fold jobs: their "test" split is an inner validation fold (docs/sweeps-and-search.md)
+    inner = [r for r in rows if "optuna.inner_fold" in r.tags]
+    rows = [r for r in rows if "optuna.inner_fold" not in r.tags]
+    left_out = (
+        f"({len(inner)} inner-fold jobs left out: their test split is an inner validation fold)\n" if inner else ""
+    )
     command = f"ttm-report report.experiment={experiment} report.sweep={sweep}"
     if not rows:
         return f"no finished job of this multirun reached MLflow ({uri}, experiment {experiment!r})"
@@ -72,7 +78,7 @@ def summary_text(uri: str, experiment: str, sweep: str) -> str:
     return (
         f"\nMULTIRUN {sweep}: {len(rows)} jobs, best first by {rows[0].metric} (test: each job's best checkpoint)\n"
         + (f"all jobs: {shared}\n" if shared else "")
-        + f"{table}{more}\nplots, paired comparisons and report.md: {command}"
+        + f"{table}{more}\n{left_out}plots, paired comparisons and report.md: {command}"
     )
 
 
