@@ -271,10 +271,16 @@ def test_multirun_ends_with_its_jobs_side_by_side_and_the_report_command(multiru
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_inner_fold_jobs_are_left_out_of_the_table():
+def test_inner_fold_jobs_are_left_out_of_the_table_and_shared_overrides_shown_once():
     from types import SimpleNamespace
 
-    from ttm_experiments.report.sweep_end import split_overrides
+    from ttm_experiments.report.sweep_end import split_overrides, without_inner_folds
 
-    rows = [SimpleNamespace(tags={"overrides": "a=1 b=2"}), SimpleNamespace(tags={"overrides": "a=1 b=3"})]
-    assert split_overrides(rows) == (["a=1"], ["b=2", "b=3"])
+    outer = [SimpleNamespace(tags={"overrides": "a=1 b=2"}), SimpleNamespace(tags={"overrides": "a=1 b=3"})]
+    inner = [SimpleNamespace(tags={"overrides": "a=1 b=2", "optuna.inner_fold": "0"})]
+    assert without_inner_folds([outer[0], *inner, outer[1]]) == (outer, inner)
+    assert split_overrides(outer) == (["a=1"], ["b=2", "b=3"])
+    assert split_overrides([SimpleNamespace(tags={"overrides": "a=1"})] * 2) == (
+        ["a=1"],
+        ["(the shared ones only)"] * 2,
+    )

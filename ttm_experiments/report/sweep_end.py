@@ -31,6 +31,12 @@ def sweep_rows(uri: str, experiment: str, sweep: str) -> tuple[list, list[str]]:
     return [r for r in rows if r.tags.get("sweep") == sweep], classes
 
 
+def without_inner_folds(rows: list) -> tuple[list, list]:
+    """The jobs to show, and an inner-CV study's fold jobs apart: their "test" split is an inner validation fold
+    (docs/sweeps-and-search.md), so their test numbers must not stand beside real ones."""
+    return [r for r in rows if "optuna.inner_fold" not in r.tags], [r for r in rows if "optuna.inner_fold" in r.tags]
+
+
 def split_overrides(rows: list) -> tuple[list[str], list[str]]:
     """The overrides every job shares, and per job the ones that set it apart."""
     per_job = [r.tags.get("overrides", "").split() for r in rows]
@@ -63,9 +69,7 @@ def sweep_table(rows: list, classes: list[str]) -> pd.DataFrame:
 
 def summary_text(uri: str, experiment: str, sweep: str) -> str:
     rows, classes = sweep_rows(uri, experiment, sweep)
-    # an inner-CV study's fold jobs: their "test" split is an inner validation fold (docs/sweeps-and-search.md)
-    inner = [r for r in rows if "optuna.inner_fold" in r.tags]
-    rows = [r for r in rows if "optuna.inner_fold" not in r.tags]
+    rows, inner = without_inner_folds(rows)
     left_out = (
         f"({len(inner)} inner-fold jobs left out: their test split is an inner validation fold)\n" if inner else ""
     )

@@ -297,10 +297,7 @@ def log_study(study_run, outcome: StudyOutcome) -> None:
         metrics.update({f"importance/{k}": v for k, v in o.importances.items()})
         figures["study/importances.png"] = summary.importance_figure(o.importances)
     texts["study/results.yaml"] = OmegaConf.to_yaml(OmegaConf.create(o.results))
-    try:
-        texts["study/trials.csv"] = o.study.trials_dataframe().to_csv(index=False)
-    except Exception:
-        log.exception("could not tabulate the trials")
+    texts["study/trials.csv"] = o.study.trials_dataframe().to_csv(index=False)
     if len(o.directions) > 1:
         for run, values in run_tags.items():  # the front's trials, found in the UI by tag
             for key, text in values.items():

@@ -96,6 +96,16 @@ class MlflowTracker:
         self.journal: list[tuple] | None = None  # while a cached stage runs: its calls, to replay on reuse
         self.datasets: dict[str, tuple[str, str]] = {}  # split -> (dataset name, digest), from log_inputs
 
+    @classmethod
+    def for_run(cls, tracking: Any, experiment_name: str) -> MlflowTracker:
+        """The tracker of a training run: `tracking` is its `TrackingConf` (uri, system metrics and their interval)."""
+        return cls(
+            tracking.uri,
+            experiment_name,
+            log_system_metrics=tracking.log_system_metrics,
+            system_metrics_interval_s=tracking.system_metrics_interval_s,
+        )
+
     def _note(self, *call: Any) -> None:
         if self.journal is not None:
             self.journal.append(call)

@@ -30,12 +30,7 @@ class BaselineRecipe:
 
     def setup(self) -> None:
         c = self.config
-        self.tracker = MlflowTracker(
-            c.tracking.uri,
-            c.experiment_name,
-            log_system_metrics=c.tracking.log_system_metrics,
-            system_metrics_interval_s=c.tracking.system_metrics_interval_s,
-        )
+        self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
         self.splits = load_splits(c)
 
     def train(self) -> LoopResult:

@@ -202,12 +202,7 @@ class LinearProbeRecipe:
             )
         self.class_weight = class_weight(c)
         self.device = pick_device(c.trainer.device, job_num=self.info.job_num)
-        self.tracker = MlflowTracker(
-            c.tracking.uri,
-            c.experiment_name,
-            log_system_metrics=c.tracking.log_system_metrics,
-            system_metrics_interval_s=c.tracking.system_metrics_interval_s,
-        )
+        self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
         self.splits = load_splits(c)
         check_selection_metric(self.metric, tuple(self.splits.train.class_names))
         self.model, self.init = build_model(

@@ -222,12 +222,7 @@ class TrainRecipe:
         self.device = pick_device(c.trainer.device, job_num=self.info.job_num)
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         if track:
-            self.tracker = MlflowTracker(
-                c.tracking.uri,
-                c.experiment_name,
-                log_system_metrics=c.tracking.log_system_metrics,
-                system_metrics_interval_s=c.tracking.system_metrics_interval_s,
-            )
+            self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
         self.splits = load_splits(c)
         self.stages = plan_stages(
             c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
