@@ -202,3 +202,38 @@ def test_inside_a_submitit_job_sigterm_is_left_to_submitit(monkeypatch):
         assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# a baseline has no optimizer step to stop at: the signal arrives while it fits (sent by the process to itself, so
+# the moment is fixed), the job finishes and is recorded, and the multirun starts no second job
+BASELINE_MULTIRUN = """
+import os, signal, sys
+from ttm_experiments.cli import train
+from ttm_experiments.models import baselines
+
+fit = baselines.fit_predict
+def fit_then_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIG{0})
+    return fit(*args, **kwargs)
+baselines.fit_predict = fit_then_signal
+sys.argv = ["ttm-train", "-m", "backbone=baseline_sqi", "dataset.fold=0,1,2", "debug=tiny",
+            "paths.runs_dir={1}", "hydra.sweep.dir={1}/sweep", "experiment_name=stop-baseline"]
+train.main()
+"""
+
+
+@pytest.mark.parametrize("name,code", [("TERM", 143), ("INT", 130)])
+def test_a_signal_during_a_baseline_multirun_ends_it_after_the_recorded_job(tmp_path, name, code):
+    proc = subprocess.run(
+        [sys.executable, "-c", BASELINE_MULTIRUN.format(name, tmp_path)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "the run had finished and is recorded; no further job starts" in proc.stderr
+    _, parents, found = runs_of(tmp_path, "stop-baseline")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [r.info.status for r in found]
+    assert parents[0].data.params["dataset.fold"] == "0" and "test/auroc" in parents[0].data.metrics

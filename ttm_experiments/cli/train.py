@@ -66,13 +66,16 @@ def train(cfg: DictConfig) -> float:
     from ttm_experiments.training.baseline import BASELINE_KINDS, BaselineRecipe
     from ttm_experiments.training.linear_probe import LinearProbeRecipe, is_probe
     from ttm_experiments.training.recipe import TrainRecipe, run_recipe
+    from ttm_experiments.training.signals import check as check_signal
     from ttm_experiments.training.signals import graceful_stop
 
     config = to_config(cfg)
     recipe = BaselineRecipe if config.backbone.kind.value in BASELINE_KINDS else TrainRecipe
     recipe = LinearProbeRecipe if is_probe(config) else recipe  # schedule=linear_probe (refused for a baseline)
     with graceful_stop():  # SIGTERM/SIGINT: finish the step, keep last.pt, mark the runs KILLED, raise Stopped
-        return run_recipe(recipe(config, run_info(cfg))).objective
+        objective = run_recipe(recipe(config, run_info(cfg))).objective
+        check_signal(finished=True)  # a signal during a run without steps (baseline, probe): no next job starts
+    return objective
 
 
 def cache_plan(argv: list[str]) -> list[str] | None:
@@ -113,11 +116,19 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 @user_errors_exit
 def _app(cfg: DictConfig) -> float:
-    from ttm_experiments.training.signals import RESUMABLE, Stopped
+    from ttm_experiments.training.signals import EXIT_STATUS, RESUMABLE, Stopped
 
     try:
         return train(cfg)
     except Stopped as stop:  # SystemExit passes through Hydra's job runner and sweepers: a multirun stops too
+        if stop.finished:
+            print(
+                f"\nstopped ({stop.reason}): the run had finished and is recorded; no further job starts. "
+                f"Exit status {EXIT_STATUS[stop.reason]}.",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(EXIT_STATUS[stop.reason])
         print(
             f"\nstopped ({stop.reason}) after a whole step; the run's last.pt holds its state. Rerun the same "
             f"command (same hydra.run.dir) to resume. Exit status {RESUMABLE} (resumable).",

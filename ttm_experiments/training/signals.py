@@ -5,6 +5,10 @@ step in flight finishes and the run stops at a clean point: `last.pt` (written a
 end and before the first epoch) stays the state to resume from, the MLflow runs are marked KILLED with
 `stop_reason`, and the process exits with `RESUMABLE` (75, EX_TEMPFAIL). A second signal stops at once
 (the default action: SIGTERM terminates, SIGINT raises KeyboardInterrupt).
+
+A run without optimizer steps (a baseline, a linear probe) has no boundary to stop at: it finishes and is recorded,
+then `Stopped(finished=True)` ends the process there, so a multirun starts no further job; the exit status is then
+the signal's own (143 for SIGTERM, 130 for SIGINT), not RESUMABLE: there is nothing to resume.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ log = logging.getLogger(__name__)
 
 RESUMABLE = 75  # EX_TEMPFAIL from sysexits.h: a temporary failure, run the same command again
 REASONS = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted"}
+# the shell's status for a process ended by a signal (128 + its number), used when the run had finished
+EXIT_STATUS = {reason: 128 + int(signum) for signum, reason in REASONS.items()}
 _requested: list[str] = []  # the reason of the first signal, while a run is under `graceful_stop`
 
 
@@ -27,19 +33,22 @@ class Stopped(BaseException):
     """Raised at the first step boundary after SIGTERM/SIGINT; a BaseException so that nothing that catches
     `Exception` (Hydra's job runner, a sweeper) treats it as a failed job and goes on with the sweep."""
 
-    def __init__(self, reason: str):
-        super().__init__(f"stopped by a signal ({reason}); rerun the same command to resume")
+    def __init__(self, reason: str, finished: bool = False):
+        text = "the run had finished and is recorded" if finished else "rerun the same command to resume"
+        super().__init__(f"stopped by a signal ({reason}); {text}")
         self.reason = reason
+        self.finished = finished
 
 
 def requested() -> str | None:
     return _requested[0] if _requested else None
 
 
-def check() -> None:
-    """Call at a point where stopping leaves a clean state (after an optimizer step)."""
+def check(finished: bool = False) -> None:
+    """Call at a point where stopping leaves a clean state (after an optimizer step); `finished`: after the whole
+    run, so that a signal that came while it had no step boundary (a baseline, a probe) still stops the process."""
     if _requested:
-        raise Stopped(_requested[0])
+        raise Stopped(_requested[0], finished=finished)
 
 
 def _handle(signum: int, frame) -> None:
