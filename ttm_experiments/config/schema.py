@@ -319,6 +319,10 @@ class OptimConf:
     """AdamW per stage; a stage's rates are lr x its head_lr_scale / backbone_lr_scale."""
 
     lr: float = 1e-3
+    # true: granite-tsfm's LR finder (valley rule) on the first supervised stage sets optim.lr (training/lr_finder.py);
+    # a key of its own because the float node optim.lr cannot also hold the word "find"
+    lr_find: bool = False
+    lr_find_steps: int = 100  # the finder's batches (its sweep 1e-7..10)
     ssl_lr: float = 1e-3  # base rate of the self-supervised stages (optim.lr is the fine-tuning rate)
     weight_decay: float = 0.01
     batch_size: int = 64

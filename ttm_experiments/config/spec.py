@@ -61,6 +61,9 @@ def validate(c: TrainConfig) -> None:
     _positive("dataset.duration_s", c.dataset.duration_s)
     _positive("tracking.system_metrics_interval_s", c.tracking.system_metrics_interval_s)
     _validate_metric(c)
+    from ttm_experiments.training import lr_finder  # torch: imported only when a config is validated
+
+    lr_finder.check(c)  # optim.lr_find where no finder can serve (a baseline, a probe, a self-supervised start)
     if not 0 <= c.trainer.collapse_threshold < 1:
         raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
 

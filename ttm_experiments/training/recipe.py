@@ -36,7 +36,7 @@ from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.models.unfreeze import plan_stage
 from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 from ttm_experiments.tracking.run_names import run_name
-from ttm_experiments.training import resume, signals, stage_cache
+from ttm_experiments.training import lr_finder, resume, signals, stage_cache
 from ttm_experiments.training.device import pick_device
 from ttm_experiments.training.finetune import finetune_rates
 from ttm_experiments.training.inputs import split_inputs, windows_digest
@@ -233,6 +233,13 @@ class TrainRecipe:
         self.model, self.init = build_model(
             c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names)
         )
+        self.lr_found = None
+        if c.optim.lr_find:  # the found rate is optim.lr from here on: stage rates, params, cache keys follow it
+            self.lr_found = lr_finder.find_lr(self.model, self.splits.train, c, self.stages[0], self.device)
+            c = self.config = lr_finder.with_found_rate(c, self.lr_found)
+            self.stages = plan_stages(
+                c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
+            )
         self.init_kind = self.init.kind
         self.stages, self.optim = finetune_rates(self.stages, c.optim, init=self.init_kind)
         self.resume_state = self._resume_state() if track else None
@@ -324,6 +331,8 @@ class TrainRecipe:
         if state is None:
             tags = {**run_tags(c, self.info, empty=bool(self.empty_stages), init=self.init_kind), **self.init.tags()}
             open_run(self.tracker, c, self.info, self.splits, tags)
+            if self.lr_found is not None:  # param optim.lr_found, tag optim.lr_source=finder, lr_finder/curve.*
+                self.lr_found.record(self.tracker)
         if self.empty_stages:
             log.warning(
                 "stages %s unfreeze no backbone block (unfreeze.on_empty=warn): the run is tagged unfreeze.empty=true",
