@@ -164,3 +164,23 @@ def test_the_finder_is_refused_where_it_cannot_serve(smoke, overrides, says):
         to_config(smoke("optim.lr_find=true", *overrides))
     assert "\n" not in str(err.value) and ("Fix:" in str(err.value) or "steps" in str(err.value))
     to_config(smoke(*overrides))  # the same config without the finder is fine
+
+
+@pytest.mark.slow
+def test_each_job_of_a_sweep_finds_its_own_rate_and_a_swept_rate_is_refused(runs_dir):
+    """A real `ttm-train -m` grid of two jobs that differ only in their MLflow experiment: each runs the finder, and
+    the second reuses the first's stages, whose keys hold the found rate (the same: one seed, one data)."""
+    from tests.helpers.runs import cli, finish, runs_of, start
+
+    done = finish(start(cli(runs_dir, "optim.lr_find=true", "optim.lr_find_steps=20", "experiment_name=fa,fb")))
+    assert (done.stdout + done.stderr).count("learning rate: found") == 2
+    (first,), (second,) = (runs_of(runs_dir, name)[1] for name in ("fa", "fb"))
+    assert first.data.tags["optim.lr_source"] == second.data.tags["optim.lr_source"] == "finder"
+    rate = first.data.params["optim.lr_found"]
+    assert first.data.params["optim.lr"] == rate == second.data.params["optim.lr_found"]
+    assert first.data.tags["stage_cache.computed"] == "head,partial"
+    assert second.data.tags["stage_cache.reused"] == "head,partial"
+
+    refused = finish(start(cli(runs_dir, "optim.lr_find=true", "optim.lr=1e-3,1e-4")), check=False)
+    assert refused.returncode != 0
+    assert "optim.lr_find=true with optim.lr=0.001: the finder replaces optim.lr" in refused.stderr + refused.stdout

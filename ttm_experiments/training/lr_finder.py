@@ -82,6 +82,18 @@ def check(c: TrainConfig) -> None:
         )
 
 
+def check_overrides(overrides: tuple[str, ...]) -> None:
+    """With `optim.lr_find=true`, an `optim.lr` given on the command line (or by a sweep or an Optuna study, whose
+    jobs receive it as an override) would be replaced by the found rate without effect: refused."""
+    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "optim.lr"]
+    if given:
+        raise ConfigError(
+            f"optim.lr_find=true with {given[0]}: the finder replaces optim.lr, so the value given (or swept) would do "
+            "nothing. Fix: drop optim.lr from the command line or the search space (hparams_search), or "
+            "optim.lr_find=false."
+        )
+
+
 @dataclass(frozen=True)
 class FoundRate:
     """The finder's suggestion and its curve (per step: the rate it ran at, its loss, the smoothed loss)."""

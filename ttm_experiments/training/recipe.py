@@ -212,6 +212,8 @@ class TrainRecipe:
         reads no resume state."""
         c = self.config
         self.t0 = time.perf_counter()
+        if c.optim.lr_find:  # before the data: an optim.lr given or swept alongside would do nothing
+            lr_finder.check_overrides(self.info.overrides)
         if track:  # one live process per run directory: a second one would train the same run alongside
             self._hold_run_dir(self.info.output_dir)
         torch.manual_seed(c.seed)
