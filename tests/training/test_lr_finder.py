@@ -184,3 +184,39 @@ def test_each_job_of_a_sweep_finds_its_own_rate_and_a_swept_rate_is_refused(runs
     refused = finish(start(cli(runs_dir, "optim.lr_find=true", "optim.lr=1e-3,1e-4")), check=False)
     assert refused.returncode != 0
     assert "optim.lr_find=true with optim.lr=0.001: the finder replaces optim.lr" in refused.stderr + refused.stdout
+
+
+@pytest.mark.slow
+def test_a_finder_run_killed_mid_run_resumes_with_the_rate_it_found(tmp_path):
+    """A real SIGKILL after the second supervised epoch (TTM_FAULT), then the same command: the run continues with
+    its found rate, without a second sweep, and finishes as one MLflow run."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers.configs import REPO
+    from tests.helpers.runs import runs_of
+
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttm_experiments.cli.train",
+        *FIND,
+        "debug=tiny",
+        f"paths.runs_dir={runs}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        "experiment_name=killed",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run(
+        cmd, cwd=REPO, env={**env, "TTM_FAULT": "epoch.supervised:2"}, capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == -9 and "learning rate: found" in killed.stdout + killed.stderr
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "learning rate: found" not in out and "found by the finder before the run stopped" in out
+    _, (parent,), _ = runs_of(runs, "killed")
+    assert parent.info.status == "FINISHED" and parent.data.tags["resumed"] == "true"
+    assert parent.data.params["optim.lr"] == parent.data.params["optim.lr_found"]

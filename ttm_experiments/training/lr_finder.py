@@ -252,6 +252,24 @@ def _curve(steps: list[tuple[float, torch.Tensor]]) -> list[tuple[float, float, 
     return curve
 
 
-def with_found_rate(c: TrainConfig, found: FoundRate) -> TrainConfig:
+def resumed_rate(c: TrainConfig, output_dir: Path) -> float | None:
+    """The rate an unfinished finder run found before it stopped (its resume state holds the run's `optim.lr`):
+    a resumed run continues with it instead of sweeping again (a GPU's sweep need not repeat to the bit). None
+    when there is nothing to resume; the resume's own checks (a finished run, a changed config) follow as ever."""
+    from ttm_experiments.training import resume
+
+    path = resume.locate(c.resume, c.tracking.uri) if c.resume else output_dir / resume.STATE_FILE
+    if not path.is_file():
+        return None
+    state = resume.load_state(path)
+    config = state.get("config", {})
+    if state.get("finished") or config.get("optim.lr_find") is not True or "optim.lr" not in config:
+        return None
+    rate = float(config["optim.lr"])
+    log.info("learning rate: %.3g, found by the finder before the run stopped (resumed; no new sweep)", rate)
+    return rate
+
+
+def with_found_rate(c: TrainConfig, rate: float) -> TrainConfig:
     """The run's config from here on: `optim.lr` is the found rate."""
-    return replace(c, optim=replace(c.optim, lr=found.lr))
+    return replace(c, optim=replace(c.optim, lr=rate))

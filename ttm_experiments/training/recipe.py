@@ -237,8 +237,11 @@ class TrainRecipe:
         )
         self.lr_found = None
         if c.optim.lr_find:  # the found rate is optim.lr from here on: stage rates, params, cache keys follow it
-            self.lr_found = lr_finder.find_lr(self.model, self.splits.train, c, self.stages[0], self.device)
-            c = self.config = lr_finder.with_found_rate(c, self.lr_found)
+            rate = lr_finder.resumed_rate(c, self.info.output_dir) if track else None  # a resume keeps its rate
+            if rate is None:
+                self.lr_found = lr_finder.find_lr(self.model, self.splits.train, c, self.stages[0], self.device)
+                rate = self.lr_found.lr
+            c = self.config = lr_finder.with_found_rate(c, rate)
             self.stages = plan_stages(
                 c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
             )
