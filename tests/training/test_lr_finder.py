@@ -45,7 +45,7 @@ def test_the_finder_picks_the_valley_of_the_real_ttm_and_the_run_takes_it(smoke,
     at = rates.index(found.lr)
     assert at > 0 and smoothed[at - 1] < smoothed[0]  # inside the sweep, on a stretch below where it started
     assert rates == sorted(rates) and rates[0] > 1e-7 and rates[-1] <= 10.0 * (rates[1] / rates[0])
-    assert found.plot.startswith(b"\x89PNG")
+    assert found.plot.startswith(b"\x89PNG") and not found.at_start
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("learning rate: found")]
     mantissa, exponent = f"{found.lr:.1e}".split("e")
     assert line == [f"learning rate: found {mantissa}e{int(exponent)} (valley rule, {found.steps} steps)"]
@@ -220,3 +220,13 @@ def test_a_finder_run_killed_mid_run_resumes_with_the_rate_it_found(tmp_path):
     _, (parent,), _ = runs_of(runs, "killed")
     assert parent.info.status == "FINISHED" and parent.data.tags["resumed"] == "true"
     assert parent.data.params["optim.lr"] == parent.data.params["optim.lr_found"]
+
+
+def test_a_suggestion_at_the_start_of_the_sweep_is_flagged():
+    """Their valley rule on a loss that only rises returns the rate after the first step: flagged (a warning)."""
+    rates = [1e-7 * 2**i for i in range(20)]
+    rising = [(lr, float(i), float(i)) for i, lr in enumerate(rates)]
+    flat_start = lr_finder.FoundRate(_their_suggestion(lr_finder.FoundRate(0.0, rising, b"")), rising, b"")
+    assert flat_start.lr == rates[1] and flat_start.at_start
+    falling = [(lr, float(-i), float(-i)) for i, lr in enumerate(rates)]
+    assert not lr_finder.FoundRate(_their_suggestion(lr_finder.FoundRate(0.0, falling, b"")), falling, b"").at_start

@@ -106,6 +106,12 @@ class FoundRate:
     def steps(self) -> int:
         return len(self.curve)
 
+    @property
+    def at_start(self) -> bool:
+        """The valley is the sweep's first point (the loss never fell): their rule then returns the rate after the
+        first step, about the sweep's lower bound."""
+        return self.steps < 2 or self.lr <= self.curve[1][0]
+
     def line(self) -> str:
         mantissa, exponent = f"{self.lr:.1e}".split("e")
         return f"learning rate: found {mantissa}e{int(exponent)} (valley rule, {self.steps} steps)"
@@ -233,7 +239,7 @@ def find_lr(model: nn.Module, train: WindowSet, c: TrainConfig, stage: StagePlan
         _restore_rng(rng)
     signals.check()  # a Ctrl-C during the sweep stops the run here
     log.info(found.line())
-    if found.lr <= found.curve[0][0] * 1.5:
+    if found.at_start:
         log.warning(
             "the finder's suggestion %.3g is at the start of its sweep (the loss never fell): check the data and the "
             "model, or set optim.lr yourself (optim.lr_find=false)",
