@@ -177,9 +177,11 @@ class _Windows(torch.utils.data.Dataset):
         return {"past_values": self.x[i], "labels": self.y[i]}
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """Every stream the sweep may draw from; CUDA's also when the sweep is the first to use it (its dropout draws
+    there, and a seed `torch.manual_seed` queued for CUDA is applied when this first reads the state)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and (device.type == "cuda" or torch.cuda.is_initialized()):
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -198,7 +200,7 @@ def find_lr(model: nn.Module, train: WindowSet, c: TrainConfig, stage: StagePlan
 
     from ttm_experiments.models.unfreeze import apply_stage, find_blocks
 
-    rng = _rng_state()
+    rng = _rng_state(device)
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {name: m.training for name, m in model.named_modules()}
