@@ -355,6 +355,9 @@ class TrainerConf:
     progress: bool = True
     collapse_threshold: float = 0.05  # a class whose val accuracy falls below this is "collapsed"
     collapse_action: CollapseAction = CollapseAction.warn
+    # stop a supervised stage after this many epochs without a strictly better `optimized_metric` within the stage
+    # (0 = off); the best checkpoint is still chosen across all epochs run
+    early_stopping_patience: int = 0
     # caps for smoke runs and tests; 0 = no cap
     max_batches: int = 0  # train batches per epoch
     max_epochs_per_stage: int = 0

@@ -64,6 +64,11 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.training import lr_finder  # torch: imported only when a config is validated
 
     lr_finder.check(c)  # optim.lr_find where no finder can serve (a baseline, a probe, a self-supervised start)
+    if c.trainer.early_stopping_patience < 0:
+        raise ConfigError(
+            f"trainer.early_stopping_patience={c.trainer.early_stopping_patience}: a number of epochs. Fix: 0 (off) "
+            "or a positive count, e.g. trainer.early_stopping_patience=3."
+        )
     if not 0 <= c.trainer.collapse_threshold < 1:
         raise ConfigError(f"trainer.collapse_threshold={c.trainer.collapse_threshold} must be in [0, 1)")
 

@@ -456,10 +456,37 @@ class Trainer:
                 log.warning("[%s] stopping the stage at epoch %d (trainer.collapse_action=stop)", stage.name, epoch)
                 self.tracker.set_tags({"collapse_stop": f"{stage.name}@{epoch}:{','.join(collapsed)}"}, stage=True)
                 break
+            if self._early_stop(stage.name, result, stage_epoch, stage.epochs):
+                break
         stage_collapsed = any(r.collapsed for r in result.history if r.stage == stage.name)
         self.tracker.set_tags({"mode_collapse": str(stage_collapsed).lower()}, stage=True)
         self.tracker.end_stage()
         return epoch
+
+    def _early_stop(self, stage: str, result: LoopResult, stage_epoch: int, epochs: int) -> bool:
+        """`trainer.early_stopping_patience`: has the stage gone that many epochs without a better selection metric?
+        Counted from the stage's records in `result.history`, so a resumed stage counts as an uninterrupted one."""
+        patience = self.conf.early_stopping_patience
+        if not patience or stage_epoch >= epochs:
+            return False
+        m = self.selection
+        values = [float((r.val if m.split == "val" else r.train).get(m.key, math.nan)) for r in result.history]
+        values = [v for r, v in zip(result.history, values) if r.stage == stage]
+        since = epochs_without_improvement(values, m.better)
+        if since < patience:
+            return False
+        log.info(
+            "[%s] early stop after epoch %d of %d: %s not better for %d epoch(s) (trainer.early_stopping_patience=%d)",
+            stage,
+            stage_epoch,
+            epochs,
+            m.name,
+            since,
+            patience,
+        )
+        self.tracker.set_tags({"early_stop": f"epoch {stage_epoch} of {epochs}"}, stage=True)
+        self.tracker.set_tags({f"early_stop.{stage}": f"epoch {stage_epoch} of {epochs}"})
+        return True
 
     def _select(self, record: EpochRecord, result: LoopResult) -> None:
         """Keep this epoch's weights when it is the best so far on the selection metric."""
@@ -512,6 +539,15 @@ class Trainer:
         if self.best_state is None:
             raise RuntimeError("no epoch was evaluated, so there is no best checkpoint")
         self.model.load_state_dict(self.best_state)
+
+
+def epochs_without_improvement(values: list[float], better: Callable[[float, float], bool]) -> int:
+    """How many of the last `values` came after the best one (the first best; NaN is never best)."""
+    best_at = None
+    for i, v in enumerate(values):
+        if math.isfinite(v) and (best_at is None or better(v, values[best_at])):
+            best_at = i
+    return len(values) if best_at is None else len(values) - 1 - best_at
 
 
 def compile_model(model: nn.Module) -> nn.Module:
