@@ -63,6 +63,13 @@ class TrainScope(str, Enum):
     full = "full"
 
 
+class SchedulerKind(str, Enum):
+    """`optim.scheduler`: the learning-rate schedule of each supervised stage."""
+
+    warmup_cosine = "warmup_cosine"  # linear warm-up over optim.warmup_frac of the steps, then cosine decay to 0
+    onecycle = "onecycle"  # torch's OneCycleLR: peak = each group's rate at optim.warmup_frac, momentum cycled
+
+
 class LossKind(str, Enum):
     weighted_ce = "weighted_ce"
     ce = "ce"
@@ -334,6 +341,9 @@ class OptimConf:
     pretrained_backbone_lr_scale: float = 0.1
     pretrained_layer_decay: Optional[float] = 0.8
     warmup_frac: float = 0.1
+    # supervised stages (self-supervised ones always warm up then decay by cosine); onecycle is what granite-tsfm's
+    # TSPulse classification recipe uses (its pct_start: torch's default 0.3, so optim.warmup_frac=0.3 to match)
+    scheduler: SchedulerKind = SchedulerKind.warmup_cosine
     grad_clip: float = 1.0
     loss: LossKind = LossKind.weighted_ce
     focal_gamma: float = 2.0

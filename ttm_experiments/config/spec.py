@@ -64,6 +64,11 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.training import lr_finder  # torch: imported only when a config is validated
 
     lr_finder.check(c)  # optim.lr_find where no finder can serve (a baseline, a probe, a self-supervised start)
+    if c.optim.scheduler.value == "onecycle" and not 0 < c.optim.warmup_frac < 1:
+        raise ConfigError(
+            f"optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1 (the share of steps before the peak rate), got "
+            f"{c.optim.warmup_frac}. Fix: optim.warmup_frac=0.3 (torch's default) or 0.1."
+        )
     if c.trainer.early_stopping_patience < 0:
         raise ConfigError(
             f"trainer.early_stopping_patience={c.trainer.early_stopping_patience}: a number of epochs. Fix: 0 (off) "

@@ -39,7 +39,7 @@ from ttm_experiments.models.unfreeze import UnfreezeReport, apply_stage, find_bl
 from ttm_experiments.tracking.mlflow_tracker import Tracker
 from ttm_experiments.training import signals
 from ttm_experiments.training.losses import build_loss, class_weights
-from ttm_experiments.training.optim import Precision, make_optimizer, param_groups, warmup_cosine
+from ttm_experiments.training.optim import Precision, make_optimizer, make_scheduler, param_groups
 from ttm_experiments.training.stages import EpochEnd, OnEpochEnd, StagePlan
 from ttm_experiments.utils import faults
 
@@ -375,7 +375,9 @@ class Trainer:
         all_blocks = find_blocks(self.model.backbone.model, self.unfreeze) if stage.scope == "full" else selected
         groups = param_groups(self.model, stage, selected, all_blocks, self.optim.layer_decay)
         optimizer = make_optimizer(groups, weight_decay=self.optim.weight_decay, device=self.device)
-        scheduler = warmup_cosine(optimizer, stage.epochs * self.steps_per_epoch(), self.optim.warmup_frac)
+        scheduler = make_scheduler(
+            self.optim.scheduler, optimizer, stage.epochs * self.steps_per_epoch(), self.optim.warmup_frac
+        )
         done = 0
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ttm_experiments.config.schema import AmpMode, parse_amp
+from ttm_experiments.config.schema import AmpMode, SchedulerKind, parse_amp
 from ttm_experiments.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only
@@ -38,6 +38,23 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
+    """torch's OneCycleLR with each parameter group's own rate as its peak, reached after `warmup_frac` of the
+    steps (torch's `pct_start`); its other arguments keep torch's defaults (start at peak/25, end at start/1e4,
+    cosine annealing, Adam's beta1 cycled between 0.85 and 0.95)."""
+    peaks = [g["lr"] for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peaks, total_steps=max(total_steps, 2), pct_start=warmup_frac
+    )
+
+
+def make_scheduler(kind: SchedulerKind, optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
+    """The supervised stage's schedule named by `optim.scheduler`."""
+    if kind == SchedulerKind.onecycle:
+        return onecycle(optimizer, total_steps, warmup_frac)
+    return warmup_cosine(optimizer, total_steps, warmup_frac)
 
 
 class Precision:
