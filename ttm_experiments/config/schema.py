@@ -22,8 +22,6 @@ class BackboneKind(str, Enum):
     ttm = "ttm"
     tspulse = "tspulse"  # IBM's TSPulse (granite-tsfm), made for classification
     patchtst = "patchtst"
-    mantis = "mantis"  # Mantis (mantis-tsfm), a classification foundation model (models/mantis.py)
-    chronos_bolt = "chronos_bolt"  # Chronos-Bolt (chronos-forecasting), frozen features only (models/chronos.py)
     sqi = "sqi"  # baseline: signal-quality indices + logistic regression
     site = "site"  # baseline: recording site alone (BUT-PPG)
 
