@@ -105,10 +105,7 @@ def head_config(config, options: TSPulseHeadConf, *, num_classes: int, head_drop
     config.channel_virtual_expand_scale = options.channel_virtual_expand_scale
     if options.mask_ratio is not None:
         config.mask_ratio = options.mask_ratio
-    # what every entry of the recipe's config.json sets alike (but one dataset's aggregation): fixed, not keys
-    config.disable_mask_in_classification_eval = True  # masking while training only
-    config.fft_time_consistent_masking = True
-    config.head_aggregation, config.head_aggregation_dim = None, "patch"  # the head reads every patch
+    config.disable_mask_in_classification_eval = True  # masking while training only, as the recipe has it
     config.num_targets = num_classes
     config.head_dropout = head_dropout  # the decoder's dropout too (TSPulseDecoder)
     config.loss = "cross_entropy"
