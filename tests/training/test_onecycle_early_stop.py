@@ -11,6 +11,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from tests.helpers.runs import runs_of
 from ttm_experiments.cli.train import train
+from ttm_experiments.errors import ConfigError
 
 # ttm_tiny, one full stage (head at optim.lr, every backbone group at 0.3 x), 4 epochs
 FULL = ("schedule=full", "trainer.max_epochs_per_stage=4", "trainer.num_threads=1", "optim.lr=1e-3")
@@ -131,3 +132,8 @@ def test_selection_and_early_stopping_on_validation_loss(smoke, runs_dir, caplog
         f"[head] early stop after epoch {best + 2} of 8: val/loss not better for 2 epoch(s) "
         "(trainer.early_stopping_patience=2)"
     ]
+
+
+def test_onecycle_without_a_warmup_share_is_refused(smoke):
+    with pytest.raises(ConfigError, match="optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1"):
+        train(smoke("optim.scheduler=onecycle", "optim.warmup_frac=0"))

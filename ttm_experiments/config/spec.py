@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ttm_experiments.config.schema import (
     BackboneConf,
     ScheduleConf,
+    SchedulerKind,
     TrainConfig,
     parse_amp,
     parse_metric,
@@ -64,7 +65,7 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.training import lr_finder  # torch: imported only when a config is validated
 
     lr_finder.check(c)  # optim.lr_find where no finder can serve (a baseline, a probe, a self-supervised start)
-    if c.optim.scheduler.value == "onecycle" and not 0 < c.optim.warmup_frac < 1:
+    if c.optim.scheduler == SchedulerKind.onecycle and not 0 < c.optim.warmup_frac < 1:
         raise ConfigError(
             f"optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1 (the share of steps before the peak rate), got "
             f"{c.optim.warmup_frac}. Fix: optim.warmup_frac=0.3 (torch's default) or 0.1."

@@ -472,8 +472,7 @@ class Trainer:
         if not patience or stage_epoch >= epochs:
             return False
         m = self.selection
-        values = [float((r.val if m.split == "val" else r.train).get(m.key, math.nan)) for r in result.history]
-        values = [v for r, v in zip(result.history, values) if r.stage == stage]
+        values = [self._selection_value(r) for r in result.history if r.stage == stage]
         since = epochs_without_improvement(values, m.better)
         if since < patience:
             return False
@@ -490,10 +489,15 @@ class Trainer:
         self.tracker.set_tags({f"early_stop.{stage}": f"epoch {stage_epoch} of {epochs}"})
         return True
 
+    def _selection_value(self, record: EpochRecord) -> float:
+        """The selection metric (`optimized_metric`) of one epoch; NaN where the epoch lacks it."""
+        m = self.selection
+        return float((record.val if m.split == "val" else record.train).get(m.key, math.nan))
+
     def _select(self, record: EpochRecord, result: LoopResult) -> None:
         """Keep this epoch's weights when it is the best so far on the selection metric."""
         m = self.selection
-        value = float((record.val if m.split == "val" else record.train).get(m.key, math.nan))
+        value = self._selection_value(record)
         if result.best_epoch == 0 and not math.isfinite(value):
             return
         if result.best_epoch == 0 or m.better(value, result.best_value):

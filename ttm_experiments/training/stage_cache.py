@@ -240,8 +240,7 @@ def stage_settings(c: TrainConfig, optim: OptimConf, stage: StagePlan) -> dict:
         "unfreeze": c.unfreeze,
         "selection": c.optimized_metric,
         "collapse": [t.collapse_threshold, t.collapse_action],
-        # only when on, so that entries stored before the key existed keep their keys
-        **({"early_stopping_patience": t.early_stopping_patience} if t.early_stopping_patience else {}),
+        "early_stopping_patience": t.early_stopping_patience,
     }
 
 
