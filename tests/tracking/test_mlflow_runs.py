@@ -67,6 +67,49 @@ def _logged_inputs(smoke, fold: int):
     return {d.dataset.name: d for d in run.inputs.dataset_inputs}
 
 
+def test_a_dataset_stored_by_another_run_between_lookup_and_insert_is_linked_not_an_error(smoke):
+    """Parallel jobs logging the same split race inside MLflow's store (it looks the dataset up, then inserts it).
+    Here the other run's insert lands in that gap, through another connection to the real SQLite store: the
+    store's insert fails on the unique key, and the run must still end up with its three inputs."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from ttm_experiments.config.spec import to_config
+    from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
+    from ttm_experiments.training.inputs import split_inputs
+    from ttm_experiments.training.recipe import load_splits
+
+    c = to_config(smoke("experiment_name=race"))
+    splits = load_splits(c)
+    inputs = split_inputs(splits, dataset="synthetic", fold=0, root=None, split_seed=0)
+    tracker = MlflowTracker(c.tracking.uri, c.experiment_name)
+    tracker.start_run("mine", {})
+    engine = tracker.client._tracking_client.store.engine
+    clashes = []
+
+    def other_run_inserts_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and not clashes:
+            rows = parameters if executemany else [parameters]
+            with sqlite3.connect(c.tracking.uri.removeprefix("sqlite:///"), timeout=20) as other:
+                other.executemany(statement, rows)
+            clashes.append(len(rows))
+
+    event.listen(engine, "before_cursor_execute", other_run_inserts_first)
+    try:
+        tracker.log_inputs(inputs)
+    finally:
+        event.remove(engine, "before_cursor_execute", other_run_inserts_first)
+    tracker.end_run()
+    assert clashes == [3]  # the clash happened: the store's first insert met the other run's rows
+    run = MlflowClient(c.tracking.uri).get_run(tracker.run_id)
+    assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == [
+        "synthetic fold 0 test",
+        "synthetic fold 0 train",
+        "synthetic fold 0 val",
+    ]
+
+
 def test_splits_are_logged_as_datasets_with_digests_of_the_windows(smoke):
     first, again, other = _logged_inputs(smoke, 0), _logged_inputs(smoke, 0), _logged_inputs(smoke, 1)
     assert sorted(first) == ["synthetic fold 0 test", "synthetic fold 0 train", "synthetic fold 0 val"]

@@ -51,6 +51,24 @@ def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+# the datasets table's unique key (experiment, name, digest) as SQLite, PostgreSQL and MySQL name it when violated
+DATASET_KEY_CLASH = ("UNIQUE constraint failed: datasets.", '"dataset_pk"', "for key 'datasets.PRIMARY'")
+
+
+def _retry_dataset_clash(fn: Callable[[], T], attempts: int = 3) -> T:
+    """MLflow's store looks a run's datasets up, then inserts the ones it did not find. Two runs that log the same
+    dataset at the same moment (parallel jobs of one sweep on one server) can both miss it, and the slower insert
+    fails on the table's unique key. The dataset is stored by then: logging again finds it and links this run."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # mlflow wraps the database's error in its own exception types (local and REST)
+            if not any(k in str(err) for k in DATASET_KEY_CLASH) or i == attempts - 1:
+                raise
+            log.info("another run stored the same dataset at the same moment; logging this run's inputs again")
+    raise AssertionError("unreachable")
+
+
 def _disk_full(err: Exception) -> StoreError | None:
     """SQLite's "database or disk is full", as one line that says what to do (not a traceback)."""
     if "disk is full" not in str(err).lower():
@@ -329,7 +347,7 @@ class MlflowTracker:
         """MLflow dataset inputs (`mlflow.entities.DatasetInput`) of the parent run: the Dataset column. Each is
         remembered by its split (its context tag), so that a logged model's metrics can name the dataset."""
         self.remember_datasets(datasets)
-        _retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=datasets))
+        _retry_dataset_clash(lambda: _retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=datasets)))
 
     def remember_datasets(self, datasets: list) -> None:
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
