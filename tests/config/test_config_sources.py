@@ -103,6 +103,15 @@ TTM_1024 = {
     "head_dropout": 0.2,
     "scale_features": False,  # changed on purpose: measured in docs/results.md (amplitude and units)
     "fast_dropout": True,
+    # added: the head choice; its default is the head every backbone had before (docs/recipes.md)
+    "head": "suite",
+    "tspulse_head": {
+        "gated_attention_activation": "softmax",
+        "decoder_mode": "common_channel",
+        "head_reduce_d_model": None,
+        "channel_virtual_expand_scale": 1,
+        "mask_ratio": None,
+    },
 }
 PUBLIC = {"dropout": None, "head_dropout": None}
 BEFORE_BACKBONES = {

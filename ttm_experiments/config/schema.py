@@ -205,6 +205,38 @@ def parse_amp(value: object) -> AmpMode:
 EXPERIMENT_NAME = "ttm-ppg-quality"
 
 
+class HeadKind(str, Enum):
+    """`backbone.head`: the classification head over the backbone's hidden state."""
+
+    suite = "suite"  # mean- and max-pooled patches (+ location and log-scale) and an MLP; every backbone
+    tspulse = "tspulse"  # TSPulse's own decoder + classification head (models/tspulse_head.py); TSPulse only
+
+
+class TSPulseDecoderMode(str, Enum):
+    common_channel = "common_channel"  # each channel decoded alone
+    mix_channel = "mix_channel"  # the decoder also mixes channels
+
+
+class GatedActivation(str, Enum):
+    softmax = "softmax"
+    sigmoid = "sigmoid"
+
+
+@dataclass
+class TSPulseHeadConf:
+    """`backbone.tspulse_head.*` (only with backbone.head=tspulse): granite-tsfm's TSPulseConfig options of its
+    classification decoder and head; the defaults are that config's, experiment=tspulse_recipe sets the recipe's."""
+
+    gated_attention_activation: GatedActivation = GatedActivation.softmax  # head_gated_attention_activation
+    decoder_mode: TSPulseDecoderMode = TSPulseDecoderMode.common_channel  # decoder_mode
+    head_reduce_d_model: Optional[int] = None  # the head first projects each patch's features to this width
+    # each channel repeated this many times before the patch encodings, the decoder mixing the copies (1 = off)
+    channel_virtual_expand_scale: int = 1
+    # TSPulse's own masking of training windows (its mask_type, up to this share; never in evaluation): only in
+    # stages that train part of the backbone (a head-only stage runs the frozen backbone in evaluation mode); null off
+    mask_ratio: Optional[float] = None
+
+
 @dataclass
 class BackboneConf:
     """`backbone.*`. The defaults are the ttm_1024 architecture (`conf/backbone/ttm_1024.yaml`): a preset states
@@ -240,6 +272,10 @@ class BackboneConf:
     scale_features: bool = False
     # FastDropout (models/dropout.py: same semantics, a numba mask kernel) on CPU; false: stock nn.Dropout, no numba
     fast_dropout: bool = True
+    # the head: suite (above: head_hidden, head_dropout, scale_features) or tspulse (TSPulse's decoder + head from
+    # tsfm_public, options in tspulse_head, dropout head_dropout; its head reads location and scale itself)
+    head: HeadKind = HeadKind.suite
+    tspulse_head: TSPulseHeadConf = field(default_factory=TSPulseHeadConf)
 
 
 @dataclass

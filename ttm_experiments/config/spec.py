@@ -65,6 +65,9 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.training import lr_finder  # torch: imported only when a config is validated
 
     lr_finder.check(c)  # optim.lr_find where no finder can serve (a baseline, a probe, a self-supervised start)
+    from ttm_experiments.models import tspulse_head
+
+    tspulse_head.check(c)  # backbone.head=tspulse and its options where they cannot act
     if c.optim.scheduler == SchedulerKind.onecycle and not 0 < c.optim.warmup_frac < 1:
         raise ConfigError(
             f"optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1 (the share of steps before the peak rate), got "

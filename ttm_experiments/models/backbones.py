@@ -7,13 +7,14 @@ scaler removed. `granite-tsfm` and `transformers` are imported only when a backb
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ttm_experiments.config.schema import BackboneConf, BackboneKind
+from ttm_experiments.config.schema import BackboneConf, BackboneKind, HeadKind
 from ttm_experiments.errors import ConfigError
 from ttm_experiments.models.dropout import use_fast_dropout
 
@@ -63,7 +64,11 @@ class Backbone(nn.Module):
                 f"[batch, {self.num_channels}, {self.conf.context_length}]"
             )
         mask = None if observed is None else observed.transpose(1, 2).to(x.dtype)
-        extra = {"enable_masking": False} if self.conf.kind == BackboneKind.tspulse else {}  # we mask, not TSPulse
+        # we mask (self-supervised stages), not TSPulse; but backbone.head=tspulse with a mask_ratio is TSPulse's
+        # classification recipe, which masks training windows (never in evaluation)
+        tspulse_masks = self.conf.head == HeadKind.tspulse and self.conf.tspulse_head.mask_ratio is not None
+        own = tspulse_masks and self.training and observed is None
+        extra = {"enable_masking": own} if self.conf.kind == BackboneKind.tspulse else {}
         out = self.model(past_values=x.transpose(1, 2), past_observed_mask=mask, **extra)
         return out.last_hidden_state, out.loc.squeeze(1), out.scale.squeeze(1)
 
@@ -227,7 +232,7 @@ class ClassificationHead(nn.Module):
 class Classifier(nn.Module):
     """Backbone + head: `forward(x [B, C, T]) -> logits [B, num_classes]`."""
 
-    def __init__(self, backbone: Backbone, head: ClassificationHead):
+    def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -245,11 +250,23 @@ def build_classifier(
     head_dropout: float | None = None,
 ) -> Classifier:
     """The backbone of `conf` (or of `hf_config`, a checkpoint's config) and its classification head
-    (`conf.head_*`, `conf.scale_features`; `head_dropout` when `conf.head_dropout` is null, else 0.2)."""
-    # the backbone first: the random draws keep their order
-    backbone = build_backbone(conf, num_channels=num_channels, hf_config=hf_config)
+    (`conf.head_*`, `conf.scale_features`; `head_dropout` when `conf.head_dropout` is null, else 0.2), or
+    TSPulse's own with `conf.head=tspulse` (models/tspulse_head.py)."""
     dropout = conf.head_dropout if conf.head_dropout is not None else (0.2 if head_dropout is None else head_dropout)
-    head = ClassificationHead(num_channels, conf.d_model, num_classes, conf.head_hidden, dropout, conf.scale_features)
+    if conf.head == HeadKind.tspulse:  # TSPulse's decoder + head, its options set on the encoder's config first
+        from ttm_experiments.models.tspulse_head import TSPulseHead, head_config
+
+        base = hf_config if hf_config is not None else _tspulse_config(conf, num_channels)
+        config = head_config(base, conf.tspulse_head, num_classes=num_classes, head_dropout=dropout)
+        spec = json.dumps(config.to_dict())
+        backbone = build_backbone(conf, num_channels=num_channels, hf_config=config)
+        head = TSPulseHead(backbone.model.config, spec)
+    else:
+        # the backbone first: the random draws keep their order
+        backbone = build_backbone(conf, num_channels=num_channels, hf_config=hf_config)
+        head = ClassificationHead(
+            num_channels, conf.d_model, num_classes, conf.head_hidden, dropout, conf.scale_features
+        )
     model = Classifier(backbone, head)
     if conf.fast_dropout:
         # same semantics as nn.Dropout, a fraction of its cost on CPU (bench/dropout.py); names and state_dict unchanged

@@ -88,6 +88,7 @@ def save_classifier(
             "amplitude": amplitude,
             "backbone": model.backbone.model.state_dict(),
             "head": model.head.state_dict(),
+            "head_spec": getattr(model.head, "spec", None),  # backbone.head=tspulse: its config (tspulse_head.py)
         },
         path,
     )

@@ -94,11 +94,17 @@ def load_classifier(path: Path | str, *, source: str = "predict.model") -> Train
     path = Path(path).expanduser()
     ckpt = _read(path, source)
     names = tuple(ckpt["class_names"])
-    conf = _backbone_conf(ckpt)
+    hf_config = None
+    if ckpt.get("head_spec"):  # backbone.head=tspulse: TSPulse's decoder + head, rebuilt from the config it recorded
+        from ttm_experiments.models.tspulse_head import rebuild
+
+        conf, hf_config = rebuild(ckpt["head_spec"], ckpt["architecture"])
+    else:
+        conf = _backbone_conf(ckpt)
     channels = int(ckpt["architecture"]["num_channels"])
     fork = torch.random.fork_rng(devices=[])  # building draws random weights: leave the caller's generator alone
     with fork:
-        model = build_classifier(conf, num_channels=channels, num_classes=len(names))
+        model = build_classifier(conf, num_channels=channels, num_classes=len(names), hf_config=hf_config)
     try:
         model.backbone.model.load_state_dict(ckpt["backbone"], strict=True)
         model.head.load_state_dict(ckpt["head"], strict=True)

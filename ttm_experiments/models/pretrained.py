@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ttm_experiments.config.schema import BackboneConf
+from ttm_experiments.config.schema import BackboneConf, HeadKind
 from ttm_experiments.errors import CheckpointError
 from ttm_experiments.models.backbones import Classifier, build_classifier
 from ttm_experiments.models.checkpoint import load_backbone_weights, load_hf_weights
@@ -147,4 +147,8 @@ def build_model(conf: BackboneConf, *, num_channels: int, num_classes: int) -> t
         conf, num_channels=num_channels, num_classes=num_classes, hf_config=hf, head_dropout=raw.get("head_dropout")
     )
     dropped = load_hf_weights(model.backbone, src.path, src.source)
+    if conf.head == HeadKind.tspulse:  # TSPulse's decoder + head start from the snapshot's where they fit
+        from ttm_experiments.models.tspulse_head import load_snapshot_head
+
+        dropped -= load_snapshot_head(model.head, src.path, src.source)
     return model, Init("pretrained", src.source, src.commit, dropped)
