@@ -26,13 +26,21 @@ NUM_CLASSES = 2  # the head's size barely matters here; quality is binary
 
 def inspect_model(cfg: DictConfig) -> dict:
     """Blocks, selection and parameter counts for `unfreeze.last_n` (the partial stage)."""
+    from ttm_experiments.models import chronos
     from ttm_experiments.models.pretrained import build_model
     from ttm_experiments.models.unfreeze import apply_stage, count_params, describe, find_blocks
 
     config = to_config(cfg)
     model, _ = build_model(config.backbone, num_channels=config.dataset.channels, num_classes=NUM_CLASSES)
     blocks = find_blocks(model.backbone.model, config.unfreeze)
-    report, selected = apply_stage(model, config.unfreeze, scope="partial", stage="partial")
+    probe_only = chronos.is_chronos(config.backbone)  # nothing of it trains: its blocks are listed, none selected
+    if probe_only:
+        model.requires_grad_(False)
+        selected, trainable = [], 0
+        text = f"backbone={config.backbone.name} is {chronos.PROBE_ONLY}; no schedule unfreezes these blocks."
+    else:
+        report, selected = apply_stage(model, config.unfreeze, scope="partial", stage="partial")
+        trainable, text = report.trainable_params, report.format()
     return {
         "backbone": config.backbone.name,
         "rule": describe(config.unfreeze),
@@ -42,8 +50,9 @@ def inspect_model(cfg: DictConfig) -> dict:
         "head_params": count_params(model.head),
         "blocks": [{"name": b.name, "params": b.params} for b in blocks],
         "selected": [b.name for b in selected],
-        "trainable_params": report.trainable_params,
-        "report": report.format(),
+        "trainable_params": trainable,
+        "probe_only": probe_only,
+        "report": text,
     }
 
 
@@ -56,7 +65,9 @@ def format_text(info: dict) -> str:
     for i, b in enumerate(info["blocks"]):
         mark = "*" if b["name"] in info["selected"] else " "
         lines.append(f" {mark} {i:2d}  {b['name']:60s} {b['params']:>10,}")
-    lines += [f"(* = unfrozen with unfreeze.last_n={info['last_n']})", info["report"]]
+    if not info["probe_only"]:
+        lines.append(f"(* = unfrozen with unfreeze.last_n={info['last_n']})")
+    lines.append(info["report"])
     return "\n".join(lines)
 
 

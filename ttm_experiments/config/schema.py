@@ -22,6 +22,9 @@ class BackboneKind(str, Enum):
     ttm = "ttm"
     tspulse = "tspulse"  # IBM's TSPulse (granite-tsfm), made for classification
     patchtst = "patchtst"
+    # Amazon's Chronos-Bolt encoder (chronos-forecasting), frozen features for schedule=linear_probe only:
+    # models/chronos.py builds it, and refuses every trained schedule
+    chronos_bolt = "chronos_bolt"
     sqi = "sqi"  # baseline: signal-quality indices + logistic regression
     site = "site"  # baseline: recording site alone (BUT-PPG)
 

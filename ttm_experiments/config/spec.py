@@ -68,6 +68,9 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.models import tspulse_head
 
     tspulse_head.check(c)  # backbone.head=tspulse and its options where they cannot act
+    from ttm_experiments.models import chronos
+
+    chronos.check(c)  # a Chronos-Bolt window length the model cannot read whole
     if c.optim.scheduler == SchedulerKind.onecycle and not 0 < c.optim.warmup_frac < 1:
         raise ConfigError(
             f"optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1 (the share of steps before the peak rate), got "

@@ -138,6 +138,10 @@ def build_model(conf: BackboneConf, *, num_channels: int, num_classes: int) -> t
     if not conf.pretrained_path:
         return build_classifier(conf, num_channels=num_channels, num_classes=num_classes), Init("random")
     src: PretrainedSource = resolve_pretrained(conf.pretrained_path, conf.revision)
+    if conf.kind.value == "chronos_bolt":  # its config.json nests the patching; T5's tied tensors (models/chronos.py)
+        from ttm_experiments.models.chronos import load_pretrained
+
+        return load_pretrained(conf, src, num_channels=num_channels, num_classes=num_classes)
     raw = src.hf_config()
     if raw is None:  # a ttm-train checkpoint: the yaml builds, the file's architecture must match it
         model = build_classifier(conf, num_channels=num_channels, num_classes=num_classes)

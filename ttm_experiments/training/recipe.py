@@ -30,6 +30,7 @@ from ttm_experiments.data.prepare import (
 )
 from ttm_experiments.errors import Pruned, RunDirInUse, StoreError
 from ttm_experiments.metrics.classification import softmax
+from ttm_experiments.models import chronos
 from ttm_experiments.models.amplitude import AmplitudeRange
 from ttm_experiments.models.checkpoint import save_classifier
 from ttm_experiments.models.pretrained import build_model
@@ -212,6 +213,7 @@ class TrainRecipe:
         reads no resume state."""
         c = self.config
         self.t0 = time.perf_counter()
+        chronos.check_schedule(c)  # a probe-only backbone: refused here, before the data, for any trained schedule
         if c.optim.lr_find:  # before the data: an optim.lr given or swept alongside would do nothing
             lr_finder.check_overrides(self.info.overrides)
         if track:  # one live process per run directory: a second one would train the same run alongside
