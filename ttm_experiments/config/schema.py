@@ -25,6 +25,9 @@ class BackboneKind(str, Enum):
     # Amazon's Chronos-Bolt encoder (chronos-forecasting), frozen features for schedule=linear_probe only:
     # models/chronos.py builds it, and refuses every trained schedule
     chronos_bolt = "chronos_bolt"
+    # the Mantis classification foundation models (mantis-tsfm), one embedding per channel: models/mantis.py builds
+    # them (backbone.mantis_version picks the architecture)
+    mantis = "mantis"
     sqi = "sqi"  # baseline: signal-quality indices + logistic regression
     site = "site"  # baseline: recording site alone (BUT-PPG)
 
@@ -208,6 +211,13 @@ def parse_amp(value: object) -> AmpMode:
 EXPERIMENT_NAME = "ttm-ppg-quality"
 
 
+class MantisVersion(str, Enum):
+    """`backbone.mantis_version`: which mantis-tsfm architecture a `kind: mantis` backbone is."""
+
+    v1 = "v1"  # MantisV1 (paris-noah/Mantis-8M, MantisPlus): sinusoidal positions, GELU MLP, window length fixed
+    v2 = "v2"  # MantisV2 (paris-noah/MantisV2): rotary positions, SwiGLU MLP, RMSNorm
+
+
 class HeadKind(str, Enum):
     """`backbone.head`: the classification head over the backbone's hidden state."""
 
@@ -279,6 +289,8 @@ class BackboneConf:
     # tsfm_public, options in tspulse_head, dropout head_dropout; its head reads location and scale itself)
     head: HeadKind = HeadKind.suite
     tspulse_head: TSPulseHeadConf = field(default_factory=TSPulseHeadConf)
+    # kind=mantis only (required there, refused elsewhere): the mantis-tsfm architecture, v1 or v2 (models/mantis.py)
+    mantis_version: Optional[MantisVersion] = None
 
 
 @dataclass

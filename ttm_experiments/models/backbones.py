@@ -182,10 +182,19 @@ def build_backbone(conf: BackboneConf, *, num_channels: int, hf_config: object |
     """Build a randomly initialised backbone from `conf`, or from `hf_config` (a checkpoint's own Hugging Face
     config, already checked against `conf` by `models.pretrained`); weights are loaded separately."""
     kind = conf.kind.value
+    if conf.mantis_version is not None and conf.kind != BackboneKind.mantis:
+        raise ConfigError(
+            f"backbone.mantis_version={conf.mantis_version.value} is set but backbone={conf.name} is {kind}, so it "
+            "would do nothing. Fix: backbone=mantis_v2 / mantis_8m, or backbone.mantis_version=null."
+        )
     if conf.kind == BackboneKind.chronos_bolt:  # a frozen-feature backbone of its own (models/chronos.py)
         from ttm_experiments.models import chronos
 
         return chronos.build_backbone(conf, num_channels, hf_config)
+    if conf.kind == BackboneKind.mantis:  # mantis-tsfm's own network, one embedding per channel (models/mantis.py)
+        from ttm_experiments.models import mantis
+
+        return mantis.build(conf, num_channels=num_channels, spec=hf_config)
     if kind not in CONFIGS:
         raise ConfigError(f"backbone.kind={kind!r} is unknown; choose one of {sorted(CONFIGS)}")
     config = hf_config if hf_config is not None else CONFIGS[kind](conf, num_channels)

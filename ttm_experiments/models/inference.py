@@ -101,6 +101,10 @@ def load_classifier(path: Path | str, *, source: str = "predict.model") -> Train
         conf, hf_config = rebuild(ckpt["head_spec"], ckpt["architecture"])
     else:
         conf = _backbone_conf(ckpt)
+    if conf.kind.value == "mantis":  # the network's own arguments, recorded with its architecture (models/mantis.py)
+        from ttm_experiments.models.mantis import rebuild as rebuild_mantis
+
+        conf, hf_config = rebuild_mantis(conf, ckpt["architecture"])
     channels = int(ckpt["architecture"]["num_channels"])
     fork = torch.random.fork_rng(devices=[])  # building draws random weights: leave the caller's generator alone
     with fork:

@@ -146,6 +146,13 @@ def build_model(conf: BackboneConf, *, num_channels: int, num_classes: int) -> t
     if raw is None:  # a ttm-train checkpoint: the yaml builds, the file's architecture must match it
         model = build_classifier(conf, num_channels=num_channels, num_classes=num_classes)
         return model, Init(load_backbone_weights(model.backbone, str(src.path)), src.source)
+    if conf.kind.value == "mantis":  # mantis-tsfm's network from its config.json, projector dropped (models/mantis.py)
+        from ttm_experiments.models import mantis
+
+        spec = mantis.checkpoint_spec(conf, raw, source=src.source)
+        model = build_classifier(conf, num_channels=num_channels, num_classes=num_classes, hf_config=spec)
+        dropped = mantis.load_snapshot(model.backbone, src.path, src.source)
+        return model, Init("pretrained", src.source, src.commit, dropped)
     hf = checkpoint_config(conf, raw, num_channels=num_channels, source=src.source)
     model = build_classifier(
         conf, num_channels=num_channels, num_classes=num_classes, hf_config=hf, head_dropout=raw.get("head_dropout")
