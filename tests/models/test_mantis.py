@@ -18,6 +18,7 @@ from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.models.unfreeze import apply_stage
 
 V2, V1 = "paris-noah/MantisV2", "paris-noah/Mantis-8M"
+V2_COMMIT = "99fe0f548960e272fbfa4b82fd9b5b5956779dfd"  # the revision mantis_v2 pins
 NARROW = "test-org/mantis-narrow"  # a MantisV2 of another width
 LAYERS = [f"transf_unit.transformer.layers.{i}" for i in range(6)]
 # parameters of the public networks as mantis-tsfm 1.1.0 documents them (MantisV2's docstring: 4,188,672; Mantis-8M:
@@ -31,8 +32,10 @@ def mantis_hub(tmp_path_factory):
 
     torch.manual_seed(5)
     hub = tmp_path_factory.mktemp("hf_home_mantis") / "hub"
+    # a commit hash as revision: huggingface_hub reads snapshots/<hash>/ directly, with no refs/ entry
+    MantisV2(device="cpu").save_pretrained(hub / f"models--{V2.replace('/', '--')}" / "snapshots" / V2_COMMIT)
     commits = {
-        (V2, "main"): _write_snapshot(hub, V2, "main", MantisV2(device="cpu")),
+        (V2, V2_COMMIT): V2_COMMIT,
         # the legacy class the 8M checkpoint was published with: its transformer is saved as `vit_unit.*`
         (V1, "main"): _write_snapshot(hub, V1, "main", Mantis8M(device="cpu")),
         (NARROW, "main"): _write_snapshot(hub, NARROW, "main", MantisV2(hidden_dim=128, device="cpu")),
@@ -48,10 +51,10 @@ def hub(mantis_hub, monkeypatch):
     return mantis_hub
 
 
-def _saved(hub, repo: str) -> dict:
+def _saved(hub, repo: str, revision: str = "main") -> dict:
     """The snapshot's tensors under the names MantisV1/V2 give them (legacy `vit_unit.` -> `transf_unit.`)."""
     folder, commits = hub
-    path = folder / f"models--{repo.replace('/', '--')}" / "snapshots" / commits[(repo, "main")] / "model.safetensors"
+    path = folder / f"models--{repo.replace('/', '--')}" / "snapshots" / commits[(repo, revision)] / "model.safetensors"
     return {k.replace("vit_unit.", "transf_unit.", 1): v for k, v in load_file(str(path)).items()}
 
 
@@ -94,8 +97,8 @@ def test_a_partial_stage_trains_exactly_the_last_layers_and_the_head():
 def test_v2_snapshot_loads_every_tensor_and_a_head_only_step_leaves_them(hub):
     c = _config("backbone=mantis_v2")
     model, init = build_model(c.backbone, num_channels=1, num_classes=2)
-    assert (init.kind, init.source, init.commit) == ("pretrained", f"{V2}@main", hub[1][(V2, "main")])
-    saved = _saved(hub, V2)
+    assert (init.kind, init.source, init.commit) == ("pretrained", f"{V2}@{V2_COMMIT}", V2_COMMIT)
+    saved = _saved(hub, V2, V2_COMMIT)
     expected = {k: v for k, v in saved.items() if not k.startswith("prj.")}
     assert init.dropped_tensors == len(saved) - len(expected) == 4  # the projector's LayerNorm and Linear
     got = model.backbone.model.state_dict()
@@ -114,14 +117,14 @@ def test_a_legacy_mantis_8m_snapshot_loads_every_tensor_into_mantis_v1(hub):
 
 
 def test_a_checkpoint_of_another_width_is_refused_with_both_values(hub):
-    c = _config("backbone=mantis_v2", f"backbone.pretrained_path={NARROW}")
+    c = _config("backbone=mantis_v2", f"backbone.pretrained_path={NARROW}", "backbone.revision=null")
     with pytest.raises(CheckpointError) as err:
         build_model(c.backbone, num_channels=1, num_classes=2)
     assert "hidden_dim (backbone.d_model): config 256, checkpoint 128" in str(err.value)
 
 
 def test_a_checkpoint_of_the_other_version_is_refused_naming_its_preset(hub):
-    c = _config("backbone=mantis_v2", f"backbone.pretrained_path={V1}")
+    c = _config("backbone=mantis_v2", f"backbone.pretrained_path={V1}", "backbone.revision=null")
     with pytest.raises(CheckpointError, match="MantisV1 checkpoint .* Fix: backbone=mantis_8m"):
         build_model(c.backbone, num_channels=1, num_classes=2)
 
@@ -216,7 +219,7 @@ def test_a_linear_probe_on_the_snapshot_logs_its_source_and_metrics(hub, smoke, 
     m, tags = run.data.metrics, run.data.tags
     assert all(np.isfinite(m[f"test/{k}"]) for k in ("auroc", "acc/poor", "acc/good"))
     source = (tags["init"], tags["backbone.source"], tags["backbone.dropped_tensors"])
-    assert source == ("pretrained", f"{V2}@main", "4")  # the projector's 4 tensors
+    assert source == ("pretrained", f"{V2}@{V2_COMMIT}", "4")  # the projector's 4 tensors
 
 
 @pytest.mark.slow  # a few seconds to the first self-supervised batch
