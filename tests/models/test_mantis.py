@@ -205,6 +205,11 @@ def test_a_trained_mantis_reloads_from_its_checkpoint_and_logs_like_every_run(sm
     assert set(got) == set(saved["backbone"]) and all(torch.equal(got[k], v) for k, v in saved["backbone"].items())
     probs = score(trained, np.random.default_rng(0).normal(size=(5, 1, 512)).astype(np.float32))
     assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1)
+    # the same file as a starting point (backbone.pretrained_path=best.pt): its backbone, strictly
+    c = _config("backbone=mantis_v2", f"backbone.pretrained_path={ckpt_path}", "backbone.revision=null")
+    model, init = build_model(c.backbone, num_channels=1, num_classes=2)
+    got = model.backbone.model.state_dict()
+    assert init.source == str(ckpt_path) and all(torch.equal(got[k], v) for k, v in saved["backbone"].items())
 
 
 @pytest.mark.slow  # ~10 s: features of a 4 M-parameter backbone for every window, once
@@ -228,3 +233,12 @@ def test_a_pretrain_schedule_stops_at_its_first_masked_batch(smoke):
 
     with pytest.raises(ConfigError, match="self-supervised stages cannot run on it"):
         train(smoke("backbone=mantis_v2", "backbone.pretrained_path=null", "schedule=pretrain"))
+
+
+@pytest.mark.slow  # ~20 s each on 2 busy cores: two batches per stage, evaluation, the logged model
+@pytest.mark.parametrize("schedule", ["head_only", "full"])
+def test_the_other_supervised_schedules_run(smoke, schedule):
+    from ttm_experiments.cli.train import train
+
+    cfg = smoke("backbone=mantis_v2", "backbone.pretrained_path=null", f"schedule={schedule}", "trainer.max_batches=2")
+    assert 0.0 <= train(cfg) <= 1.0
