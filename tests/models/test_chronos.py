@@ -135,6 +135,17 @@ def test_each_channel_is_embedded_on_its_own():
         torch.testing.assert_close(scale[:, ch], ch_scale)
 
 
+@pytest.mark.parametrize(("size", "params"), [("mini", 21_236_096), ("small", 47_718_016)])
+def test_each_preset_builds_a_random_model_of_the_published_size(size, params):
+    """21 and 48 M published: the presets' keys (with d_kv 64) give those sizes; the encoder blocks are listed."""
+    from ttm_experiments.models.unfreeze import find_blocks
+
+    c = _config(f"backbone=chronos_bolt_{size}", "backbone.pretrained_path=null", "schedule=linear_probe")
+    model, init = build_model(c.backbone, num_channels=1, num_classes=2)
+    assert init.kind == "random" and sum(p.numel() for p in model.backbone.parameters()) == params
+    assert len(find_blocks(model.backbone.model, c.unfreeze)) == c.backbone.num_layers
+
+
 @pytest.mark.parametrize("schedule", ["progressive", "head_only", "full", "pretrain"])
 def test_every_trained_schedule_is_refused_before_the_data(schedule, monkeypatch, tmp_path):
     from ttm_experiments.training import recipe
