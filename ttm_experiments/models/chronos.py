@@ -86,7 +86,7 @@ def check_schedule(c: TrainConfig) -> None:
 
 
 def check(c: TrainConfig) -> None:
-    """At config validation (no torch, no data): the window length the public models take whole."""
+    """At config validation (no model, no data): the window length the public models take whole."""
     if is_chronos(c.backbone):
         check_context(c.backbone, PUBLIC["model_context"], f"backbone={c.backbone.name}")
 
@@ -95,9 +95,9 @@ def check_context(conf: BackboneConf, model_context: int, source: str) -> None:
     """The window length Chronos-Bolt takes whole: a multiple of its patch, at most its context."""
     if conf.patch_length != conf.patch_stride:
         raise ConfigError(
-            f"backbone={conf.name}: Chronos-Bolt patches without overlap, but backbone.patch_length="
-            f"{conf.patch_length} and backbone.patch_stride={conf.patch_stride}. Fix: equal values (16 in the public "
-            "models)."
+            f"backbone={conf.name}: the suite reads Chronos-Bolt's patches without overlap (the public models: 16 "
+            f"and 16), but backbone.patch_length={conf.patch_length} and backbone.patch_stride={conf.patch_stride}; "
+            "overlapping patches could leave the last samples unread. Fix: equal values."
         )
     if conf.context_length % conf.patch_length or not 0 < conf.context_length <= model_context:
         fit = max(conf.patch_length, min(model_context, conf.context_length) // conf.patch_length * conf.patch_length)
