@@ -109,7 +109,8 @@ def checkpoint_spec(conf: BackboneConf, raw: dict, *, source: str) -> dict:
     arguments = _arguments(version)
     ignored = sorted(set(raw) - set(arguments) - set(RUNTIME))
     if ignored:  # what PyTorchModelHubMixin does with fields its class does not take
-        log.info("%s: config.json fields %s are no %s arguments, not used", source, ignored, network_class(version))
+        name = network_class(version).__name__
+        log.info("%s: config.json fields %s are no %s arguments, not used", source, ignored, name)
     spec = {**arguments, **{k: v for k, v in raw.items() if k in arguments}}
     expected = {theirs: getattr(conf, ours) for ours, theirs in DECLARED.items()}
     expected["num_patches"] = tokens
