@@ -227,12 +227,13 @@ def test_a_linear_probe_on_the_snapshot_logs_its_source_and_metrics(hub, smoke, 
     assert source == ("pretrained", f"{V2}@{V2_COMMIT}", "4")  # the projector's 4 tensors
 
 
-@pytest.mark.slow  # a few seconds to the first self-supervised batch
-def test_a_pretrain_schedule_stops_at_its_first_masked_batch(smoke):
+@pytest.mark.parametrize("schedule", ["pretrain", "hybrid"])
+def test_a_self_supervised_schedule_is_refused_before_any_data_or_run(smoke, runs_dir, schedule):
     from ttm_experiments.cli.train import train
 
-    with pytest.raises(ConfigError, match="self-supervised stages cannot run on it"):
-        train(smoke("backbone=mantis_v2", "backbone.pretrained_path=null", "schedule=pretrain"))
+    with pytest.raises(ConfigError, match=f"self-supervised stages .* of schedule={schedule} cannot run on it"):
+        train(smoke("backbone=mantis_v2", "backbone.pretrained_path=null", f"schedule={schedule}"))
+    assert not list(runs_dir.rglob("mlflow.db")) and not list(runs_dir.rglob("*.pt"))  # nothing opened or written
 
 
 @pytest.mark.slow  # ~20 s each on 2 busy cores: two batches per stage, evaluation, the logged model

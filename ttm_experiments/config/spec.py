@@ -71,6 +71,9 @@ def validate(c: TrainConfig) -> None:
     from ttm_experiments.models import chronos
 
     chronos.check(c)  # a Chronos-Bolt window length the model cannot read whole
+    from ttm_experiments.models import mantis
+
+    mantis.check(c)  # a Mantis context it cannot cut into tokens; self-supervised stages (nothing to mask)
     if c.optim.scheduler == SchedulerKind.onecycle and not 0 < c.optim.warmup_frac < 1:
         raise ConfigError(
             f"optim.scheduler=onecycle needs 0 < optim.warmup_frac < 1 (the share of steps before the peak rate), got "

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ttm_experiments.config.schema import BackboneConf, BackboneKind, MantisVersion
+from ttm_experiments.config.schema import BackboneConf, BackboneKind, MantisVersion, StageKind, TrainConfig
 from ttm_experiments.errors import CheckpointError, ConfigError
 from ttm_experiments.models.backbones import Backbone
 
@@ -78,6 +78,20 @@ def check_conf(conf: BackboneConf) -> int:
             "backbone.patch_length=16 backbone.patch_stride=16 (what mantis_v2 sets; windows are resampled to it)."
         )
     return conf.context_length // conf.patch_length
+
+
+def check(c: TrainConfig) -> None:
+    """At config validation (no data, no weights): a Mantis backbone's context, and no self-supervised stage."""
+    if c.backbone.kind != BackboneKind.mantis:
+        return
+    check_conf(c.backbone)
+    masked = [s.name for s in c.schedule.stages if s.kind != StageKind.supervised]
+    if masked:
+        raise ConfigError(
+            f"backbone={c.backbone.name} (Mantis) has one embedding per channel, no patches to mask, so the "
+            f"self-supervised stages {masked} of schedule={c.schedule.name} cannot run on it. Fix: a supervised "
+            "schedule (head_only, progressive, full) or schedule=linear_probe."
+        )
 
 
 def random_spec(conf: BackboneConf) -> dict:
