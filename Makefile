@@ -66,8 +66,10 @@ compare: $(STAMP)  ## COMPARE=<key>=<a>,<b> over SEEDS x FOLDS (3 x 5), then ttm
 # the model zoo: every backbone family x {linear probe, head only, progressive, full} x label fractions x folds x
 # seeds, the SQI baseline on the same folds, then ttm-report's label-efficiency curves and paired tables. Sized for a
 # 2-core CPU (ZOO_SIZE: 20 windows per subject, 2 epochs per stage); offline, the pretrained presets start from
-# random weights (ZOO_INIT). Real data: make zoo ARGS='dataset=butppg dataset.root=/data/butppg'
-ZOO_BACKBONES ?= ttm_1024,tspulse_r1
+# random weights (ZOO_INIT). Real data: make zoo ARGS='dataset=butppg dataset.root=/data/butppg'. Probe-only
+# backbones (frozen features; every other schedule is refused for them) run the linear probe alone.
+ZOO_BACKBONES ?= ttm_1024,tspulse_r1,mantis_v2
+ZOO_PROBE_BACKBONES ?= chronos_bolt_tiny
 ZOO_SCHEDULES ?= linear_probe,head_only,progressive,full
 ZOO_FRACTIONS ?= 0.1,0.25,0.5,1.0
 ZOO_FOLDS ?= 0,1
@@ -82,6 +84,9 @@ zoo: $(STAMP)  ## ZOO_BACKBONES x ZOO_SCHEDULES x ZOO_FRACTIONS x ZOO_FOLDS x ZO
 		dataset.label_fraction=$(ZOO_FRACTIONS) experiment_name=$(ZOO_EXPERIMENT) $(ZOO_SIZE) $(ARGS)
 	$(BIN)/ttm-train -m seed=$(ZOO_SEEDS) backbone=$(ZOO_BACKBONES) dataset.fold=$(ZOO_FOLDS) schedule=$(ZOO_SCHEDULES) \
 		dataset.label_fraction=$(ZOO_FRACTIONS) experiment_name=$(ZOO_EXPERIMENT) $(ZOO_SIZE) $(ZOO_INIT) $(ARGS)
+	$(if $(ZOO_PROBE_BACKBONES),$(BIN)/ttm-train -m seed=$(ZOO_SEEDS) backbone=$(ZOO_PROBE_BACKBONES) \
+		dataset.fold=$(ZOO_FOLDS) schedule=linear_probe dataset.label_fraction=$(ZOO_FRACTIONS) \
+		experiment_name=$(ZOO_EXPERIMENT) $(ZOO_SIZE) $(ZOO_INIT) $(ARGS))
 	$(BIN)/ttm-report report.experiment=$(ZOO_EXPERIMENT) report.zoo=true $(REPORT_ARGS)
 
 report: $(STAMP)  ## table and plots comparing the runs of an MLflow experiment (ARGS='report.sweep=<study or sweep>')
