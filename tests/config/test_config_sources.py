@@ -112,6 +112,7 @@ TTM_1024 = {
         "channel_virtual_expand_scale": 1,
         "mask_ratio": None,
     },
+    "mantis_version": None,  # added: only kind=mantis uses it (models/mantis.py)
 }
 PUBLIC = {"dropout": None, "head_dropout": None}
 BEFORE_BACKBONES = {
