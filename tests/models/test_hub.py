@@ -324,3 +324,18 @@ def test_fine_tuning_rates_apply_only_to_weights_that_were_loaded():
     assert [s.head_lr for s in tuned] == [s.head_lr for s in stages] and optim.layer_decay == 0.8
     off = _config("optim.pretrained_backbone_lr_scale=1.0", "optim.pretrained_layer_decay=null").optim
     assert finetune_rates(stages, off, init="pretrained") == (stages, off)
+
+
+def test_weights_missing_from_the_cache_stop_the_run_before_the_data_is_read(tmp_path, monkeypatch, smoke):
+    """Offline with an empty cache: the run names the snapshot and its download command. The dataset root does not
+    exist either; had the data been read first, that would have been the error."""
+    from huggingface_hub import constants
+
+    from ttm_experiments.cli.train import train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    cfg = smoke("backbone=ttm_r2_1024", "dataset=butppg", f"dataset.root={tmp_path / 'no-such-dataset'}")
+    with pytest.raises(CheckpointError, match=f"not in the Hugging Face cache .*hf download {R2} --revision 1024-96"):
+        train(cfg)

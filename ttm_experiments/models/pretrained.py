@@ -133,11 +133,15 @@ def checkpoint_config(conf: BackboneConf, raw: dict, *, num_channels: int, sourc
     return config_class.from_dict(fields)
 
 
-def build_model(conf: BackboneConf, *, num_channels: int, num_classes: int) -> tuple[Classifier, Init]:
-    """The classifier of `conf`, random or from `conf.pretrained_path` (at `conf.revision`), and its `Init`."""
+def build_model(
+    conf: BackboneConf, *, num_channels: int, num_classes: int, src: PretrainedSource | None = None
+) -> tuple[Classifier, Init]:
+    """The classifier of `conf`, random or from `conf.pretrained_path` (at `conf.revision`; `src` when the caller
+    resolved it already), and its `Init`."""
     if not conf.pretrained_path:
         return build_classifier(conf, num_channels=num_channels, num_classes=num_classes), Init("random")
-    src: PretrainedSource = resolve_pretrained(conf.pretrained_path, conf.revision)
+    if src is None:
+        src = resolve_pretrained(conf.pretrained_path, conf.revision)
     if conf.kind.value == "chronos_bolt":  # its config.json nests the patching; T5's tied tensors (models/chronos.py)
         from ttm_experiments.models.chronos import load_pretrained
 

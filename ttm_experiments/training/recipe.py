@@ -33,6 +33,7 @@ from ttm_experiments.metrics.classification import softmax
 from ttm_experiments.models import chronos
 from ttm_experiments.models.amplitude import AmplitudeRange
 from ttm_experiments.models.checkpoint import save_classifier
+from ttm_experiments.models.hub import resolve_pretrained
 from ttm_experiments.models.pretrained import build_model
 from ttm_experiments.models.unfreeze import plan_stage
 from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
@@ -227,6 +228,9 @@ class TrainRecipe:
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         if track:
             self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
+        # the weights before the data: a snapshot that is not in the cache (offline) or not on the hub stops here
+        b = c.backbone
+        weights = resolve_pretrained(b.pretrained_path, b.revision) if b.pretrained_path else None
         self.splits = load_splits(c)
         self.stages = plan_stages(
             c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage
@@ -235,7 +239,7 @@ class TrainRecipe:
             check_selection_metric(parse_metric(c.optimized_metric), tuple(self.splits.train.class_names))
         # random, or a checkpoint (hub id, directory, ttm-train file) whose architecture it was built from
         self.model, self.init = build_model(
-            c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names)
+            c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names), src=weights
         )
         self.lr_found = None
         if c.optim.lr_find:  # the found rate is optim.lr from here on: stage rates, params, cache keys follow it
