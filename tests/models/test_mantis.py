@@ -160,16 +160,14 @@ def test_a_window_length_the_checkpoint_cannot_take_is_refused(hub, preset, over
     assert shown in msg and "Fix: backbone.context_length=512 with patch_length=patch_stride=16" in msg
 
 
-def test_a_context_mantis_cannot_cut_into_tokens_is_refused_before_building():
-    c = _config("backbone=mantis_v2", "backbone.pretrained_path=null", "backbone.context_length=500")
+def test_a_context_mantis_cannot_cut_into_tokens_is_refused_when_the_config_is_read():
     with pytest.raises(ConfigError, match="multiple of 32 .* backbone.context_length=512"):
-        build_model(c.backbone, num_channels=1, num_classes=2)
+        _config("backbone=mantis_v2", "backbone.pretrained_path=null", "backbone.context_length=500")
 
 
 def test_mantis_version_is_required_for_mantis_and_refused_elsewhere():
-    c = _config("backbone=mantis_v2", "backbone.pretrained_path=null", "backbone.mantis_version=null")
     with pytest.raises(ConfigError, match="without backbone.mantis_version"):
-        build_model(c.backbone, num_channels=1, num_classes=2)
+        _config("backbone=mantis_v2", "backbone.pretrained_path=null", "backbone.mantis_version=null")
     c = _config("backbone=ttm_tiny", "backbone.mantis_version=v2")
     with pytest.raises(ConfigError, match="mantis_version=v2 is set but backbone=ttm_tiny is ttm"):
         build_model(c.backbone, num_channels=1, num_classes=2)
