@@ -119,6 +119,33 @@ def _refused(run: SmokeRun, tmp_path: Path, error: type, match: str, *overrides:
     assert not out.exists() and not list(tmp_path.glob(".never.csv*"))
 
 
+@pytest.mark.parametrize(
+    "overrides,kind",
+    [
+        (["schedule=linear_probe"], "a linear-probe run of ttm_tiny"),
+        (["backbone=baseline_sqi"], "a baseline_sqi baseline run"),
+    ],
+)
+def test_a_run_that_holds_no_classifier_says_what_it_is(smoke, smoke_run, runs_dir, tmp_path, overrides, kind):
+    """Probe and baseline runs record metrics and write no best.pt: the error names the kind of run."""
+    from tests.helpers.runs import runs_of
+    from ttm_experiments.cli.train import train
+
+    train(smoke(*overrides))
+    _, (run,), _ = runs_of(runs_dir, "ttm-ppg-quality-smoke")
+    assert not list(runs_dir.rglob("best.pt"))
+    match = f"{run.info.run_id} is {kind}.*not a classifier ttm-predict can load"
+    _refused(
+        smoke_run,
+        tmp_path,
+        CheckpointError,
+        match,
+        f"predict.model={run.info.run_id}",
+        "dataset=synthetic",
+        runs=runs_dir,
+    )
+
+
 def test_model_that_does_not_exist(smoke_run, tmp_path):
     _refused(
         smoke_run,

@@ -76,7 +76,19 @@ def _from_run(run_id: str, tracking_uri: str):
     from ttm_experiments.models.inference import load_classifier
 
     try:
-        mlflow.MlflowClient(tracking_uri).get_run(run_id)
+        run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
+    except (MlflowException, OSError) as err:
+        raise CheckpointError(
+            f"predict.model={run_id}: no such run in {tracking_uri} ({str(err).strip()[:200]}). Fix: the id of a "
+            "finished ttm-train run, or tracking.uri=<the store that holds it>"
+        ) from None
+    unscored = _without_classifier(run.data.tags)
+    if unscored:
+        raise CheckpointError(
+            f"predict.model={run_id} is {unscored}: it records metrics, not a classifier ttm-predict can load. "
+            "Fix: a run of a trained schedule (head_only, progressive, full, ...) with a neural backbone"
+        )
+    try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="best.pt", tracking_uri=tracking_uri)
     except (MlflowException, OSError) as err:
         raise CheckpointError(
@@ -85,6 +97,15 @@ def _from_run(run_id: str, tracking_uri: str):
             "tracking.uri=<the store that holds it>"
         ) from None
     return load_classifier(path, source=f"predict.model={run_id}")
+
+
+def _without_classifier(tags: dict[str, str]) -> str | None:
+    """What kind of run writes no best.pt (a linear probe, a baseline), from its tags; None for the others."""
+    if tags.get("schedule") == "linear_probe" or "probe.C" in tags:
+        return f"a linear-probe run of {tags.get('backbone', '?')} (a logistic regression on frozen embeddings)"
+    if tags.get("backbone", "").startswith("baseline_"):
+        return f"a {tags['backbone']} baseline run"
+    return None
 
 
 def resolve_model(spec: str, tracking_uri: str):
