@@ -326,7 +326,12 @@ def test_fine_tuning_rates_apply_only_to_weights_that_were_loaded():
     assert finetune_rates(stages, off, init="pretrained") == (stages, off)
 
 
-def test_weights_missing_from_the_cache_stop_the_run_before_the_data_is_read(tmp_path, monkeypatch, smoke):
+@pytest.mark.parametrize(
+    "overrides",
+    [("backbone=ttm_r2_1024",), ("backbone=ttm_r2_1024", "schedule=linear_probe")],
+    ids=["fine-tune", "linear-probe"],
+)
+def test_weights_missing_from_the_cache_stop_the_run_before_the_data_is_read(tmp_path, monkeypatch, smoke, overrides):
     """Offline with an empty cache: the run names the snapshot and its download command. The dataset root does not
     exist either; had the data been read first, that would have been the error."""
     from huggingface_hub import constants
@@ -336,6 +341,6 @@ def test_weights_missing_from_the_cache_stop_the_run_before_the_data_is_read(tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    cfg = smoke("backbone=ttm_r2_1024", "dataset=butppg", f"dataset.root={tmp_path / 'no-such-dataset'}")
+    cfg = smoke(*overrides, "dataset=butppg", f"dataset.root={tmp_path / 'no-such-dataset'}")
     with pytest.raises(CheckpointError, match=f"not in the Hugging Face cache .*hf download {R2} --revision 1024-96"):
         train(cfg)

@@ -168,9 +168,9 @@ def test_a_context_mantis_cannot_cut_into_tokens_is_refused_when_the_config_is_r
 def test_mantis_version_is_required_for_mantis_and_refused_elsewhere():
     with pytest.raises(ConfigError, match="without backbone.mantis_version"):
         _config("backbone=mantis_v2", "backbone.pretrained_path=null", "backbone.mantis_version=null")
-    c = _config("backbone=ttm_tiny", "backbone.mantis_version=v2")
-    with pytest.raises(ConfigError, match="mantis_version=v2 is set but backbone=ttm_tiny is ttm"):
-        build_model(c.backbone, num_channels=1, num_classes=2)
+    for other, kind in (("ttm_tiny", "ttm"), ("baseline_sqi", "sqi")):  # a baseline builds no network at all
+        with pytest.raises(ConfigError, match=f"mantis_version=v2 is set but backbone={other} is {kind}"):
+            _config(f"backbone={other}", "backbone.mantis_version=v2")
 
 
 def test_masking_for_self_supervised_stages_is_refused():
@@ -241,3 +241,29 @@ def test_the_other_supervised_schedules_run(smoke, schedule):
 
     cfg = smoke("backbone=mantis_v2", "backbone.pretrained_path=null", f"schedule={schedule}", "trainer.max_batches=2")
     assert 0.0 <= train(cfg) <= 1.0
+
+
+def test_a_mantis_model_reads_amplitude_and_says_so():
+    """Mantis's tokens encode each patch's raw mean and std: other units change its answer, and the model (its
+    MLflow metadata, ttm-predict's amplitude check) must say so, unlike a TTM whose scaler removes them."""
+    import numpy as np
+
+    from ttm_experiments.models.inference import TrainedModel, score
+
+    torch.manual_seed(0)
+    c = _config("backbone=mantis_v2", "backbone.pretrained_path=null")
+    trained = TrainedModel(
+        build_classifier(c.backbone, num_channels=1, num_classes=2).eval(), ("poor", "good"), 512, 1, 10.0, "test"
+    )
+    x = np.random.default_rng(0).normal(size=(8, 1, 512)).astype(np.float32)
+    assert np.abs(score(trained, x) - score(trained, 1000 * x + 50)).max() > 1e-3
+    assert trained.uses_amplitude and trained.amplitude_reader[0].startswith("the mantis backbone encodes")
+
+
+def test_a_logged_mantis_model_requires_mantis_tsfm_and_a_ttm_model_does_not():
+    from importlib.metadata import version
+
+    from ttm_experiments.tracking.pyfunc import requirements
+
+    assert f"mantis-tsfm=={version('mantis-tsfm')}" in requirements("mantis")
+    assert not any(r.startswith("mantis-tsfm") for r in requirements("ttm"))

@@ -82,7 +82,7 @@ def _from_run(run_id: str, tracking_uri: str):
             f"predict.model={run_id}: no such run in {tracking_uri} ({str(err).strip()[:200]}). Fix: the id of a "
             "finished ttm-train run, or tracking.uri=<the store that holds it>"
         ) from None
-    unscored = _without_classifier(run.data.tags)
+    unscored = _without_classifier(run.data.tags, run.data.params)
     if unscored:
         raise CheckpointError(
             f"predict.model={run_id} is {unscored}: it records metrics, not a classifier ttm-predict can load. "
@@ -99,12 +99,14 @@ def _from_run(run_id: str, tracking_uri: str):
     return load_classifier(path, source=f"predict.model={run_id}")
 
 
-def _without_classifier(tags: dict[str, str]) -> str | None:
-    """What kind of run writes no best.pt (a linear probe, a baseline), from its tags; None for the others."""
-    if tags.get("schedule") == "linear_probe" or "probe.C" in tags:
+def _without_classifier(tags: dict[str, str], params: dict[str, str]) -> str | None:
+    """What kind of run writes no best.pt (a linear probe, a baseline), from what it logged; None for the others."""
+    from ttm_experiments.training.baseline import BASELINE_KINDS
+
+    if "probe.C" in tags:
         return f"a linear-probe run of {tags.get('backbone', '?')} (a logistic regression on frozen embeddings)"
-    if tags.get("backbone", "").startswith("baseline_"):
-        return f"a {tags['backbone']} baseline run"
+    if params.get("backbone.kind") in BASELINE_KINDS:
+        return f"a {tags.get('backbone', '?')} baseline run"
     return None
 
 
@@ -276,7 +278,8 @@ def check_amplitude(trained, windows: Windows, on_ood) -> tuple[np.ndarray | Non
     if not trained.uses_amplitude:  # its probabilities are the same for a * x + b: units are no concern
         return outside, [
             f"amplitude: {int(outside.sum())} of {len(outside)} windows in other units than training's; this model "
-            "does not read amplitude (backbone.scale_features=false), so its answer does not depend on them"
+            "does not read amplitude (its backbone's scaler removes it, backbone.scale_features=false), so its "
+            "answer does not depend on them"
         ] if outside.any() else []
     if not outside.any():
         return outside, []
@@ -290,10 +293,10 @@ def check_amplitude(trained, windows: Windows, on_ood) -> tuple[np.ndarray | Non
         f"({trained.amplitude.describe()}; these: location {loc.min():.4g}..{loc.max():.4g}, scale "
         f"{np.exp(log_scale.min()):.4g}..{np.exp(log_scale.max()):.4g}); per recording: {per_record}{more}"
     )
+    part, setting = trained.amplitude_reader
     fix = (
-        "the model reads each window's location and scale (backbone.scale_features=true), so other units change "
-        "its answer. Fix: give the signal in the training data's units, or use a model trained with "
-        "backbone.scale_features=false"
+        f"{part}, so other units change its answer. Fix: give the signal in the training data's units, or use a "
+        f"model trained with {setting}"
     )
     if on_ood == OnOutOfRange.error:
         raise DataError(f"{what}: {fix} (or predict.on_ood=warn to score them anyway)")

@@ -34,8 +34,18 @@ ARCHITECTURE_KEYS = (
 )
 
 
+def mantis_version_unused(conf: BackboneConf) -> str:
+    return (
+        f"backbone.mantis_version={conf.mantis_version.value} is set but backbone={conf.name} is {conf.kind.value}, "
+        "so it would do nothing. Fix: backbone=mantis_v2 / mantis_8m, or backbone.mantis_version=null."
+    )
+
+
 class Backbone(nn.Module):
     """An encoder: `forward(x [B, C, T]) -> (hidden [B, C, P, D], loc [B, C], scale [B, C])`."""
+
+    # whether `hidden` depends on each window's amplitude (location, scale): the TTM family's scaler removes it
+    reads_amplitude = False
 
     def __init__(self, conf: BackboneConf, num_channels: int, model: nn.Module):
         super().__init__()
@@ -182,11 +192,8 @@ def build_backbone(conf: BackboneConf, *, num_channels: int, hf_config: object |
     """Build a randomly initialised backbone from `conf`, or from `hf_config` (a checkpoint's own Hugging Face
     config, already checked against `conf` by `models.pretrained`); weights are loaded separately."""
     kind = conf.kind.value
-    if conf.mantis_version is not None and conf.kind != BackboneKind.mantis:
-        raise ConfigError(
-            f"backbone.mantis_version={conf.mantis_version.value} is set but backbone={conf.name} is {kind}, so it "
-            "would do nothing. Fix: backbone=mantis_v2 / mantis_8m, or backbone.mantis_version=null."
-        )
+    if conf.mantis_version is not None and conf.kind != BackboneKind.mantis:  # validate refuses it earlier
+        raise ConfigError(mantis_version_unused(conf))
     if conf.kind == BackboneKind.chronos_bolt:  # a frozen-feature backbone of its own (models/chronos.py)
         from ttm_experiments.models import chronos
 

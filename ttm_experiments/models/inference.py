@@ -35,9 +35,28 @@ class TrainedModel:
 
     @property
     def uses_amplitude(self) -> bool:
-        """Whether the head sees each window's location and log-scale (`backbone.scale_features`): then its
-        probabilities depend on the recording's units; without, they are the same for `a * x + b` (a > 0)."""
-        return bool(self.model.head.scale_features)
+        """Whether the model reads each window's amplitude: a head that sees its location and log-scale
+        (`backbone.scale_features`, TSPulse's own head) or a backbone that encodes it (Mantis's token statistics).
+        Then its probabilities depend on the recording's units; without, they are the same for `a * x + b` (a > 0)."""
+        return self.amplitude_reader is not None
+
+    @property
+    def amplitude_reader(self) -> tuple[str, str] | None:
+        """(which part of the model reads amplitude, the training setting without it), for messages; None if no
+        part does."""
+        if self.model.backbone.reads_amplitude:
+            return (
+                f"the {self.model.backbone.conf.kind.value} backbone encodes each patch's raw mean and std",
+                "a backbone of the TTM family with backbone.scale_features=false",
+            )
+        if self.model.head.scale_features:
+            if getattr(self.model.head, "spec", None):  # backbone.head=tspulse (models/tspulse_head.py)
+                return ("TSPulse's own head reads each window's location and scale", "backbone.head=suite")
+            return (
+                "the head reads each window's location and scale (backbone.scale_features=true)",
+                "backbone.scale_features=false",
+            )
+        return None
 
     def outside_training_amplitude(self, windows: np.ndarray) -> np.ndarray | None:
         """[N] bool: windows whose location or scale lies outside the training windows' (None: not recorded)."""
@@ -69,7 +88,7 @@ def _backbone_conf(ckpt: dict):
     if arch.get("kind") not in {k.value for k in BackboneKind} or "mlp.1.weight" not in head:
         raise CheckpointError(
             f"the checkpoint holds a {arch.get('kind')!r} model without the classifier head "
-            "ttm-train writes; only TTM / PatchTST classifiers can be scored"
+            "ttm-train writes; only classifiers trained by ttm-train can be scored"
         )
     kind = BackboneKind(arch["kind"])
     shape = {k: arch[k] for k in ARCHITECTURE_KEYS if k in arch}

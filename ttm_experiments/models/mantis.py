@@ -32,7 +32,7 @@ import torch
 
 from ttm_experiments.config.schema import BackboneConf, BackboneKind, MantisVersion, StageKind, TrainConfig
 from ttm_experiments.errors import CheckpointError, ConfigError
-from ttm_experiments.models.backbones import Backbone
+from ttm_experiments.models.backbones import Backbone, mantis_version_unused
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,11 @@ def check_conf(conf: BackboneConf) -> int:
 
 
 def check(c: TrainConfig) -> None:
-    """At config validation (no data, no weights): a Mantis backbone's context, and no self-supervised stage."""
+    """At config validation (no data, no weights): a Mantis backbone's context, and no self-supervised stage;
+    `backbone.mantis_version` on any other backbone (a baseline builds no network that would refuse it later)."""
     if c.backbone.kind != BackboneKind.mantis:
+        if c.backbone.mantis_version is not None:
+            raise ConfigError(mantis_version_unused(c.backbone))
         return
     check_conf(c.backbone)
     masked = [s.name for s in c.schedule.stages if s.kind != StageKind.supervised]
@@ -153,6 +156,8 @@ def checkpoint_spec(conf: BackboneConf, raw: dict, *, source: str) -> dict:
 class MantisBackbone(Backbone):
     """`forward(x [B, C, T]) -> (hidden [B, C, 1, D], loc [B, C], scale [B, C])`; `model` is the Mantis network
     (its `prj` projector removed), `spec` its constructor arguments with the version."""
+
+    reads_amplitude = True  # its tokens encode each patch's raw mean and std: the answer depends on the units
 
     def __init__(self, conf: BackboneConf, num_channels: int, spec: dict):
         arguments = {k: v for k, v in spec.items() if k != "version"}

@@ -133,6 +133,12 @@ def checkpoint_config(conf: BackboneConf, raw: dict, *, num_channels: int, sourc
     return config_class.from_dict(fields)
 
 
+def locate_weights(conf: BackboneConf) -> PretrainedSource | None:
+    """The snapshot or file of `conf.pretrained_path` (downloaded or found in the cache), None for random weights.
+    Recipes call it before reading the data, so that missing weights stop a run before any long work."""
+    return resolve_pretrained(conf.pretrained_path, conf.revision) if conf.pretrained_path else None
+
+
 def build_model(
     conf: BackboneConf, *, num_channels: int, num_classes: int, src: PretrainedSource | None = None
 ) -> tuple[Classifier, Init]:

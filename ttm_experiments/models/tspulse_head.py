@@ -115,6 +115,11 @@ def head_config(config, options: TSPulseHeadConf, *, num_classes: int, head_drop
     return config
 
 
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 class TSPulseHead(nn.Module):
     """`forward(hidden [B, C', P, D], loc [B, C], scale [B, C]) -> logits`, through granite-tsfm's
     `TSPulseDecoderWithClassificationHead` built on `encoder_config` (the encoder's config after
@@ -132,12 +137,12 @@ class TSPulseHead(nn.Module):
         # what TSPulseForClassification's constructor ends with, for its decoder + head (the library's init policy;
         # its one INFO line per channel-mixing layer is left out of the run's log)
         library = logging.getLogger("tsfm_public.models.tspulse.modeling_tspulse")
-        level = library.level
-        library.setLevel(max(level, logging.WARNING))
+        quiet = _WarningsOnly()  # a filter, not the library's level: other threads' records keep their level
+        library.addFilter(quiet)
         try:
             self.decoder_with_head._post_init_with_init_policy()
         finally:
-            library.setLevel(level)
+            library.removeFilter(quiet)
 
     def forward(self, hidden: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         out = self.decoder_with_head(

@@ -52,7 +52,13 @@ def _retry_locked(fn: Callable[[], T], attempts: int = 8) -> T:
 
 
 # the datasets table's unique key (experiment, name, digest) as SQLite, PostgreSQL and MySQL name it when violated
-DATASET_KEY_CLASH = ("UNIQUE constraint failed: datasets.", '"dataset_pk"', "for key 'datasets.PRIMARY'")
+# (MySQL before 8.0.19 leaves the table out: 'PRIMARY')
+DATASET_KEY_CLASH = (
+    "UNIQUE constraint failed: datasets.",
+    '"dataset_pk"',
+    "for key 'datasets.PRIMARY'",
+    "for key 'PRIMARY'",
+)
 
 
 def _retry_dataset_clash(fn: Callable[[], T], attempts: int = 3) -> T:

@@ -40,6 +40,8 @@ REQUIREMENTS = (
     "scikit-learn",
     "omegaconf",
 )
+# what a backbone kind's network needs beyond those (Chronos-Bolt is probe-only: never a logged model)
+KIND_REQUIREMENTS = {"mantis": ("mantis-tsfm",)}
 
 
 def model_name(backbone: str, schedule: str) -> str:
@@ -80,12 +82,13 @@ class QualityClassifier(mlflow.pyfunc.PythonModel):
         return out
 
 
-def requirements() -> list[str]:
-    """Pinned to what trained the model; explicit, so that logging does not spend seconds inferring them."""
+def requirements(kind: str) -> list[str]:
+    """Pinned to what trained the model (backbone `kind`); explicit, so that logging does not spend seconds
+    inferring them."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in REQUIREMENTS:
+    for name in REQUIREMENTS + KIND_REQUIREMENTS.get(kind, ()):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -203,7 +206,7 @@ def log_classifier(
             code_paths=[package_dir()],
             signature=infer_signature(example, y),
             input_example=example,
-            pip_requirements=requirements(),
+            pip_requirements=requirements(trained.model.backbone.conf.kind.value),
             metadata=metadata,
             params=params,
             tags={"task": "ppg-quality", "classes": ",".join(trained.class_names)},

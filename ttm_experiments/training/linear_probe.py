@@ -33,7 +33,7 @@ from ttm_experiments.data.base import WindowSet
 from ttm_experiments.errors import ConfigError, StoreError
 from ttm_experiments.metrics.classification import classification_metrics
 from ttm_experiments.models.backbones import Backbone, amplitude_features, pool_patches
-from ttm_experiments.models.pretrained import build_model
+from ttm_experiments.models.pretrained import build_model, locate_weights
 from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 from ttm_experiments.training import stage_cache
 from ttm_experiments.training.device import pick_device
@@ -203,10 +203,11 @@ class LinearProbeRecipe:
         self.class_weight = class_weight(c)
         self.device = pick_device(c.trainer.device, job_num=self.info.job_num)
         self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
+        weights = locate_weights(c.backbone)  # before the data: a snapshot missing from the cache stops here
         self.splits = load_splits(c)
         check_selection_metric(self.metric, tuple(self.splits.train.class_names))
         self.model, self.init = build_model(
-            c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names)
+            c.backbone, num_channels=c.dataset.channels, num_classes=len(self.splits.train.class_names), src=weights
         )
         self.model.to(self.device)
         self.model.requires_grad_(False)  # nothing of the model trains

@@ -158,10 +158,14 @@ class FrozenFeatures:
         self.store: tuple[torch.Tensor, ...] = ()
 
     @staticmethod
-    def bytes_needed(backbone: Backbone, rows: int) -> int:
-        conf = backbone.conf
-        patches = conf.context_length // conf.patch_stride + 1
-        return rows * backbone.num_channels * (patches * conf.d_model + 2) * 4
+    @torch.no_grad()
+    def bytes_needed(backbone: Backbone, x: torch.Tensor, autocast: Callable, rows: int) -> int:
+        """Measured, not derived from the config (backbones differ in what they return per window: patches,
+        register tokens, virtual channels, one embedding): one window through the backbone as `_run` does it."""
+        backbone.eval()
+        with autocast():
+            out = backbone(x[:1])
+        return rows * sum(t.numel() * t.element_size() for t in out)
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -404,7 +408,8 @@ class Trainer:
 
     def _frozen_features(self) -> tuple[FrozenFeatures, FrozenFeatures]:
         """Head-only stage: the frozen backbone's outputs for train and val (cached when they fit)."""
-        need = FrozenFeatures.bytes_needed(self.model.backbone, len(self.x_train) + len(self.x_val))
+        rows = len(self.x_train) + len(self.x_val)
+        need = FrozenFeatures.bytes_needed(self.model.backbone, self.x_train, self._autocast, rows)
         cache = need <= FEATURE_CACHE_BYTES
         if not cache:
             log.info(

@@ -33,8 +33,7 @@ from ttm_experiments.metrics.classification import softmax
 from ttm_experiments.models import chronos
 from ttm_experiments.models.amplitude import AmplitudeRange
 from ttm_experiments.models.checkpoint import save_classifier
-from ttm_experiments.models.hub import resolve_pretrained
-from ttm_experiments.models.pretrained import build_model
+from ttm_experiments.models.pretrained import build_model, locate_weights
 from ttm_experiments.models.unfreeze import plan_stage
 from ttm_experiments.tracking.mlflow_tracker import MlflowTracker
 from ttm_experiments.tracking.run_names import run_name
@@ -228,9 +227,7 @@ class TrainRecipe:
         check_amp(c.trainer.amp, self.device)  # fp16 off CUDA, bf16 on a GPU without it: refused here
         if track:
             self.tracker = MlflowTracker.for_run(c.tracking, c.experiment_name)
-        # the weights before the data: a snapshot that is not in the cache (offline) or not on the hub stops here
-        b = c.backbone
-        weights = resolve_pretrained(b.pretrained_path, b.revision) if b.pretrained_path else None
+        weights = locate_weights(c.backbone)  # before the data: a snapshot missing from the cache stops here
         self.splits = load_splits(c)
         self.stages = plan_stages(
             c.schedule, lr=c.optim.lr, ssl_lr=c.optim.ssl_lr, max_epochs=c.trainer.max_epochs_per_stage

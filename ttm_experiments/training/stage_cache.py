@@ -52,8 +52,19 @@ log = logging.getLogger(__name__)
 FORMAT = "ttm-experiments-stage-cache/2"  # /2: the payload with its SHA-256
 # the sources whose code decides a stage's end state (reports, CLIs, the sweeper and serving do not)
 CODE = ("config", "data", "models", "training", "metrics", "utils/files.py")
-# the libraries that compute (numba compiles the dropout masks: models/dropout_kernels.py)
-LIBRARIES = ("torch", "numpy", "numba", "granite-tsfm", "transformers", "scikit-learn", "scipy")
+# the libraries that compute a stored stage or probe feature (numba compiles the dropout masks:
+# models/dropout_kernels.py; Mantis and Chronos-Bolt networks run in their own packages)
+LIBRARIES = (
+    "torch",
+    "numpy",
+    "numba",
+    "granite-tsfm",
+    "transformers",
+    "scikit-learn",
+    "scipy",
+    "mantis-tsfm",
+    "chronos-forecasting",
+)
 # what torch.load raises on a truncated or foreign file
 UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 
