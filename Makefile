@@ -65,9 +65,11 @@ compare: $(STAMP)  ## COMPARE=<key>=<a>,<b> over SEEDS x FOLDS (3 x 5), then ttm
 
 # the model zoo: every backbone family x {linear probe, head only, progressive, full} x label fractions x folds x
 # seeds, the SQI baseline on the same folds, then ttm-report's label-efficiency curves and paired tables. Sized for a
-# 2-core CPU (ZOO_SIZE: 20 windows per subject, 2 epochs per stage); offline, the pretrained presets start from
-# random weights (ZOO_INIT). Real data: make zoo ARGS='dataset=butppg dataset.root=/data/butppg'. Probe-only
-# backbones (frozen features; every other schedule is refused for them) run the linear probe alone.
+# 2-core CPU (ZOO_SIZE: 20 windows per subject, 2 epochs per stage; 216 runs: 29 min with its lines split over two
+# processes, trainer.num_threads=1 each, docs/results.md; one after another as here: not timed); offline, the
+# pretrained presets start from random weights (ZOO_INIT). Real data: make zoo ARGS='dataset=butppg
+# dataset.root=/data/butppg'. Probe-only backbones (frozen features; every other schedule is refused for them) run the
+# linear probe alone.
 ZOO_BACKBONES ?= ttm_1024,tspulse_r1,mantis_v2
 ZOO_PROBE_BACKBONES ?= chronos_bolt_tiny
 ZOO_SCHEDULES ?= linear_probe,head_only,progressive,full
