@@ -386,7 +386,9 @@ def build_zoo(*, uri: str, experiment: str, sweep: str | None, out_dir: Path, ma
         "## Test AUROC vs share of labelled training subjects",
         "",
         "Mean over folds of the mean over seeds; 95% interval from a hierarchical bootstrap (each fold's seeds, then "
-        f"its test subjects; {N_BOOT} replicates). Validation and test subjects are the same at every fraction.",
+        f"its test subjects; {N_BOOT} replicates). Validation and test subjects are the same at every fraction. "
+        "The labelled training subjects are one draw per fold (from dataset.split_seed, shared by the seeds): the "
+        "intervals do not include other draws, which matter most at small fractions.",
         "",
         *table,
         "",
