@@ -139,6 +139,7 @@ def test_the_snapshot_loads_into_the_encoder_and_where_it_fits_the_decoder(hub):
         (("backbone.head=tspulse",), "backbone=ttm_1024 is ttm"),
         (("backbone.tspulse_head.mask_ratio=0.3",), "backbone.head=suite, so it would do nothing"),
         ((*RANDOM, "backbone.scale_features=true"), "TSPulse's head reads each window's location and scale"),
+        ((*RANDOM, "backbone.head_hidden=32"), "the suite head's width; TSPulse's head does not read it"),
         ((*RANDOM, "schedule=linear_probe", "optim.lr_find=false"), "it has no head"),
         ((*RANDOM, "schedule=head_only", "backbone.tspulse_head.mask_ratio=0.3"), "it would never mask"),
         ((*RANDOM, "backbone.tspulse_head.mask_ratio=1.5"), r"mask_ratio=1.5 must be in \(0, 1\)"),

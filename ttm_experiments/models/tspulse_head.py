@@ -54,6 +54,12 @@ def check(c: TrainConfig) -> None:
             f"backbone.head=tspulse is TSPulse's own decoder + head; backbone={b.name} is {b.kind.value}. Fix: "
             "backbone=tspulse_r1 (also after debug=tiny, which swaps in ttm_tiny), or backbone.head=suite."
         )
+    if b.head_hidden != BackboneConf.head_hidden:  # changed from the default (no preset sets it for TSPulse)
+        raise ConfigError(
+            f"backbone.head_hidden={b.head_hidden} is the suite head's width; TSPulse's head does not read it. Fix: "
+            "leave backbone.head_hidden unset with backbone.head=tspulse (backbone.tspulse_head.head_reduce_d_model "
+            "narrows TSPulse's head), or backbone.head=suite."
+        )
     if b.scale_features:
         raise ConfigError(
             "backbone.scale_features=true is the suite head's option; TSPulse's head reads each window's location "
