@@ -189,18 +189,15 @@ def checkpoint_config(conf: BackboneConf, raw: dict, source: str):
             "Chronos T5 models forecast tokens and have no patch encoder). Fix: amazon/chronos-bolt-tiny, -mini or "
             "-small (backbone=chronos_bolt_tiny, chronos_bolt_mini, chronos_bolt_small)."
         )
-    diffs = {
-        ours: (getattr(conf, ours), _field(raw, theirs))
-        for ours, theirs in EXPECTED.items()
-        if getattr(conf, ours) != _field(raw, theirs)
-    }
-    if diffs:
-        rows = "; ".join(f"backbone.{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointError(
-            f"backbone.pretrained_path={source} holds another architecture than backbone={conf.name} declares: "
-            f"{rows}. Fix: the preset of that size (chronos_bolt_tiny, chronos_bolt_mini, chronos_bolt_small), "
-            "or override those keys to the checkpoint's values."
-        )
+    from ttm_experiments.models.pretrained import refuse_other_shape
+
+    # every key compared: one the file does not state is None here, and refused like a different value
+    refuse_other_shape(
+        conf,
+        {ours: _field(raw, theirs) for ours, theirs in EXPECTED.items()},
+        source,
+        fix="the preset of that size (chronos_bolt_tiny, chronos_bolt_mini, chronos_bolt_small)",
+    )
     fields = dict(raw)
     if conf.dropout is not None:
         fields["dropout_rate"] = conf.dropout

@@ -82,18 +82,13 @@ def _check_fields(conf: BackboneConf, raw: dict, source: str) -> None:
             f"{kind} (model_type {MODEL_TYPES.get(kind)!r}). Fix: a backbone preset of that model "
             f"(tspulse_r1 for TSPulse, ttm_r2_* / ttm_r1_1024 for TTM), or another checkpoint."
         )
-    diffs = {
-        ours: (getattr(conf, ours), raw[theirs])
-        for ours, theirs in EXPECTED[kind].items()
-        if theirs in raw and getattr(conf, ours) != raw[theirs]
-    }
-    if diffs:
-        rows = "; ".join(f"backbone.{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointError(
-            f"backbone.pretrained_path={source} holds another architecture than backbone={conf.name} declares: "
-            f"{rows}. Fix: the preset made for that checkpoint (e.g. backbone=ttm_r2_512 for 512-context weights), "
-            "another backbone.revision, or override those keys to the checkpoint's values."
-        )
+    refuse_other_shape(
+        conf,
+        {ours: raw[theirs] for ours, theirs in EXPECTED[kind].items() if theirs in raw},
+        source,
+        fix="the preset made for that checkpoint (e.g. backbone=ttm_r2_512 for 512-context weights), another "
+        "backbone.revision",
+    )
     decomposed = [a for a in raw.get("architectures") or [] if "Decomposed" in a]
     if decomposed:
         raise CheckpointError(
@@ -106,6 +101,18 @@ def _check_fields(conf: BackboneConf, raw: dict, source: str) -> None:
             raise CheckpointError(
                 f"backbone.pretrained_path={source} has {field}={refused!r}: {why}. Fix: a revision without it."
             )
+
+
+def refuse_other_shape(conf: BackboneConf, found: dict, source: str, *, fix: str) -> None:
+    """A CheckpointError listing every backbone key whose checkpoint value (`found`: key -> value) differs from
+    `conf`'s, with `fix` (the presets that suit); nothing when all agree."""
+    diffs = {key: (getattr(conf, key), value) for key, value in found.items() if getattr(conf, key) != value}
+    if diffs:
+        rows = "; ".join(f"backbone.{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointError(
+            f"backbone.pretrained_path={source} holds another architecture than backbone={conf.name} declares: "
+            f"{rows}. Fix: {fix}, or override those keys to the checkpoint's values."
+        )
 
 
 def checkpoint_config(conf: BackboneConf, raw: dict, *, num_channels: int, source: str):

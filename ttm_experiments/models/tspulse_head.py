@@ -166,7 +166,8 @@ def load_snapshot_head(head: TSPulseHead, path: Path, source: str) -> int:
     own = head.decoder_with_head.state_dict()
     found = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     shared = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
-    head.decoder_with_head.load_state_dict(shared, strict=False)  # a partial load by design: counted below
+    # every tensor of the head is given (the snapshot's where they fit, its own initialisation elsewhere): strict
+    head.decoder_with_head.load_state_dict({**own, **shared}, strict=True)
     log.info(
         "backbone.head=tspulse: %d of the head's %d tensors from %s (decoder and head tensors of the same name and "
         "shape); %d of the snapshot's %d decoder/head tensors did not fit and %d of the head's start fresh",
